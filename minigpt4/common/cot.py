@@ -1,0 +1,137 @@
+"""The chain-of-thought report of DESIGN.md section 4: instructions, target template, parser.
+
+One module so the dataset (which builds training targets) and the model / eval (which parse
+generated reports) can never disagree on the format.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from minigpt4.common.modalities import VIDEO_PLACEHOLDER
+
+UNKNOWN = "unknown"
+
+COT_INSTRUCTION = (
+    "{video} Observe the clip's face, motion, voice and words. Write an evidence analysis, "
+    "a rationale, and a prediction as JSON with the emotion (one of: {labels}) and a confidence."
+)
+LABEL_INSTRUCTION = (
+    "{video} Which emotion does the person show? Answer with one of: {labels}."
+)
+
+
+def build_instruction(label_names: Sequence[str], use_cot: bool = True) -> str:
+    """The user turn of the prompt, with the `<video><VideoHere></video>` placeholder."""
+    template = COT_INSTRUCTION if use_cot else LABEL_INSTRUCTION
+    return template.format(video=VIDEO_PLACEHOLDER, labels=", ".join(label_names))
+
+
+def _join(*parts: Optional[str]) -> str:
+    return " ".join(p.strip() for p in parts if p and p.strip())
+
+
+def build_cot_target(
+    emotion: str,
+    evidence: Optional[Mapping[str, str]] = None,
+    reasoning: Optional[str] = None,
+    confidence: float = 1.0,
+) -> str:
+    """Format a CoT report from annotation fields.
+
+    The three evidence lines of the template fold the five modalities: Visual = visual
+    global + motion, Audio = voice + words, Physiological = facial action units. A line
+    without any evidence says so rather than inventing some.
+    """
+    ev = dict(evidence or {})
+    visual = _join(ev.get("visual"), ev.get("motion")) or "No visual evidence was annotated."
+    audio = _join(ev.get("audio"), ev.get("text")) or "No audio evidence was annotated."
+    physio = _join(ev.get("au")) or "No facial action-unit evidence was annotated."
+    rationale = (reasoning or "").strip() or f"Taken together, the cues point to {emotion}."
+    prediction = json.dumps({"emotion": emotion, "confidence": round(float(confidence), 2)})
+    return (
+        "### Evidence Analysis\n"
+        f"- Visual: {visual}\n"
+        f"- Audio: {audio}\n"
+        f"- Physiological: {physio}\n"
+        "### Rationale\n"
+        f"{rationale}\n"
+        "### Prediction\n"
+        f"{prediction}"
+    )
+
+
+def build_label_target(emotion: str) -> str:
+    """The target of the label-only (no CoT) instruction."""
+    return json.dumps({"emotion": emotion})
+
+
+@dataclass(frozen=True)
+class ParsedPrediction:
+    emotion: str
+    confidence: Optional[float]
+    format_ok: bool
+    error: Optional[str] = None
+
+
+_DECODER = json.JSONDecoder()
+
+
+def _json_objects(text: str) -> list[dict]:
+    """Every top-level JSON object in `text`, in order (scans each '{')."""
+    found: list[dict] = []
+    i = 0
+    while True:
+        i = text.find("{", i)
+        if i < 0:
+            return found
+        try:
+            obj, end = _DECODER.raw_decode(text, i)
+        except json.JSONDecodeError:
+            i += 1
+            continue
+        if isinstance(obj, dict):
+            found.append(obj)
+        i = end
+
+
+def parse_report(report: str, label_names: Optional[Sequence[str]] = None, require_header: bool = True) -> ParsedPrediction:
+    """Parse a generated report into a prediction.
+
+    Takes the last JSON object after the last `### Prediction` header (anywhere in the text
+    when `require_header` is False, as for label-only answers). A report without one, or
+    whose emotion is not a string in `label_names` (when given), is a format failure with
+    emotion `unknown`: the label is never guessed from free text.
+    """
+    if require_header:
+        head = report.rfind("### Prediction")
+        if head < 0:
+            return ParsedPrediction(UNKNOWN, None, False, "no '### Prediction' section")
+        body = report[head:]
+    else:
+        body = report
+    objects = [o for o in _json_objects(body) if "emotion" in o]
+    if not objects:
+        return ParsedPrediction(UNKNOWN, None, False, "no JSON object with an 'emotion' key")
+    obj = objects[-1]
+    emotion = obj.get("emotion")
+    if not isinstance(emotion, str):
+        return ParsedPrediction(UNKNOWN, None, False, "'emotion' is not a string")
+    emotion = emotion.strip().lower()
+    if label_names is not None and emotion not in {l.lower() for l in label_names}:
+        return ParsedPrediction(UNKNOWN, None, False, f"emotion {emotion!r} is not in the label set")
+    conf = obj.get("confidence")
+    confidence: Optional[float] = None
+    if isinstance(conf, (int, float)) and not isinstance(conf, bool):
+        confidence = min(max(float(conf), 0.0), 1.0)
+    return ParsedPrediction(emotion, confidence, True)
+
+
+_EVIDENCE_LINE = re.compile(r"^- (Visual|Audio|Physiological):\s*(.*)$", re.MULTILINE)
+
+
+def report_evidence(report: str) -> dict[str, str]:
+    """The evidence lines of a report, keyed by their section name (for display)."""
+    return {m.group(1).lower(): m.group(2).strip() for m in _EVIDENCE_LINE.finditer(report)}
