@@ -1,0 +1,302 @@
+"""Per-video feature files (DESIGN.md section 3): write and read them safely.
+
+One file per clip, `<features_dir>/<video_id>.npz` (or `.safetensors`): float16 arrays
+`[T, D]` under the extractor keys (`videomae`, `hubert`, `au`, `bert`, `clip`), the Whisper
+`transcript` as a 0-d unicode array and optional `meta_<name>` strings. A modality that could
+not be extracted is simply absent. Nothing here unpickles unless the caller opts in, because
+unpickling a file runs arbitrary code: the seed's pickled `.npy` dicts are read only with
+`allow_pickle=True` (or converted once with `scripts/convert_legacy_features.py`).
+
+Every problem is a `FeatureFileError` naming the file and the key, so a bad clip in a folder
+of 100k is found from the message alone.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+TRANSCRIPT_KEY = "transcript"
+META_PREFIX = "meta_"
+NPZ_SUFFIX = ".npz"
+SAFETENSORS_SUFFIX = ".safetensors"
+LEGACY_SUFFIX = ".npy"
+# Suffixes a features folder may hold, in lookup order (the safe formats first).
+FEATURE_SUFFIXES: tuple[str, ...] = (NPZ_SUFFIX, SAFETENSORS_SUFFIX, LEGACY_SUFFIX)
+# The seed's legacy key names that differ from ours.
+LEGACY_KEY_MAP: dict[str, str] = {"video_mae": "videomae"}
+CONVERT_HINT = (
+    "convert the folder once with `python scripts/convert_legacy_features.py --input_dir DIR "
+    "--output_dir DIR` (writes safe .npz files), or set `allow_pickle: true` in the dataset "
+    "config if you trust every file"
+)
+
+
+class FeatureFileError(ValueError):
+    """A feature file that cannot be used; `path` and `key` (None = whole file) say where."""
+
+    def __init__(self, path: PathLike, key: Optional[str], problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        where = f"{self.path} [key {key!r}]" if key is not None else self.path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass
+class FeatureRecord:
+    """The contents of one feature file.
+
+    arrays: feature key -> float32 `[T, D]` (T >= 1 frames, D >= 1 dims, all finite).
+    transcript: the Whisper transcript ("" when the file has none).
+    meta: `meta_<name>` entries, keyed by `<name>`.
+    """
+
+    arrays: dict[str, np.ndarray]
+    transcript: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int]) -> np.ndarray:
+    """Check one feature array and return it as float32 `[T, D]`."""
+    if not isinstance(arr, np.ndarray):
+        raise FeatureFileError(path, key, f"expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype == object:
+        raise FeatureFileError(path, key, "object dtype (pickled Python objects) is not a feature array")
+    if arr.dtype.kind not in "fiub":
+        raise FeatureFileError(path, key, f"dtype {arr.dtype} is not numeric")
+    if arr.ndim != 2:
+        raise FeatureFileError(path, key, f"expected a 2-D [T, D] array, got shape {tuple(arr.shape)}")
+    t, d = arr.shape
+    if t == 0 or d == 0:
+        raise FeatureFileError(
+            path, key, f"empty array of shape {tuple(arr.shape)}; leave an absent modality out instead"
+        )
+    if max_dim is not None and d > max_dim:
+        raise FeatureFileError(path, key, f"feature dim {d} is larger than max_dim {max_dim}")
+    out = arr.astype(np.float32, copy=False)
+    if not np.isfinite(out).all():
+        bad = int((~np.isfinite(out)).sum())
+        raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
+    return out
+
+
+def _validate_string(path: PathLike, key: str, value: Any) -> str:
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind != "U":
+            raise FeatureFileError(
+                path, key, f"expected a 0-d unicode array, got dtype {value.dtype} shape {tuple(value.shape)}"
+            )
+        return str(value[()])
+    if isinstance(value, str):
+        return value
+    raise FeatureFileError(path, key, f"expected a string, got {type(value).__name__}")
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _prepare_for_write(
+    path: PathLike, arrays: Mapping[str, np.ndarray], transcript: Optional[str], meta: Optional[Mapping[str, str]]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validate inputs; return float16 arrays and the string entries (transcript, meta_*)."""
+    out: dict[str, np.ndarray] = {}
+    for key, arr in arrays.items():
+        if not isinstance(key, str) or not key:
+            raise FeatureFileError(path, str(key), "feature keys must be non-empty strings")
+        if key == TRANSCRIPT_KEY or key.startswith(META_PREFIX):
+            raise FeatureFileError(path, key, "reserved key (transcript / meta_*) used for an array")
+        a = _validate_array(path, key, np.asarray(arr), max_dim=None)
+        half = a.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise FeatureFileError(path, key, "value(s) overflow float16 (|x| > 65504)")
+        out[key] = half
+    strings: dict[str, str] = {}
+    if transcript is not None:
+        strings[TRANSCRIPT_KEY] = _validate_string(path, TRANSCRIPT_KEY, transcript)
+    for name, value in (meta or {}).items():
+        key = f"{META_PREFIX}{name}"
+        if key in out:
+            raise FeatureFileError(path, key, "meta name collides with a feature key")
+        strings[key] = _validate_string(path, key, value)
+    return out, strings
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """Write through `write(fileobj)` into a temp file beside `path`, then rename over it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_features(
+    path: PathLike,
+    arrays: Mapping[str, np.ndarray],
+    transcript: Optional[str] = None,
+    meta: Optional[Mapping[str, str]] = None,
+) -> None:
+    """Write one clip's features atomically (`.npz` via numpy.savez, or `.safetensors`).
+
+    arrays: key -> `[T, D]` numeric array, stored as float16 (refused if 2-D-ness, finiteness
+    or the float16 range is violated, so a bad file is never written in the first place).
+    """
+    path = Path(path)
+    half, strings = _prepare_for_write(path, arrays, transcript, meta)
+    if path.suffix == NPZ_SUFFIX:
+        payload: dict[str, np.ndarray] = dict(half)
+        for key, value in strings.items():
+            payload[key] = np.array(value, dtype=np.str_)
+        _atomic_write_bytes(path, lambda fh: np.savez(fh, **payload))
+    elif path.suffix == SAFETENSORS_SUFFIX:
+        from safetensors.numpy import save
+
+        data = save({k: np.ascontiguousarray(v) for k, v in half.items()}, metadata=strings or None)
+        _atomic_write_bytes(path, lambda fh: fh.write(data))
+    else:
+        raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; use .npz or .safetensors")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _finish(path: PathLike, raw_arrays: Mapping[str, Any], strings: Mapping[str, Any], max_dim: int) -> FeatureRecord:
+    arrays = {k: _validate_array(path, k, v, max_dim) for k, v in raw_arrays.items()}
+    transcript = ""
+    meta: dict[str, str] = {}
+    for key, value in strings.items():
+        text = _validate_string(path, key, value)
+        if key == TRANSCRIPT_KEY:
+            transcript = text
+        else:
+            meta[key[len(META_PREFIX):]] = text
+    return FeatureRecord(arrays=arrays, transcript=transcript, meta=meta)
+
+
+def _is_string_key(key: str) -> bool:
+    return key == TRANSCRIPT_KEY or key.startswith(META_PREFIX)
+
+
+def _read_npz(path: Path, max_dim: int) -> FeatureRecord:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise FeatureFileError(path, None, f"unreadable .npz ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise FeatureFileError(path, None, "not an .npz archive")
+    raw: dict[str, Any] = {}
+    strings: dict[str, Any] = {}
+    with npz:
+        for key in npz.files:
+            try:
+                value = npz[key]
+            except ValueError as exc:
+                if "allow_pickle" in str(exc) or "Object arrays" in str(exc):
+                    raise FeatureFileError(path, key, "object dtype (would need unpickling); refused") from exc
+                raise FeatureFileError(path, key, f"unreadable array ({exc})") from exc
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                raise FeatureFileError(path, key, f"unreadable array ({type(exc).__name__}: {exc})") from exc
+            (strings if _is_string_key(key) else raw)[key] = value
+    return _finish(path, raw, strings, max_dim)
+
+
+def _read_safetensors(path: Path, max_dim: int) -> FeatureRecord:
+    from safetensors import safe_open
+
+    raw: dict[str, Any] = {}
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            metadata = dict(fh.metadata() or {})
+            for key in fh.keys():
+                raw[key] = fh.get_tensor(key)
+    except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
+        raise FeatureFileError(path, None, f"unreadable .safetensors ({type(exc).__name__}: {exc})") from exc
+    strings = {k: v for k, v in metadata.items() if _is_string_key(k) and k != "format"}
+    return _finish(path, raw, strings, max_dim)
+
+
+def _read_legacy(path: Path, max_dim: int, allow_pickle: bool) -> FeatureRecord:
+    """The seed's pickled dict `{video_mae, clip, hubert, bert, au, transcript}`.
+
+    A 1-D array (a pooled vector, as the seed often stored) is read as one frame `[1, D]`.
+    """
+    if not allow_pickle:
+        raise FeatureFileError(
+            path,
+            None,
+            "legacy pickled .npy feature file refused: unpickling runs arbitrary code from the "
+            f"file. To use it, {CONVERT_HINT}",
+        )
+    try:
+        obj = np.load(path, allow_pickle=True)
+    except Exception as exc:  # unpickling can raise anything
+        raise FeatureFileError(path, None, f"unreadable legacy .npy ({type(exc).__name__}: {exc})") from exc
+    if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
+        obj = obj.item()
+    if not isinstance(obj, dict):
+        raise FeatureFileError(path, None, f"legacy .npy must hold a dict, got {type(obj).__name__}")
+    raw: dict[str, Any] = {}
+    strings: dict[str, Any] = {}
+    for key, value in obj.items():
+        if not isinstance(key, str):
+            raise FeatureFileError(path, str(key), "legacy dict keys must be strings")
+        if _is_string_key(key):
+            strings[key] = str(value) if isinstance(value, (str, np.str_)) else value
+            continue
+        name = LEGACY_KEY_MAP.get(key, key)
+        arr = np.asarray(value) if not isinstance(value, np.ndarray) else value
+        if arr.ndim == 1 and arr.dtype != object:
+            arr = arr[None, :]
+        raw[name] = arr
+    return _finish(path, raw, strings, max_dim)
+
+
+def read_features(path: PathLike, max_dim: int = 1024, allow_pickle: bool = False) -> FeatureRecord:
+    """Read and validate one feature file (`.npz`, `.safetensors`, or legacy `.npy`).
+
+    Returns float32 `[T, D]` arrays with D <= max_dim; raises FeatureFileError on a missing,
+    empty or unreadable file, a NaN/Inf value, a non-2-D array, D > max_dim or an object array.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise FeatureFileError(path, None, f"cannot read file ({exc.strerror or exc})") from exc
+    if not path.is_file():
+        raise FeatureFileError(path, None, "not a regular file")
+    if size == 0:
+        raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
+    if path.suffix == NPZ_SUFFIX:
+        return _read_npz(path, max_dim)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        return _read_safetensors(path, max_dim)
+    if path.suffix == LEGACY_SUFFIX:
+        return _read_legacy(path, max_dim, allow_pickle)
+    raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; expected one of {FEATURE_SUFFIXES}")
+
+
+def find_feature_file(features_dir: PathLike, video_id: str) -> Optional[Path]:
+    """The first existing `<features_dir>/<video_id><suffix>` in FEATURE_SUFFIXES order, or None."""
+    base = Path(features_dir)
+    for suffix in FEATURE_SUFFIXES:
+        candidate = base / f"{video_id}{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
