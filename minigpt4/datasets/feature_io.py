@@ -12,6 +12,7 @@ of 100k is found from the message alone.
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import zipfile
@@ -64,8 +65,8 @@ class FeatureRecord:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int]) -> np.ndarray:
-    """Check one feature array and return it as float32 `[T, D]`."""
+def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], dtype: Any = np.float32) -> np.ndarray:
+    """Check one feature array and return it as `dtype` (float32 by default) `[T, D]`."""
     if not isinstance(arr, np.ndarray):
         raise FeatureFileError(path, key, f"expected a numpy array, got {type(arr).__name__}")
     if arr.dtype == object:
@@ -81,10 +82,13 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int]) 
         )
     if max_dim is not None and d > max_dim:
         raise FeatureFileError(path, key, f"feature dim {d} is larger than max_dim {max_dim}")
-    out = arr.astype(np.float32, copy=False)
-    if not np.isfinite(out).all():
-        bad = int((~np.isfinite(out)).sum())
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
         raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=False)
+    if not np.isfinite(out).all():
+        raise FeatureFileError(path, key, f"value(s) overflow {np.dtype(dtype).name} (|x| > {np.finfo(dtype).max:g})")
     return out
 
 
@@ -113,11 +117,8 @@ def _prepare_for_write(
             raise FeatureFileError(path, str(key), "feature keys must be non-empty strings")
         if key == TRANSCRIPT_KEY or key.startswith(META_PREFIX):
             raise FeatureFileError(path, key, "reserved key (transcript / meta_*) used for an array")
-        a = _validate_array(path, key, np.asarray(arr), max_dim=None)
-        half = a.astype(np.float16)
-        if not np.isfinite(half).all():
-            raise FeatureFileError(path, key, "value(s) overflow float16 (|x| > 65504)")
-        out[key] = half
+        # straight to float16 (no float32 step, so the stored value is the nearest float16)
+        out[key] = _validate_array(path, key, np.asarray(arr), max_dim=None, dtype=np.float16)
     strings: dict[str, str] = {}
     if transcript is not None:
         strings[TRANSCRIPT_KEY] = _validate_string(path, TRANSCRIPT_KEY, transcript)
@@ -194,9 +195,10 @@ def _is_string_key(key: str) -> bool:
     return key == TRANSCRIPT_KEY or key.startswith(META_PREFIX)
 
 
-def _read_npz(path: Path, max_dim: int) -> FeatureRecord:
+def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
+    """`source` is a filesystem path or a binary file object; `path` names it in errors."""
     try:
-        npz = np.load(path, allow_pickle=False)
+        npz = np.load(source, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise FeatureFileError(path, None, f"unreadable .npz ({type(exc).__name__}: {exc})") from exc
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -217,22 +219,46 @@ def _read_npz(path: Path, max_dim: int) -> FeatureRecord:
     return _finish(path, raw, strings, max_dim)
 
 
-def _read_safetensors(path: Path, max_dim: int) -> FeatureRecord:
-    from safetensors import safe_open
+def _safetensors_metadata(path: PathLike, data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors header (8-byte little-endian length + JSON)."""
+    import json
 
+    if len(data) < 8:
+        raise FeatureFileError(path, None, "unreadable .safetensors (truncated header)")
+    n = int.from_bytes(data[:8], "little")
+    try:
+        header = json.loads(data[8 : 8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FeatureFileError(path, None, f"unreadable .safetensors header ({exc})") from exc
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return dict(meta or {})
+
+
+def _read_safetensors(path: PathLike, data: Optional[bytes], max_dim: int) -> FeatureRecord:
+    """Read from `path`, or from `data` (the file's bytes) when given."""
     raw: dict[str, Any] = {}
     try:
-        with safe_open(str(path), framework="np") as fh:
-            metadata = dict(fh.metadata() or {})
-            for key in fh.keys():
-                raw[key] = fh.get_tensor(key)
+        if data is None:
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="np") as fh:
+                metadata = dict(fh.metadata() or {})
+                for key in fh.keys():
+                    raw[key] = fh.get_tensor(key)
+        else:
+            from safetensors.numpy import load
+
+            metadata = _safetensors_metadata(path, data)
+            raw = dict(load(data))
+    except FeatureFileError:
+        raise
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
         raise FeatureFileError(path, None, f"unreadable .safetensors ({type(exc).__name__}: {exc})") from exc
-    strings = {k: v for k, v in metadata.items() if _is_string_key(k) and k != "format"}
+    strings = {k: v for k, v in metadata.items() if _is_string_key(k)}
     return _finish(path, raw, strings, max_dim)
 
 
-def _read_legacy(path: Path, max_dim: int, allow_pickle: bool) -> FeatureRecord:
+def _read_legacy(path: PathLike, source: Any, max_dim: int, allow_pickle: bool) -> FeatureRecord:
     """The seed's pickled dict `{video_mae, clip, hubert, bert, au, transcript}`.
 
     A 1-D array (a pooled vector, as the seed often stored) is read as one frame `[1, D]`.
@@ -245,7 +271,7 @@ def _read_legacy(path: Path, max_dim: int, allow_pickle: bool) -> FeatureRecord:
             f"file. To use it, {CONVERT_HINT}",
         )
     try:
-        obj = np.load(path, allow_pickle=True)
+        obj = np.load(source, allow_pickle=True)
     except Exception as exc:  # unpickling can raise anything
         raise FeatureFileError(path, None, f"unreadable legacy .npy ({type(exc).__name__}: {exc})") from exc
     if isinstance(obj, np.ndarray) and obj.dtype == object and obj.ndim == 0:
@@ -284,12 +310,31 @@ def read_features(path: PathLike, max_dim: int = 1024, allow_pickle: bool = Fals
     if size == 0:
         raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
     if path.suffix == NPZ_SUFFIX:
-        return _read_npz(path, max_dim)
+        return _read_npz(path, path, max_dim)
     if path.suffix == SAFETENSORS_SUFFIX:
-        return _read_safetensors(path, max_dim)
+        return _read_safetensors(path, None, max_dim)
     if path.suffix == LEGACY_SUFFIX:
-        return _read_legacy(path, max_dim, allow_pickle)
+        return _read_legacy(path, path, max_dim, allow_pickle)
     raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; expected one of {FEATURE_SUFFIXES}")
+
+
+def read_features_bytes(
+    data: bytes, suffix: str, name: str, max_dim: int = 1024, allow_pickle: bool = False
+) -> FeatureRecord:
+    """Like read_features, for a file's bytes (e.g. a member of a webdataset tar shard).
+
+    suffix: the format (`.npz`, `.safetensors` or `.npy`); name: how errors name the source.
+    """
+    if not data:
+        raise FeatureFileError(name, None, "zero-byte file (an interrupted write?)")
+    suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    if suffix == NPZ_SUFFIX:
+        return _read_npz(name, io.BytesIO(data), max_dim)
+    if suffix == SAFETENSORS_SUFFIX:
+        return _read_safetensors(name, bytes(data), max_dim)
+    if suffix == LEGACY_SUFFIX:
+        return _read_legacy(name, io.BytesIO(data), max_dim, allow_pickle)
+    raise FeatureFileError(name, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
 
 
 def find_feature_file(features_dir: PathLike, video_id: str) -> Optional[Path]:

@@ -1,0 +1,249 @@
+"""Feature file format (DESIGN.md 3): round trip, atomic writes, every validation error."""
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minigpt4.datasets.feature_io import (
+    FeatureFileError,
+    FeatureRecord,
+    find_feature_file,
+    read_features,
+    read_features_bytes,
+    write_features,
+)
+
+
+def _arrays(rng: np.random.Generator) -> dict[str, np.ndarray]:
+    return {
+        "videomae": rng.standard_normal((4, 768)),
+        "hubert": rng.standard_normal((9, 1024)),
+        "au": rng.random((7, 35)),
+        "bert": rng.standard_normal((5, 768)),
+        "clip": rng.standard_normal((3, 1024)),
+    }
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_round_trip(tmp_path: Path, suffix: str) -> None:
+    rng = np.random.default_rng(0)
+    arrays = _arrays(rng)
+    path = tmp_path / f"clip_001{suffix}"
+    write_features(path, arrays, transcript="Ich bin so glücklich! 我很高兴", meta={"fps": "25", "source": "x.mp4"})
+    rec = read_features(path)
+    assert isinstance(rec, FeatureRecord)
+    assert set(rec.arrays) == set(arrays)
+    for key, arr in arrays.items():
+        got = rec.arrays[key]
+        assert got.dtype == np.float32 and got.shape == arr.shape
+        # stored as float16: exactly the float16 rounding of the input
+        np.testing.assert_array_equal(got, arr.astype(np.float16).astype(np.float32))
+    assert rec.transcript == "Ich bin so glücklich! 我很高兴"
+    assert rec.meta == {"fps": "25", "source": "x.mp4"}
+    # the same bytes read through the in-memory path (used by shards) give the same record
+    rec2 = read_features_bytes(path.read_bytes(), suffix, "member")
+    assert rec2.transcript == rec.transcript and rec2.meta == rec.meta
+    for key in arrays:
+        np.testing.assert_array_equal(rec2.arrays[key], rec.arrays[key])
+
+
+def test_npz_layout_is_plain_numpy(tmp_path: Path) -> None:
+    """The file is a plain numpy.savez archive: float16 arrays, 0-d unicode strings, no pickle."""
+    path = tmp_path / "a.npz"
+    write_features(path, {"au": np.ones((2, 35))}, transcript="hi", meta={"fps": "1"})
+    with np.load(path, allow_pickle=False) as z:
+        assert sorted(z.files) == ["au", "meta_fps", "transcript"]
+        assert z["au"].dtype == np.float16
+        assert z["transcript"].shape == () and z["transcript"].dtype.kind == "U"
+        assert str(z["meta_fps"][()]) == "1"
+
+
+def test_no_transcript_and_absent_modalities(tmp_path: Path) -> None:
+    path = tmp_path / "b.npz"
+    write_features(path, {"hubert": np.zeros((3, 1024))})
+    rec = read_features(path)
+    assert list(rec.arrays) == ["hubert"] and rec.transcript == "" and rec.meta == {}
+
+
+def test_atomic_write_leaves_no_temp_and_keeps_old_file_on_failure(tmp_path: Path) -> None:
+    path = tmp_path / "c.npz"
+    write_features(path, {"au": np.ones((2, 35))}, transcript="old")
+    with pytest.raises(FeatureFileError):
+        write_features(path, {"au": np.full((2, 35), np.nan)}, transcript="new")
+    assert read_features(path).transcript == "old"
+    write_features(path, {"au": np.ones((2, 35))}, transcript="new")
+    assert read_features(path).transcript == "new"
+    assert sorted(os.listdir(tmp_path)) == ["c.npz"]
+
+
+@pytest.mark.parametrize(
+    "arrays, problem",
+    [
+        ({"au": np.array([[1.0, np.nan]])}, "NaN/Inf"),
+        ({"au": np.array([[1.0, np.inf]])}, "NaN/Inf"),
+        ({"au": np.ones(35)}, "2-D"),
+        ({"au": np.ones((2, 3, 4))}, "2-D"),
+        ({"au": np.ones((0, 35))}, "empty"),
+        ({"au": np.array([[1e6]])}, "overflow float16"),
+        ({"au": np.array([["a"]])}, "not numeric"),
+        ({"transcript": np.ones((1, 2))}, "reserved"),
+    ],
+)
+def test_write_refuses_bad_arrays(tmp_path: Path, arrays, problem: str) -> None:
+    path = tmp_path / "bad.npz"
+    with pytest.raises(FeatureFileError) as err:
+        write_features(path, arrays)
+    assert problem in str(err.value) and str(path) in str(err.value)
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_write_refuses_unknown_suffix(tmp_path: Path) -> None:
+    with pytest.raises(FeatureFileError, match="unsupported suffix"):
+        write_features(tmp_path / "x.pt", {"au": np.ones((1, 35))})
+
+
+def _raw_npz(path: Path, **arrays) -> None:
+    """Write an .npz with np.savez directly, bypassing write_features' checks."""
+    with open(path, "wb") as fh:
+        np.savez(fh, **arrays)
+
+
+@pytest.mark.parametrize(
+    "key, value, problem",
+    [
+        ("hubert", np.array([[0.0, np.nan]], dtype=np.float16), "NaN/Inf"),
+        ("hubert", np.array([[np.inf, 0.0]], dtype=np.float32), "NaN/Inf"),
+        ("hubert", np.ones(8, dtype=np.float16), "2-D"),
+        ("hubert", np.ones((2, 2, 2), dtype=np.float16), "2-D"),
+        ("hubert", np.ones((2, 1025), dtype=np.float16), "larger than max_dim 1024"),
+        ("hubert", np.array([[1, 2]], dtype=object), "object dtype"),
+        ("hubert", np.array([["x"]]), "not numeric"),
+        ("transcript", np.array(["a", "b"]), "0-d unicode"),
+    ],
+)
+def test_read_refuses_bad_arrays_naming_file_and_key(tmp_path: Path, key: str, value, problem: str) -> None:
+    path = tmp_path / "v1.npz"
+    if value.dtype == object:  # np.savez pickles object arrays; the reader must refuse them
+        with open(path, "wb") as fh:
+            np.savez(fh, **{key: value})
+    else:
+        _raw_npz(path, **{key: value})
+    with pytest.raises(FeatureFileError) as err:
+        read_features(path)
+    msg = str(err.value)
+    assert problem in msg and str(path) in msg and repr(key) in msg
+    assert err.value.key == key and err.value.path == str(path)
+    assert isinstance(err.value, ValueError)
+
+
+def test_max_dim_is_configurable(tmp_path: Path) -> None:
+    path = tmp_path / "m.npz"
+    write_features(path, {"clip": np.ones((2, 512))})
+    assert read_features(path, max_dim=512).arrays["clip"].shape == (2, 512)
+    with pytest.raises(FeatureFileError, match="larger than max_dim 256"):
+        read_features(path, max_dim=256)
+
+
+def test_unreadable_zero_byte_missing_and_truncated_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    with pytest.raises(FeatureFileError, match="zero-byte"):
+        read_features(empty)
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"this is not a zip archive at all")
+    with pytest.raises(FeatureFileError, match="unreadable"):
+        read_features(garbage)
+    good = tmp_path / "good.npz"
+    write_features(good, {"au": np.ones((50, 35))})
+    truncated = tmp_path / "trunc.npz"
+    truncated.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(FeatureFileError, match=str(truncated)):
+        read_features(truncated)
+    with pytest.raises(FeatureFileError, match="cannot read"):
+        read_features(tmp_path / "missing.npz")
+    st = tmp_path / "bad.safetensors"
+    st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(FeatureFileError, match="unreadable .safetensors"):
+        read_features(st)
+    with pytest.raises(FeatureFileError, match="zero-byte"):
+        read_features_bytes(b"", ".npz", "shard.tar:0001.npz")
+
+
+def test_safetensors_validation_names_key(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "s.safetensors"
+    save_file({"clip": np.ones((2, 2048), dtype=np.float16)}, str(path), metadata={"transcript": "t"})
+    with pytest.raises(FeatureFileError) as err:
+        read_features(path)
+    assert err.value.key == "clip" and "max_dim" in str(err.value)
+
+
+def _legacy(path: Path) -> dict:
+    rng = np.random.default_rng(1)
+    data = {
+        "video_mae": rng.standard_normal((3, 768)).astype(np.float32),
+        "clip": rng.standard_normal(1024).astype(np.float32),  # pooled vector, as the seed stored
+        "hubert": rng.standard_normal((6, 1024)).astype(np.float32),
+        "bert": rng.standard_normal((4, 768)).astype(np.float32),
+        "au": rng.random((5, 35)).astype(np.float32),
+        "transcript": "legacy words",
+    }
+    np.save(path, data, allow_pickle=True)
+    return data
+
+
+def test_legacy_npy_refused_without_flag(tmp_path: Path) -> None:
+    path = tmp_path / "old.npy"
+    _legacy(path)
+    with pytest.raises(FeatureFileError) as err:
+        read_features(path)
+    msg = str(err.value)
+    assert "unpickling runs arbitrary code" in msg
+    assert "scripts/convert_legacy_features.py" in msg and "allow_pickle" in msg
+
+
+def test_legacy_npy_read_with_flag_maps_keys(tmp_path: Path) -> None:
+    path = tmp_path / "old.npy"
+    data = _legacy(path)
+    rec = read_features(path, allow_pickle=True)
+    assert set(rec.arrays) == {"videomae", "clip", "hubert", "bert", "au"}
+    np.testing.assert_array_equal(rec.arrays["videomae"], data["video_mae"])
+    np.testing.assert_array_equal(rec.arrays["clip"], data["clip"][None, :])
+    assert rec.transcript == "legacy words"
+    rec_b = read_features_bytes(path.read_bytes(), ".npy", "m", allow_pickle=True)
+    np.testing.assert_array_equal(rec_b.arrays["hubert"], data["hubert"])
+    bad = tmp_path / "list.npy"
+    np.save(bad, np.array([1, 2, 3], dtype=object), allow_pickle=True)
+    with pytest.raises(FeatureFileError, match="must hold a dict"):
+        read_features(bad, allow_pickle=True)
+
+
+def test_find_feature_file_prefers_safe_formats(tmp_path: Path) -> None:
+    assert find_feature_file(tmp_path, "v") is None
+    _legacy(tmp_path / "v.npy")
+    assert find_feature_file(tmp_path, "v") == tmp_path / "v.npy"
+    write_features(tmp_path / "v.npz", {"au": np.ones((1, 35))})
+    assert find_feature_file(tmp_path, "v") == tmp_path / "v.npz"
+
+
+def test_npz_never_unpickles(tmp_path: Path) -> None:
+    """An .npz member that holds a pickle is refused before any code could run."""
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.npz"
+    buf = io.BytesIO()
+    np.save(buf, np.array([Boom()], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("hubert.npy", buf.getvalue())
+    with pytest.raises(FeatureFileError, match="object dtype"):
+        read_features(path)
+    assert not (tmp_path / "pwned").exists()
