@@ -6,6 +6,7 @@ generated reports) can never disagree on the format.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
@@ -120,11 +121,16 @@ def parse_report(report: str, label_names: Optional[Sequence[str]] = None, requi
     if not isinstance(emotion, str):
         return ParsedPrediction(UNKNOWN, None, False, "'emotion' is not a string")
     emotion = emotion.strip().lower()
-    if label_names is not None and emotion not in {l.lower() for l in label_names}:
-        return ParsedPrediction(UNKNOWN, None, False, f"emotion {emotion!r} is not in the label set")
+    if label_names is not None:
+        # Return the label as the label set spells it, so callers can index the set with it.
+        canonical = {l.strip().lower(): l for l in label_names}
+        if emotion not in canonical:
+            return ParsedPrediction(UNKNOWN, None, False, f"emotion {emotion!r} is not in the label set")
+        emotion = canonical[emotion]
     conf = obj.get("confidence")
     confidence: Optional[float] = None
-    if isinstance(conf, (int, float)) and not isinstance(conf, bool):
+    # json accepts NaN/Infinity; a non-finite confidence is no confidence.
+    if isinstance(conf, (int, float)) and not isinstance(conf, bool) and math.isfinite(conf):
         confidence = min(max(float(conf), 0.0), 1.0)
     return ParsedPrediction(emotion, confidence, True)
 
