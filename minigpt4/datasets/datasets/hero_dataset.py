@@ -1,0 +1,390 @@
+"""HERODataset: feature files + annotations -> the model's input (DESIGN.md 2.2).
+
+A sample stacks the five modalities in STACK_ORDER (0 motion, 1 audio, 2 AU, 3 text,
+4 visual global) into `video_features [5, T, max_dim]`, zero-padded in both time and feature
+dim, with `feature_mask [5, T]` (True = real frame) and `modality_mask [5]` (True = present).
+A modality missing from the file is all zeros with both masks False: never "present".
+
+Long modalities are subsampled *uniformly* over time to their `max_len` (first and last frame
+kept), not cut at the tail, so a 20 s clip is summarised over all 20 s. The collater pads T
+to the longest sample of the batch, not to a global length, so batches of short clips stay
+small.
+
+`SampleBuilder` holds the per-sample logic so the folder dataset here and the webdataset
+shard reader (`minigpt4/datasets/shards.py`) produce identical samples.
+"""
+from __future__ import annotations
+
+import logging
+import warnings
+import zlib
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from minigpt4.common import cot
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
+from minigpt4.datasets.annotations import Annotation, UNLABELED_SPLITS
+from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_feature_file, read_features
+
+logger = logging.getLogger(__name__)
+
+NUM_MODALITIES = len(STACK_ORDER)
+BATCH_KEYS: tuple[str, ...] = (
+    "video_features",
+    "feature_mask",
+    "modality_mask",
+    "video_id",
+    "emotion",
+    "emotion_label",
+    "instruction",
+    "answer",
+    "evidence",
+    "transcript",
+)
+
+
+class MissingFeaturesError(FileNotFoundError):
+    """Annotated clips without a feature file (and `skip_missing` is off)."""
+
+
+def _per_modality(value: Any, name: str, default: Any) -> dict[str, Any]:
+    """Expand a scalar or a {modality: value} mapping to all five modalities."""
+    if value is None:
+        return {m: default for m in STACK_ORDER}
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(STACK_ORDER))
+        if unknown:
+            raise ValueError(f"{name}: unknown modality name(s) {unknown}; expected {list(STACK_ORDER)}")
+        return {m: value.get(m, default) for m in STACK_ORDER}
+    return {m: value for m in STACK_ORDER}
+
+
+def uniform_indices(length: int, max_len: Optional[int]) -> Optional[np.ndarray]:
+    """Indices of `max_len` frames spread evenly over `length` (first and last kept), or None
+    when no subsampling is needed."""
+    if max_len is None or length <= max_len:
+        return None
+    if max_len == 1:
+        return np.array([(length - 1) // 2], dtype=np.int64)
+    # floor(x + 0.5): round half up, monotone and strictly increasing for a step > 1
+    return np.floor(np.linspace(0.0, length - 1, num=max_len) + 0.5).astype(np.int64)
+
+
+def stable_hash(text: str) -> int:
+    """A process-independent hash (Python's hash() is salted per process)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+class SampleBuilder:
+    """Turns one (annotation, feature file) pair into a sample dict with the batch keys.
+
+    Also checks that each modality's feature dim is the same in every file it reads (the
+    first file seen fixes it), because a mixed folder would be silently un-padded wrongly.
+    """
+
+    def __init__(
+        self,
+        max_dim: int = 1024,
+        label_names: Sequence[str] = DEFAULT_EMOTIONS,
+        feature_keys: Optional[Mapping[str, Optional[str]]] = None,
+        max_len: Union[int, Mapping[str, Optional[int]], None] = None,
+        use_cot: bool = True,
+        modality_dropout: Union[float, Mapping[str, float]] = 0.0,
+        seed: int = 42,
+    ) -> None:
+        if int(max_dim) < 1:
+            raise ValueError(f"max_dim must be >= 1, got {max_dim}")
+        self.max_dim = int(max_dim)
+        self.label_names = [str(l).strip().lower() for l in label_names]
+        if len(set(self.label_names)) != len(self.label_names) or not self.label_names:
+            raise ValueError(f"label_names must be non-empty and unique, got {list(label_names)}")
+        self.label_index = {name: i for i, name in enumerate(self.label_names)}
+        # modality -> key in the feature file; an omitted modality keeps its default key and
+        # a null key turns the modality off (always absent)
+        keys: dict[str, Optional[str]] = dict(DEFAULT_FEATURE_KEYS)
+        if feature_keys is not None:
+            if not isinstance(feature_keys, Mapping):
+                raise ValueError(f"feature_keys must map modality -> file key, got {feature_keys!r}")
+            unknown = sorted(set(feature_keys) - set(STACK_ORDER))
+            if unknown:
+                raise ValueError(f"feature_keys: unknown modality name(s) {unknown}; expected {list(STACK_ORDER)}")
+            keys.update({m: (None if v is None else str(v)) for m, v in feature_keys.items()})
+        self.feature_keys = keys
+        self.max_len: dict[str, Optional[int]] = {
+            m: (None if v is None else int(v)) for m, v in _per_modality(max_len, "max_len", None).items()
+        }
+        for m, v in self.max_len.items():
+            if v is not None and v < 1:
+                raise ValueError(f"max_len[{m}] must be >= 1 or null, got {v}")
+        self.dropout: dict[str, float] = {
+            m: float(v) for m, v in _per_modality(modality_dropout, "modality_dropout", 0.0).items()
+        }
+        for m, p in self.dropout.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"modality_dropout[{m}] must be in [0, 1], got {p}")
+        self.use_cot = bool(use_cot)
+        self.seed = int(seed)
+        self.instruction = cot.build_instruction(self.label_names, self.use_cot)
+        self._dims: dict[str, tuple[int, str]] = {}
+
+    # ------------------------------------------------------------ labels / text
+    def check_annotation(self, rec: Annotation) -> None:
+        """Label in the label set (or an unlabeled test record); `answer` parses to it."""
+        if rec.emotion is None:
+            if rec.split not in UNLABELED_SPLITS:
+                raise ValueError(f"{rec.where()}: no emotion label (only {sorted(UNLABELED_SPLITS)} may be unlabeled)")
+            return
+        if rec.emotion not in self.label_index:
+            raise ValueError(f"{rec.where()}: emotion {rec.emotion!r} is not in the label set {self.label_names}")
+        if self.use_cot and rec.answer:
+            parsed = cot.parse_report(rec.answer, self.label_names)
+            if not parsed.format_ok or parsed.emotion != rec.emotion:
+                raise ValueError(
+                    f"{rec.where()}: 'answer' does not end in a '### Prediction' JSON with emotion "
+                    f"{rec.emotion!r} ({parsed.error or 'predicts ' + repr(parsed.emotion)})"
+                )
+
+    def target(self, rec: Annotation) -> str:
+        """The training target: the record's `answer`, else the CoT (or label-only) template."""
+        if rec.emotion is None:
+            return ""
+        if not self.use_cot:
+            return cot.build_label_target(rec.emotion)
+        if rec.answer:
+            return rec.answer
+        return cot.build_cot_target(rec.emotion, rec.evidence, rec.reasoning)
+
+    # ------------------------------------------------------------ features
+    def stack(self, feat: FeatureRecord, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`video_features [5, T, max_dim]` float32, `feature_mask [5, T]`, `modality_mask [5]` bool.
+
+        T = the longest (subsampled) modality of this clip.
+        """
+        picked: list[Optional[np.ndarray]] = []
+        for m in STACK_ORDER:
+            key = self.feature_keys[m]
+            arr = feat.arrays.get(key) if key is not None else None
+            if arr is not None:
+                d = arr.shape[1]
+                if d > self.max_dim:
+                    raise FeatureFileError(source, key, f"feature dim {d} is larger than max_dim {self.max_dim}")
+                first = self._dims.get(m)
+                if first is None:
+                    self._dims[m] = (d, source)
+                elif first[0] != d:
+                    raise FeatureFileError(
+                        source, key, f"feature dim {d} differs from dim {first[0]} of {m!r} in {first[1]}"
+                    )
+                idx = uniform_indices(arr.shape[0], self.max_len[m])
+                if idx is not None:
+                    arr = arr[idx]
+            picked.append(arr)
+        if all(a is None for a in picked):
+            wanted = {m: k for m, k in self.feature_keys.items() if k is not None}
+            raise FeatureFileError(source, None, f"no modality present (looked for keys {wanted}, found {sorted(feat.arrays)})")
+        t = max(a.shape[0] for a in picked if a is not None)
+        feats = np.zeros((NUM_MODALITIES, t, self.max_dim), dtype=np.float32)
+        fmask = np.zeros((NUM_MODALITIES, t), dtype=bool)
+        mmask = np.zeros(NUM_MODALITIES, dtype=bool)
+        for k, arr in enumerate(picked):
+            if arr is None:
+                continue
+            n, d = arr.shape
+            feats[k, :n, :d] = arr
+            fmask[k, :n] = True
+            mmask[k] = True
+        return torch.from_numpy(feats), torch.from_numpy(fmask), torch.from_numpy(mmask)
+
+    def dropout_rng(self, video_id: str, epoch: int) -> np.random.Generator:
+        """The same clip in the same epoch drops the same modalities on any worker or rank."""
+        return np.random.default_rng([self.seed, int(epoch), stable_hash(video_id)])
+
+    def apply_dropout(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
+        """Drop each present modality with its probability, keeping at least one (in place)."""
+        if not any(p > 0 for p in self.dropout.values()):
+            return sample
+        mmask = sample["modality_mask"]
+        present = [k for k in range(NUM_MODALITIES) if bool(mmask[k])]
+        if len(present) <= 1:
+            return sample
+        rng = self.dropout_rng(sample["video_id"], epoch)
+        draws = rng.random(NUM_MODALITIES)
+        drop = [k for k in present if draws[k] < self.dropout[STACK_ORDER[k]]]
+        if len(drop) == len(present):
+            keep = present[int(rng.integers(len(present)))]
+            drop.remove(keep)
+        for k in drop:
+            sample["video_features"][k].zero_()
+            sample["feature_mask"][k] = False
+            mmask[k] = False
+        return sample
+
+    def build(
+        self, rec: Annotation, feat: FeatureRecord, source: str, *, training: bool = False, epoch: int = 0
+    ) -> dict[str, Any]:
+        """One sample with the batch keys (tensors without the batch dim)."""
+        video_features, feature_mask, modality_mask = self.stack(feat, source)
+        sample = {
+            "video_features": video_features,
+            "feature_mask": feature_mask,
+            "modality_mask": modality_mask,
+            "video_id": rec.video_id,
+            "emotion": -1 if rec.emotion is None else self.label_index[rec.emotion],
+            "emotion_label": rec.emotion if rec.emotion is not None else cot.UNKNOWN,
+            "instruction": self.instruction,
+            "answer": self.target(rec),
+            "evidence": dict(rec.evidence),
+            # the annotation's curated transcript wins over the file's ASR transcript
+            "transcript": rec.text if rec.text else feat.transcript,
+        }
+        if training:
+            self.apply_dropout(sample, epoch)
+        return sample
+
+
+def collate_hero(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch samples: pads T to the longest sample (float32 zeros, masks False).
+
+    Returns the batch of docs/ARCHITECTURE.md: video_features [B, 5, T, max_dim],
+    feature_mask [B, 5, T], modality_mask [B, 5], emotion int64 [B], and lists of the rest.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    b = len(samples)
+    n_mod, _, max_dim = samples[0]["video_features"].shape
+    t = max(int(s["video_features"].shape[1]) for s in samples)
+    feats = torch.zeros((b, n_mod, t, max_dim), dtype=torch.float32)
+    fmask = torch.zeros((b, n_mod, t), dtype=torch.bool)
+    for i, s in enumerate(samples):
+        v = s["video_features"]
+        if v.shape[0] != n_mod or v.shape[2] != max_dim:
+            raise ValueError(
+                f"sample {s.get('video_id')!r} has video_features {tuple(v.shape)}, expected [{n_mod}, T, {max_dim}]"
+            )
+        n = v.shape[1]
+        feats[i, :, :n] = v
+        fmask[i, :, :n] = s["feature_mask"]
+    return {
+        "video_features": feats,
+        "feature_mask": fmask,
+        "modality_mask": torch.stack([torch.as_tensor(s["modality_mask"], dtype=torch.bool) for s in samples]),
+        "video_id": [s["video_id"] for s in samples],
+        "emotion": torch.tensor([int(s["emotion"]) for s in samples], dtype=torch.int64),
+        "emotion_label": [s["emotion_label"] for s in samples],
+        "instruction": [s["instruction"] for s in samples],
+        "answer": [s["answer"] for s in samples],
+        "evidence": [dict(s["evidence"]) for s in samples],
+        "transcript": [s["transcript"] for s in samples],
+    }
+
+
+def drop_modalities(batch: Mapping[str, Any], names: Union[str, Iterable[str]]) -> dict[str, Any]:
+    """A copy of `batch` with the named modalities removed (zeros, both masks False).
+
+    For robustness evaluation ("what if there is no audio?"); the input batch is unchanged.
+    """
+    names = [names] if isinstance(names, str) else list(names)
+    unknown = [n for n in names if n not in STACK_ORDER]
+    if unknown:
+        raise ValueError(f"unknown modality name(s) {unknown}; expected some of {list(STACK_ORDER)}")
+    out = dict(batch)
+    out["video_features"] = batch["video_features"].clone()
+    out["feature_mask"] = batch["feature_mask"].clone()
+    out["modality_mask"] = batch["modality_mask"].clone()
+    for name in names:
+        k = STACK_ORDER.index(name)
+        out["video_features"][:, k] = 0
+        out["feature_mask"][:, k] = False
+        out["modality_mask"][:, k] = False
+    return out
+
+
+def report_missing(missing: Sequence[str], where: str, skip_missing: bool, total: int) -> None:
+    """Raise (or, with skip_missing, warn) about clips whose feature file is missing."""
+    if not missing:
+        return
+    head = ", ".join(repr(v) for v in missing[:5]) + (", ..." if len(missing) > 5 else "")
+    msg = f"{len(missing)} of {total} annotated clips have no feature file in {where} (first: {head})"
+    if not skip_missing:
+        raise MissingFeaturesError(f"{msg}; extract them or set skip_missing: true to leave them out")
+    warnings.warn(f"{msg}; skipping them (skip_missing: true)", stacklevel=3)
+    logger.warning("%s; skipping them (skip_missing: true)", msg)
+
+
+class HERODataset(Dataset):
+    """Map-style dataset over `<features_dir>/<video_id>.{npz,safetensors,npy}` files.
+
+    Sample keys are those of the collated batch (docs/ARCHITECTURE.md) without the batch dim.
+    Modality dropout applies when `training` (default: split == "train"); call `set_epoch`
+    each epoch so a clip drops different modalities in different epochs.
+    """
+
+    def __init__(
+        self,
+        annotations: Sequence[Annotation],
+        features_dir: Union[str, Path],
+        split: str = "train",
+        max_dim: int = 1024,
+        label_names: Sequence[str] = DEFAULT_EMOTIONS,
+        feature_keys: Optional[Mapping[str, Optional[str]]] = None,
+        max_len: Union[int, Mapping[str, Optional[int]], None] = None,
+        modality_dropout: Union[float, Mapping[str, float]] = 0.0,
+        skip_missing: bool = False,
+        allow_pickle: bool = False,
+        use_cot: bool = True,
+        seed: int = 42,
+        training: Optional[bool] = None,
+    ) -> None:
+        self.split = split
+        self.features_dir = Path(features_dir)
+        if not self.features_dir.is_dir():
+            raise FileNotFoundError(f"features folder {self.features_dir} does not exist")
+        self.allow_pickle = bool(allow_pickle)
+        self.training = (split == "train") if training is None else bool(training)
+        self.epoch = 0
+        self.builder = SampleBuilder(
+            max_dim=max_dim,
+            label_names=label_names,
+            feature_keys=feature_keys,
+            max_len=max_len,
+            use_cot=use_cot,
+            modality_dropout=modality_dropout,
+            seed=seed,
+        )
+        self.label_names = self.builder.label_names
+        for rec in annotations:
+            self.builder.check_annotation(rec)
+        records: list[Annotation] = []
+        paths: list[Path] = []
+        missing: list[str] = []
+        for rec in annotations:
+            path = find_feature_file(self.features_dir, rec.video_id)
+            if path is None:
+                missing.append(rec.video_id)
+                continue
+            records.append(rec)
+            paths.append(path)
+        report_missing(missing, f"{self.features_dir} (split {split!r})", skip_missing, len(annotations))
+        self.annotations = records
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.annotations)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def load_features(self, index: int) -> FeatureRecord:
+        return read_features(self.paths[index], max_dim=self.builder.max_dim, allow_pickle=self.allow_pickle)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        rec = self.annotations[index]
+        feat = self.load_features(index)
+        return self.builder.build(rec, feat, str(self.paths[index]), training=self.training, epoch=self.epoch)
+
+    def collater(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return collate_hero(samples)
