@@ -194,7 +194,10 @@ def load_llm(cfg: ReasonerConfig) -> nn.Module:
     elif cfg.gradient_checkpointing:
         # Non-reentrant checkpointing: the graph reaches the trainable context through
         # `inputs_embeds`, so no `enable_input_require_grads` hook is needed.
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(llm, "activation_checkpointing_enable"):  # transformers >= 5.2x name
+            llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.gradient_checkpointing:
         llm.config.use_cache = False
     if cfg.lora_r > 0:
@@ -354,7 +357,7 @@ class LLMReasoner(nn.Module):
         return out.loss
 
     @torch.no_grad()
-    def generate(
+    def generate_ids(
         self,
         context: Tensor,
         user_turns: Sequence[str],
@@ -365,8 +368,8 @@ class LLMReasoner(nn.Module):
         top_p: float = 1.0,
         use_cache: bool = True,
         **gen_kwargs: Any,
-    ) -> list[str]:
-        """Batched decoding (left padding, KV cache): the text of the new tokens per sample."""
+    ) -> Tensor:
+        """Batched decoding (left padding, KV cache): new token ids [B, N], padded with pad id."""
         inputs = self.build_inputs(context, user_turns, None, padding_side="left")
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.inputs_embeds,
@@ -385,9 +388,16 @@ class LLMReasoner(nn.Module):
         if self.cfg.end_sym:
             kwargs.update(stop_strings=[self.cfg.end_sym], tokenizer=self.tokenizer)
         kwargs.update(gen_kwargs)
-        out = self.llm.generate(**kwargs)
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+        # with inputs_embeds, transformers 5 returns only the new tokens
+        return self.llm.generate(**kwargs)
+
+    def decode(self, ids: Tensor) -> list[str]:
+        """Text of generated ids [B, N]: special tokens dropped, cut at `end_sym`, stripped."""
+        texts = self.tokenizer.batch_decode(ids, skip_special_tokens=True)
         if self.cfg.end_sym:
             texts = [t.split(self.cfg.end_sym)[0] for t in texts]
         return [t.strip() for t in texts]
 
+    def generate(self, context: Tensor, user_turns: Sequence[str], **kwargs: Any) -> list[str]:
+        """`generate_ids` then `decode`: the generated text per sample."""
+        return self.decode(self.generate_ids(context, user_turns, **kwargs))
