@@ -247,3 +247,25 @@ def test_npz_never_unpickles(tmp_path: Path) -> None:
     with pytest.raises(FeatureFileError, match="object dtype"):
         read_features(path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_convert_legacy_features_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    src, dst = tmp_path / "old", tmp_path / "new"
+    src.mkdir()
+    data = _legacy(src / "clip_a.npy")
+    np.save(src / "clip_b.npy", {"hubert": np.full((2, 2048), 1.0, np.float32)}, allow_pickle=True)  # too wide
+    cmd = [sys.executable, str(repo / "scripts/convert_legacy_features.py"), "--input_dir", str(src), "--output_dir", str(dst)]
+    res = subprocess.run(cmd + ["--keep_going"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "clip_b.npy" in res.stderr and "max_dim" in res.stderr
+    assert "converted 1" in res.stdout and "failed 1" in res.stdout
+    rec = read_features(dst / "clip_a.npz")  # safe format now: no allow_pickle needed
+    assert rec.transcript == "legacy words" and set(rec.arrays) == {"videomae", "clip", "hubert", "bert", "au"}
+    np.testing.assert_array_equal(rec.arrays["videomae"], data["video_mae"].astype(np.float16).astype(np.float32))
+    assert not (dst / "clip_b.npz").exists()
+    (src / "clip_b.npy").unlink()
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and "skipped 1 existing" in res.stdout
