@@ -369,8 +369,17 @@ class LLMReasoner(nn.Module):
         use_cache: bool = True,
         **gen_kwargs: Any,
     ) -> Tensor:
-        """Batched decoding (left padding, KV cache): new token ids [B, N], padded with pad id."""
+        """Batched decoding (left padding, KV cache): new token ids [B, N], padded with pad id.
+
+        `use_cache=False` runs `greedy_without_cache` instead (transformers 5 always caches when
+        generating from `inputs_embeds`): the reference and benchmark baseline, greedy only.
+        """
         inputs = self.build_inputs(context, user_turns, None, padding_side="left")
+        if not use_cache:
+            if num_beams != 1 or do_sample or self.cfg.end_sym or set(gen_kwargs) - {"min_new_tokens"}:
+                raise ValueError("use_cache=False supports plain greedy decoding only (num_beams=1, "
+                                 "do_sample=False, no end_sym, only min_new_tokens)")
+            return self.greedy_without_cache(inputs, int(max_new_tokens), int(gen_kwargs.get("min_new_tokens", 0)))
         kwargs: dict[str, Any] = dict(
             inputs_embeds=inputs.inputs_embeds,
             attention_mask=inputs.attention_mask,
@@ -379,7 +388,6 @@ class LLMReasoner(nn.Module):
             do_sample=bool(do_sample),
             eos_token_id=self._eos_ids,
             pad_token_id=int(self.tokenizer.pad_token_id),
-            use_cache=use_cache,
         )
         if do_sample:
             kwargs.update(temperature=float(temperature), top_p=float(top_p))
@@ -390,6 +398,36 @@ class LLMReasoner(nn.Module):
         kwargs.update(gen_kwargs)
         # with inputs_embeds, transformers 5 returns only the new tokens
         return self.llm.generate(**kwargs)
+
+    @torch.no_grad()
+    def greedy_without_cache(self, inputs: LLMInputs, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
+        """Greedy decoding that re-runs the whole sequence every step (no KV cache): ids [B, N].
+
+        Same semantics as `generate_ids`: left-padded prompt, positions counted over real
+        tokens, EOS banned before `min_new_tokens`, finished rows padded with the pad id.
+        """
+        embeds, attn = inputs.inputs_embeds, inputs.attention_mask
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        eos = torch.tensor(self._eos_ids, device=embeds.device)
+        pad = int(self.tokenizer.pad_token_id)
+        finished = torch.zeros(embeds.shape[0], dtype=torch.bool, device=embeds.device)
+        out: list[Tensor] = []
+        for step in range(max_new_tokens):
+            logits = self.llm(inputs_embeds=embeds, attention_mask=attn, position_ids=positions,
+                              use_cache=False, logits_to_keep=1).logits[:, -1].float()
+            if step < min_new_tokens:
+                logits[:, eos] = float("-inf")
+            token = logits.argmax(-1).masked_fill(finished, pad)
+            out.append(token)
+            finished |= torch.isin(token, eos)
+            if bool(finished.all()):
+                break
+            embeds = torch.cat([embeds, self.embed_tokens(token)[:, None].to(embeds.dtype)], dim=1)
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
+        if not out:
+            return torch.empty(embeds.shape[0], 0, dtype=torch.long, device=embeds.device)
+        return torch.stack(out, dim=1)
 
     def decode(self, ids: Tensor) -> list[str]:
         """Text of generated ids [B, N]: special tokens dropped, cut at `end_sym`, stripped."""
