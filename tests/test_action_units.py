@@ -20,31 +20,7 @@ from minigpt4.models.hero.action_units import (
     resample_track,
     run_openface,
 )
-
-
-def openface_header() -> list[str]:
-    """The column layout of OpenFace 2.0 FeatureExtraction (gaze, pose, 2D landmarks, AUs)."""
-    cols = ["frame", "face_id", "timestamp", "confidence", "success"]
-    cols += [f"gaze_{e}_{a}" for e in (0, 1) for a in "xyz"] + ["gaze_angle_x", "gaze_angle_y"]
-    cols += [f"pose_{k}" for k in ("Tx", "Ty", "Tz", "Rx", "Ry", "Rz")]
-    cols += [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
-    cols += list(AU_INTENSITY_COLUMNS) + list(AU_PRESENCE_COLUMNS)
-    return cols
-
-
-def write_openface_csv(path: Path, rows: list[dict]) -> Path:
-    """Rows give frame/face_id/timestamp/confidence/success and optional `aus` [35]; the rest is filler."""
-    header = openface_header()
-    lines = [", ".join(header)]  # OpenFace separates with ", "
-    rng = np.random.default_rng(1)
-    for r in rows:
-        aus = r.get("aus", np.zeros(AU_DIM))
-        vals = {c: v for c, v in zip(AU_COLUMNS, aus)}
-        vals.update({k: r[k] for k in ("frame", "face_id", "timestamp", "confidence", "success")})
-        cells = [f"{vals[c]:g}" if c in vals else f"{rng.normal():.3f}" for c in header]
-        lines.append(", ".join(cells))
-    path.write_text("\n".join(lines) + "\n")
-    return path
+from tests.media_utils import openface_header, write_openface_csv
 
 
 def au_vector(seed: float) -> np.ndarray:
