@@ -1,0 +1,299 @@
+"""YAML run configs: `includes:`, run defaults, checked `--options` overrides, atomic saving.
+
+A config has `model`, `datasets` and `run` sections (DESIGN.md section 6). Loading order:
+
+1. every file named in the top-level `includes:` list (relative to the including file, else
+   to the repository root), merged in order, each one's own includes first;
+2. the file's own keys on top;
+3. `RUN_DEFAULTS` under anything the file leaves unset in `run`;
+4. the `--options key.path=value` overrides.
+
+An override must name a key that exists after step 3, so a typo fails loudly with the nearest
+valid key instead of silently training with the default. A key below one whose value is
+`null` is accepted: null marks a slot the config leaves open (e.g. a path mapping).
+Values are parsed as YAML scalars (ints, floats such as `1e-4`, bools, null, `[lists]`,
+`{mappings}`); a value for a string key stays the literal text.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SECTIONS = ("model", "datasets", "run")
+
+# Every run key the runner reads, with its default. Listed here so `--options run.<key>=...`
+# can be checked against it even when a config file does not spell the key out.
+RUN_DEFAULTS: dict[str, Any] = {
+    "task": "hero",
+    "runner": "runner_base",
+    "output_dir": "output/hero_pretrain",
+    "seed": 42,
+    "device": "auto",  # cpu | cuda | cuda:N | auto
+    "max_epoch": 10,
+    "iters_per_epoch": None,  # cap on batches per epoch (required for datasets without len())
+    "batch_size_train": 8,
+    "batch_size_eval": 8,
+    "num_workers": 0,
+    "drop_last": True,  # train loader: full batches only
+    "lr_sched": "linear_warmup_cosine_lr",  # or constant_lr
+    "init_lr": 1.0e-4,
+    "min_lr": 1.0e-6,
+    "warmup_lr": 1.0e-6,
+    "warmup_steps": 0,  # optimiser steps
+    "weight_decay": 0.05,
+    "beta1": 0.9,
+    "beta2": 0.999,
+    "accum_grad_iters": 1,
+    "max_grad_norm": 1.0,  # null or <= 0: no clipping
+    "amp": "auto",  # auto | bf16 | fp16 | none (auto: bf16/fp16 on CUDA, fp32 on CPU)
+    "log_freq": 10,  # optimiser steps between log lines
+    "save_freq": 0,  # optimiser steps between checkpoints (0: only at epoch ends)
+    "save_every_epoch": True,
+    "keep_last_k": 3,
+    "best_metric": "loss",  # validation term that picks the best checkpoint
+    "best_mode": "min",  # min | max
+    "resume_ckpt_path": None,  # checkpoint dir or run dir (its latest checkpoint)
+    "evaluate": False,  # only run validation
+    "train_splits": ["train"],
+    "valid_splits": ["val"],
+    "find_unused_parameters": True,  # DDP: modality dropout leaves some experts unused
+    "progress_bar": True,
+    "imports": [],  # extra modules to import so they can register models/builders/tasks
+}
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file or key."""
+
+
+# ------------------------------------------------------------------------------ loading
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        node = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except Exception as exc:  # yaml errors carry line numbers; keep them
+        raise ConfigError(f"cannot parse config {path}: {exc}") from exc
+    if node is None:
+        node = OmegaConf.create({})
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config {path} must be a mapping at the top level, got a {type(node).__name__}")
+    return node
+
+
+def _resolve_include(name: str, including: Path) -> Path:
+    candidates = [Path(name)] if Path(name).is_absolute() else [including.parent / name, REPO_ROOT / name]
+    for cand in candidates:
+        if cand.is_file():
+            return cand.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{including}: included file {name!r} not found (tried {tried})")
+
+
+def load_yaml_with_includes(path: Union[str, Path], _stack: Tuple[Path, ...] = ()) -> DictConfig:
+    """One YAML file with its `includes:` merged underneath it (recursively, cycles rejected)."""
+    path = Path(path).resolve()
+    if path in _stack:
+        chain = " -> ".join(str(p) for p in _stack + (path,))
+        raise ConfigError(f"include cycle: {chain}")
+    node = _read_yaml(path)
+    includes = node.pop("includes", None) if "includes" in node else None
+    if includes is None:
+        includes = []
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, (list, ListConfig)):
+        raise ConfigError(f"{path}: `includes` must be a list of file paths")
+    parts = [load_yaml_with_includes(_resolve_include(str(inc), path), _stack + (path,)) for inc in includes]
+    return OmegaConf.merge(*parts, node) if parts else node
+
+
+def load_config(cfg_path: Union[str, Path], options: Optional[Sequence[str]] = None) -> DictConfig:
+    """Load a run config (includes, run defaults, then `options` overrides) -> DictConfig."""
+    cfg = load_yaml_with_includes(cfg_path)
+    for section in SECTIONS:
+        if section in cfg and cfg[section] is not None and not isinstance(cfg[section], DictConfig):
+            raise ConfigError(f"{cfg_path}: section `{section}` must be a mapping")
+    run = cfg.get("run") or {}
+    cfg["run"] = OmegaConf.merge(OmegaConf.create(RUN_DEFAULTS), run)
+    apply_options(cfg, options or [], source=str(cfg_path))
+    return cfg
+
+
+# ---------------------------------------------------------------------------- overrides
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar/list/mapping parsing, plus floats like `1e-4` that YAML 1.1 reads as text."""
+    if text == "":
+        return ""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        return float(value)
+    return value
+
+
+def split_options(options: Iterable[str]) -> List[Tuple[str, str]]:
+    """`["a.b=1", "c=x=y"]` -> `[("a.b", "1"), ("c", "x=y")]`; a token without `=` is an error."""
+    pairs = []
+    for opt in options:
+        if "=" not in opt:
+            raise ConfigError(f"--options expects key.path=value, got {opt!r}")
+        key, raw = opt.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--options entry {opt!r} has an empty key")
+        pairs.append((key, raw))
+    return pairs
+
+
+def flatten_keys(node: Any, prefix: str = "") -> List[str]:
+    """Every dotted key path in a config, sections included (`run`, `run.seed`, ...)."""
+    keys: List[str] = []
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            full = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(full)
+            keys.extend(flatten_keys(node._get_node(k), full) if not OmegaConf.is_missing(node, k) else [])
+    elif isinstance(node, ListConfig):
+        for i in range(len(node)):
+            full = f"{prefix}.{i}"
+            keys.append(full)
+            keys.extend(flatten_keys(node._get_node(i), full))
+    return keys
+
+
+def _unknown_key_error(cfg: DictConfig, key: str, parent: str, source: str) -> ConfigError:
+    valid = flatten_keys(cfg)
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        hint = f"did you mean {close[0]!r}?"
+    else:
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        siblings = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []
+        hint = f"valid keys under {parent or 'the top level'!r}: {', '.join(siblings) or '(none)'}"
+    return ConfigError(f"unknown config key {key!r} (in --options for {source}); {hint}")
+
+
+def _check_key(cfg: DictConfig, key: str, source: str) -> Tuple[bool, Any]:
+    """Walk `key`; return (exists, current value). Unknown keys raise, except below a null."""
+    node: Any = cfg
+    parts = key.split(".")
+    for depth, part in enumerate(parts):
+        parent = ".".join(parts[:depth])
+        if node is None:  # an open slot: the config leaves this subtree to the user
+            return False, None
+        if isinstance(node, DictConfig):
+            if part not in node:
+                raise _unknown_key_error(cfg, key, parent, source)
+            node = node[part] if not OmegaConf.is_missing(node, part) else None
+        elif isinstance(node, ListConfig):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--options {key}: {parent!r} is a list of {len(node)} items; "
+                                  f"{part!r} is not a valid index ({source})")
+            node = node[int(part)]
+        else:
+            raise ConfigError(f"--options {key}: {parent!r} is a value ({node!r}), not a section ({source})")
+    return True, node
+
+
+def _coerce(key: str, raw: str, value: Any, current: Any, source: str) -> Any:
+    if isinstance(current, (DictConfig, ListConfig)) or current is None:
+        if isinstance(current, DictConfig) and not isinstance(value, dict) and value is not None:
+            raise ConfigError(f"--options {key}={raw}: {key!r} is a section; set its keys "
+                              f"(e.g. {key}.<name>=...) or give a {{mapping}} ({source})")
+        return value
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"--options {key}={raw}: expects true or false ({source})")
+        return value
+    if isinstance(current, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if value is None:
+                return None
+            raise ConfigError(f"--options {key}={raw}: expects a number, got {raw!r} ({source})")
+        return float(value) if isinstance(current, float) else value
+    if isinstance(current, str) and isinstance(value, (int, float, bool)):
+        return raw.strip()  # keep text keys as the literal text, e.g. a folder named 2024
+    return value
+
+
+def apply_options(cfg: DictConfig, options: Sequence[str], source: str = "config") -> DictConfig:
+    """Apply `key.path=value` overrides in place (checked, type-aware); returns `cfg`."""
+    for key, raw in split_options(options):
+        _, current = _check_key(cfg, key, source)
+        value = _coerce(key, raw, parse_value(raw), current, source)
+        OmegaConf.update(cfg, key, value, merge=isinstance(value, dict) and isinstance(current, DictConfig),
+                         force_add=True)
+    return cfg
+
+
+# ------------------------------------------------------------------------------ saving
+def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
+    """Write the resolved config as YAML atomically (temp file in the same folder + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------- CLI
+def add_config_args(parser: argparse.ArgumentParser, require_cfg: bool = True) -> argparse.ArgumentParser:
+    """Add `--cfg-path` and `--options` (shared by every entry point)."""
+    parser.add_argument("--cfg-path", "--cfg_path", dest="cfg_path", required=require_cfg,
+                        help="YAML config with model / datasets / run sections")
+    parser.add_argument("--options", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override config keys, e.g. run.max_epoch=3 run.init_lr=1e-4 "
+                             "(unknown keys are an error)")
+    return parser
+
+
+class Config:
+    """MiniGPT-4 style view: `.config` plus `.run_cfg`, `.model_cfg`, `.datasets_cfg`."""
+
+    def __init__(self, cfg_path: Union[str, Path], options: Optional[Sequence[str]] = None) -> None:
+        self.cfg_path = str(cfg_path)
+        self.config: DictConfig = load_config(cfg_path, options)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "Config":
+        return cls(args.cfg_path, getattr(args, "options", None))
+
+    @property
+    def run_cfg(self) -> DictConfig:
+        return self.config.run
+
+    @property
+    def model_cfg(self) -> DictConfig:
+        return self.config.get("model") or OmegaConf.create({})
+
+    @property
+    def datasets_cfg(self) -> DictConfig:
+        return self.config.get("datasets") or OmegaConf.create({})
+
+    def save(self, path: Union[str, Path]) -> Path:
+        return save_config(self.config, path)
