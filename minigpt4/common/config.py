@@ -141,7 +141,7 @@ def parse_value(text: str) -> Any:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         return text
-    if isinstance(value, str) and _NUMBER.match(value.strip()):
+    if isinstance(value, str) and value == text.strip() and _NUMBER.match(value):  # unquoted 1e-4
         return float(value)
     return value
 
@@ -188,10 +188,17 @@ def _unknown_key_error(cfg: DictConfig, key: str, parent: str, source: str) -> C
     return ConfigError(f"unknown config key {key!r} (in --options for {source}); {hint}")
 
 
-def _check_key(cfg: DictConfig, key: str, source: str) -> Tuple[bool, Any]:
+def _open_slots(cfg: DictConfig) -> set[str]:
+    """Keys whose value is null: the config leaves what goes below them to the user."""
+    return {k for k in flatten_keys(cfg) if OmegaConf.select(cfg, k, throw_on_missing=False) is None}
+
+
+def _check_key(cfg: DictConfig, key: str, source: str, open_slots: set[str] = frozenset()) -> Tuple[bool, Any]:
     """Walk `key`; return (exists, current value). Unknown keys raise, except below a null."""
     node: Any = cfg
     parts = key.split(".")
+    if any(".".join(parts[:d]) in open_slots for d in range(1, len(parts))):
+        return False, OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
     for depth, part in enumerate(parts):
         parent = ".".join(parts[:depth])
         if node is None:  # an open slot: the config leaves this subtree to the user
@@ -233,8 +240,9 @@ def _coerce(key: str, raw: str, value: Any, current: Any, source: str) -> Any:
 
 def apply_options(cfg: DictConfig, options: Sequence[str], source: str = "config") -> DictConfig:
     """Apply `key.path=value` overrides in place (checked, type-aware); returns `cfg`."""
+    open_slots = _open_slots(cfg)  # fixed before any override, so a slot stays open for all of them
     for key, raw in split_options(options):
-        _, current = _check_key(cfg, key, source)
+        _, current = _check_key(cfg, key, source, open_slots)
         value = _coerce(key, raw, parse_value(raw), current, source)
         OmegaConf.update(cfg, key, value, merge=isinstance(value, dict) and isinstance(current, DictConfig),
                          force_add=True)
