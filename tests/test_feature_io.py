@@ -269,3 +269,35 @@ def test_convert_legacy_features_cli(tmp_path: Path) -> None:
     (src / "clip_b.npy").unlink()
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and "skipped 1 existing" in res.stdout
+
+
+def test_fast_and_fallback_npz_paths_agree(tmp_path: Path) -> None:
+    """Compressed or Fortran-ordered members take numpy's general reader; same result."""
+    from minigpt4.datasets import feature_io
+
+    rng = np.random.default_rng(3)
+    arr = rng.standard_normal((6, 40)).astype(np.float16)
+    plain = tmp_path / "plain.npz"
+    write_features(plain, {"clip": arr}, transcript="t")
+    data = feature_io._read_all(plain)
+    assert feature_io._fast_npz_members(plain, data) is not None  # the fast path applies
+    compressed = tmp_path / "comp.npz"
+    with open(compressed, "wb") as fh:
+        np.savez_compressed(fh, clip=arr, transcript=np.array("t"))
+    assert feature_io._fast_npz_members(compressed, feature_io._read_all(compressed)) is None
+    fortran = tmp_path / "fortran.npz"
+    _raw_npz(fortran, clip=np.asfortranarray(arr), transcript=np.array("t"))
+    for path in (compressed, fortran):
+        rec = read_features(path)
+        np.testing.assert_array_equal(rec.arrays["clip"], read_features(plain).arrays["clip"])
+        assert rec.transcript == "t"
+
+
+def test_corrupted_member_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "flip.npz"
+    write_features(path, {"hubert": np.zeros((20, 1024))})
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # flip a byte inside the array data
+    path.write_bytes(bytes(raw))
+    with pytest.raises(FeatureFileError, match="CRC|unreadable|Bad CRC"):
+        read_features(path)

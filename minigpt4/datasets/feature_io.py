@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import struct
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
@@ -82,6 +85,13 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], 
         )
     if max_dim is not None and d > max_dim:
         raise FeatureFileError(path, key, f"feature dim {d} is larger than max_dim {max_dim}")
+    if np.dtype(dtype) == np.float32:
+        # reading: convert first (float32 checks are ~10x faster than float16 ones)
+        out = _as_float32(arr)
+        if not np.isfinite(out).all():
+            bad = int((~np.isfinite(out)).sum())
+            raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
+        return out
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         bad = int((~np.isfinite(arr)).sum())
         raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
@@ -90,6 +100,19 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], 
     if not np.isfinite(out).all():
         raise FeatureFileError(path, key, f"value(s) overflow {np.dtype(dtype).name} (|x| > {np.finfo(dtype).max:g})")
     return out
+
+
+def _as_float32(arr: np.ndarray) -> np.ndarray:
+    """float32 copy of `arr`; float16 goes through torch's vectorised cast (numpy's is ~10x slower)."""
+    if arr.dtype == np.float32:
+        return arr
+    if arr.dtype == np.float16 and arr.flags.writeable:
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - torch is a dependency of the package
+            return arr.astype(np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr)).float().numpy()
+    return arr.astype(np.float32)
 
 
 def _validate_string(path: PathLike, key: str, value: Any) -> str:
@@ -195,8 +218,86 @@ def _is_string_key(key: str) -> bool:
     return key == TRANSCRIPT_KEY or key.startswith(META_PREFIX)
 
 
+# One .npy header as numpy.lib.format writes it (a dict literal), parsed without eval.
+_NPY_HEADER = re.compile(
+    r"^\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (False|True), 'shape': \(((?:\d+, ?)*\d*)\), \}\s*$"
+)
+_NPY_MAGIC = b"\x93NUMPY"
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+_FAST_KINDS = frozenset("fiubU")
+
+
+def _parse_npy(buf: memoryview) -> Optional[np.ndarray]:
+    """Array view of one plain .npy member, or None when it needs numpy's general reader
+    (Fortran order, structured/object dtypes, an unusual header). Never unpickles."""
+    if len(buf) < 10 or bytes(buf[:6]) != _NPY_MAGIC:
+        return None
+    major = buf[6]
+    if major == 1:
+        hlen, start = int.from_bytes(buf[8:10], "little"), 10
+    elif major in (2, 3):
+        hlen, start = int.from_bytes(buf[8:12], "little"), 12
+    else:
+        return None
+    m = _NPY_HEADER.match(bytes(buf[start : start + hlen]).decode("latin1"))
+    if m is None or m.group(2) == "True":
+        return None
+    dtype = np.dtype(m.group(1))
+    if dtype.kind not in _FAST_KINDS or dtype.hasobject:
+        return None
+    shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
+    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    offset = start + hlen
+    if len(buf) - offset != count * dtype.itemsize:
+        return None
+    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
+
+
+def _fast_npz_members(path: PathLike, data: np.ndarray) -> Optional[dict[str, np.ndarray]]:
+    """All members of an uncompressed .npz held in `data`, as arrays viewing `data`.
+
+    numpy.savez stores members uncompressed, so each array is a slice of the file: this
+    skips np.load's per-member file objects and its eval-based header parsing (~4x faster
+    in total). CRCs are still checked. Returns None to fall back to np.load.
+    """
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(memoryview(data)))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+    view = memoryview(data)
+    out: dict[str, np.ndarray] = {}
+    with zf:
+        for info in zf.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or not info.filename.endswith(".npy"):
+                return None
+            off = info.header_offset
+            if off + _LOCAL_HEADER.size > len(data):
+                return None
+            sig, n_name, n_extra = _LOCAL_HEADER.unpack_from(data, off)
+            if sig != b"PK\x03\x04":
+                return None
+            begin = off + _LOCAL_HEADER.size + n_name + n_extra
+            end = begin + info.file_size
+            if end > len(data) or info.compress_size != info.file_size:
+                return None
+            member = view[begin:end]
+            if zlib.crc32(member) != info.CRC:
+                raise FeatureFileError(path, info.filename[:-4], "CRC mismatch (corrupted file)")
+            arr = _parse_npy(member)
+            if arr is None:
+                return None
+            out[info.filename[:-4]] = arr
+    return out
+
+
 def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
     """`source` is a filesystem path or a binary file object; `path` names it in errors."""
+    data = _read_all(source)
+    members = _fast_npz_members(path, data) if data is not None else None
+    if members is not None:
+        raw = {k: v for k, v in members.items() if not _is_string_key(k)}
+        strings = {k: v for k, v in members.items() if _is_string_key(k)}
+        return _finish(path, raw, strings, max_dim)
     try:
         npz = np.load(source, allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
@@ -217,6 +318,24 @@ def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
                 raise FeatureFileError(path, key, f"unreadable array ({type(exc).__name__}: {exc})") from exc
             (strings if _is_string_key(key) else raw)[key] = value
     return _finish(path, raw, strings, max_dim)
+
+
+def _read_all(source: Any) -> Optional[np.ndarray]:
+    """The whole file in one writable uint8 buffer (arrays then view it), or None if unreadable.
+
+    np.empty + readinto: no zero-fill pass and no immutable bytes (torch's fast float16 cast
+    needs writable arrays).
+    """
+    try:
+        if isinstance(source, io.BytesIO):
+            return np.frombuffer(bytearray(source.getbuffer()), dtype=np.uint8)
+        with open(source, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            buf = np.empty(size, dtype=np.uint8)
+            n = fh.readinto(buf)
+        return buf if n == size else None
+    except OSError:
+        return None
 
 
 def _safetensors_metadata(path: PathLike, data: bytes) -> dict[str, str]:

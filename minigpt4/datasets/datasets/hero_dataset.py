@@ -187,14 +187,18 @@ class SampleBuilder:
             wanted = {m: k for m, k in self.feature_keys.items() if k is not None}
             raise FeatureFileError(source, None, f"no modality present (looked for keys {wanted}, found {sorted(feat.arrays)})")
         t = max(a.shape[0] for a in picked if a is not None)
-        feats = np.zeros((NUM_MODALITIES, t, self.max_dim), dtype=np.float32)
+        # empty + explicit zeroing of the padding only (each element is written once)
+        feats = np.empty((NUM_MODALITIES, t, self.max_dim), dtype=np.float32)
         fmask = np.zeros((NUM_MODALITIES, t), dtype=bool)
         mmask = np.zeros(NUM_MODALITIES, dtype=bool)
         for k, arr in enumerate(picked):
             if arr is None:
+                feats[k] = 0.0
                 continue
             n, d = arr.shape
             feats[k, :n, :d] = arr
+            feats[k, :n, d:] = 0.0
+            feats[k, n:] = 0.0
             fmask[k, :n] = True
             mmask[k] = True
         return torch.from_numpy(feats), torch.from_numpy(fmask), torch.from_numpy(mmask)
@@ -257,7 +261,8 @@ def collate_hero(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     b = len(samples)
     n_mod, _, max_dim = samples[0]["video_features"].shape
     t = max(int(s["video_features"].shape[1]) for s in samples)
-    feats = torch.zeros((b, n_mod, t, max_dim), dtype=torch.float32)
+    # empty + zeroing only the time padding: every other element is overwritten below
+    feats = torch.empty((b, n_mod, t, max_dim), dtype=torch.float32)
     fmask = torch.zeros((b, n_mod, t), dtype=torch.bool)
     for i, s in enumerate(samples):
         v = s["video_features"]
@@ -267,6 +272,8 @@ def collate_hero(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             )
         n = v.shape[1]
         feats[i, :, :n] = v
+        if n < t:
+            feats[i, :, n:] = 0.0
         fmask[i, :, :n] = s["feature_mask"]
     return {
         "video_features": feats,

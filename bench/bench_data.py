@@ -1,0 +1,186 @@
+#!/usr/bin/env python
+"""Data-loading benchmark: HERO's feature layout vs the seed's naive one, side by side.
+
+Ours: one float16 `.npz` per clip holding each modality at its true dim and length, read by
+HERODataset (validation, uniform subsampling to max_len, stacking, masks) and collated to
+the longest clip of the batch.
+Naive (the seed): one pickled float32 dict per clip with every modality padded to
+[64, 1024], i.e. a [5, 64, 1024] block, read with np.load(allow_pickle=True) (only because
+this script generated those files itself) and stacked to a fixed [B, 5, 64, 1024].
+
+Both read the same clips in-process (num_workers=0), batch after batch; the best of
+`--repeats` alternating passes is reported, for two cache states:
+  warm: the files sit in the page cache (RAM-speed reads; the naive pickle is one memcpy)
+  cold: each file is evicted (posix_fadvise DONTNEED) before every pass, so it is read from
+        the disk, as for a dataset larger than RAM
+Goal (issue 3): >= 3x the naive samples/s and <= 1/4 of its bytes per sample.
+
+Length profiles (frames per modality, drawn uniformly per clip):
+  capped: every modality <= 64 frames, the information the naive format can hold at all
+  raw:    full-rate audio (HuBERT 50 Hz) and AUs (25 fps) for 2-10 s clips, as an extractor
+          might write them; HERODataset subsamples them to max_len when loading
+
+Usage: python bench/bench_data.py [--num_samples 128] [--batch_size 8] [--profile capped raw]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER  # noqa: E402
+from minigpt4.datasets.annotations import parse_record  # noqa: E402
+from minigpt4.datasets.datasets.hero_dataset import HERODataset  # noqa: E402
+from minigpt4.datasets.feature_io import write_features  # noqa: E402
+
+DIMS = {"motion": 768, "audio": 1024, "au": 35, "text": 768, "visual": 1024}
+PROFILES = {
+    "capped": {"motion": (2, 16), "audio": (16, 64), "au": (16, 64), "text": (4, 48), "visual": (2, 16)},
+    "raw": {"motion": (3, 15), "audio": (100, 500), "au": (50, 250), "text": (4, 48), "visual": (2, 10)},
+}
+MAX_LEN = {"motion": 32, "audio": 64, "au": 64, "text": 64, "visual": 32}
+NAIVE_T, NAIVE_D = 64, 1024
+LEGACY_NAMES = {"motion": "video_mae", "audio": "hubert", "au": "au", "text": "bert", "visual": "clip"}
+
+
+def make_corpus(root: Path, n: int, profile: str, seed: int) -> list:
+    """Write n clips in both layouts; returns the annotation records."""
+    rng = np.random.default_rng(seed)
+    ours, naive = root / "ours", root / "naive"
+    ours.mkdir(parents=True)
+    naive.mkdir(parents=True)
+    records = []
+    for i in range(n):
+        vid = f"sample_{i:05d}"
+        arrays = {}
+        legacy: dict = {"transcript": f"transcript of clip {i}"}
+        for m in STACK_ORDER:
+            lo, hi = PROFILES[profile][m]
+            t = int(rng.integers(lo, hi + 1))
+            arr = rng.standard_normal((t, DIMS[m])).astype(np.float32)
+            arrays[DEFAULT_FEATURE_KEYS[m]] = arr
+            padded = np.zeros((NAIVE_T, NAIVE_D), dtype=np.float32)
+            take = min(t, NAIVE_T)
+            padded[:take, : DIMS[m]] = arr[:take]  # the seed truncated at the tail
+            legacy[LEGACY_NAMES[m]] = padded
+        write_features(ours / f"{vid}.npz", arrays, transcript=legacy["transcript"])
+        np.save(naive / f"{vid}.npy", legacy, allow_pickle=True)
+        records.append(parse_record({"video_id": vid, "emotion": DEFAULT_EMOTIONS[i % 6], "split": "train"}, "bench", i))
+    return records
+
+
+def naive_loader(folder: Path, records: list, batch_size: int) -> Callable[[], int]:
+    paths = [folder / f"{r.video_id}.npy" for r in records]
+
+    def run() -> int:
+        done = 0
+        for start in range(0, len(paths), batch_size):
+            samples = []
+            for p in paths[start : start + batch_size]:
+                d = np.load(p, allow_pickle=True).item()  # our own generated file (bench only)
+                feats = np.stack([d[LEGACY_NAMES[m]] for m in STACK_ORDER])
+                samples.append(torch.from_numpy(feats))
+            batch = torch.stack(samples)
+            assert batch.shape[1:] == (5, NAIVE_T, NAIVE_D)
+            done += batch.shape[0]
+        return done
+
+    return run
+
+
+def ours_loader(folder: Path, records: list, batch_size: int) -> Callable[[], int]:
+    ds = HERODataset(records, folder, max_dim=1024, max_len=MAX_LEN, training=False)
+
+    def run() -> int:
+        done = 0
+        for start in range(0, len(ds), batch_size):
+            batch = ds.collater([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+            done += batch["video_features"].shape[0]
+        return done
+
+    return run
+
+
+def drop_cache(folder: Path) -> None:
+    """Evict the folder's files from the page cache (POSIX_FADV_DONTNEED, no root needed),
+    so the next pass reads from the disk: the case of a dataset larger than RAM."""
+    for p in folder.iterdir():
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def compare(runs: dict[str, tuple[Callable[[], int], Path]], repeats: int, cold: bool) -> dict[str, float]:
+    """Best samples/s of each loader; passes alternate between loaders so that load from
+    other processes on a shared machine hits both alike."""
+    best = {name: 0.0 for name in runs}
+    for fn, _ in runs.values():
+        fn()  # warm-up (allocator, imports)
+    for _ in range(repeats):
+        for name, (fn, folder) in runs.items():
+            if cold:
+                drop_cache(folder)
+            t0 = time.perf_counter()
+            n = fn()
+            best[name] = max(best[name], n / (time.perf_counter() - t0))
+    return best
+
+
+def bytes_per_sample(folder: Path, n: int) -> float:
+    return sum(p.stat().st_size for p in folder.iterdir()) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--num_samples", type=int, default=128)
+    p.add_argument("--batch_size", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--profile", nargs="+", default=["capped", "raw"], choices=sorted(PROFILES))
+    p.add_argument("--cache", nargs="+", default=["warm", "cold"], choices=["warm", "cold"],
+                   help="warm: files in the page cache; cold: evicted before every pass (read from disk)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (DataLoader workers use 1)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"{args.num_samples} clips, batch {args.batch_size}, dims {DIMS}, max_len {MAX_LEN}, "
+          f"torch threads {args.threads}, best of {args.repeats} passes")
+    header = f"{'profile/cache':14} {'layout':30} {'samples/s':>10} {'KiB/sample':>11}"
+    for profile in args.profile:
+        root = Path(tempfile.mkdtemp(prefix="hero_bench_"))
+        try:
+            records = make_corpus(root, args.num_samples, profile, args.seed)
+            os.sync()  # written-back pages can be evicted for the cold passes
+            runs = {
+                "naive": (naive_loader(root / "naive", records, args.batch_size), root / "naive"),
+                "ours": (ours_loader(root / "ours", records, args.batch_size), root / "ours"),
+            }
+            rates = {cache: compare(runs, args.repeats, cache == "cold") for cache in args.cache}
+            b_naive = bytes_per_sample(root / "naive", args.num_samples)
+            b_ours = bytes_per_sample(root / "ours", args.num_samples)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(f"\nlengths ({profile}): " + ", ".join(f"{m} {lo}-{hi}" for m, (lo, hi) in PROFILES[profile].items()))
+        print(header)
+        for cache, r in rates.items():
+            tag = f"{profile}/{cache}"
+            print(f"{tag:14} {'naive pickled f32 [5,64,1024]':30} {r['naive']:10.1f} {b_naive / 1024:11.1f}")
+            print(f"{tag:14} {'ours float16 .npz':30} {r['ours']:10.1f} {b_ours / 1024:11.1f}")
+            print(f"{tag:14} {'ratio ours/naive':30} {r['ours'] / r['naive']:9.2f}x {b_ours / b_naive:10.3f}x")
+    print("\ngoal (issue 3): >= 3x throughput, <= 0.25x bytes")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
