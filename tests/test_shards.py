@@ -200,3 +200,18 @@ def test_pack_cli_and_builder_with_shards(corpus, tmp_path: Path) -> None:
     assert list(HEROBuilder(one).build_datasets()) == ["val"]
     with pytest.raises(ValueError, match="set datasets.hero_dataset.splits"):
         HEROBuilder(OmegaConf.create({"build_info": {"shards": patterns["val"]}})).build_datasets()
+
+
+def test_bad_record_in_shard_names_the_member(tmp_path: Path) -> None:
+    import webdataset as wds
+
+    buf = tmp_path / "f.npz"
+    write_features(buf, {"hubert": np.ones((2, 32))})
+    shard = tmp_path / "bad-000000.tar"
+    with open(shard, "wb") as fh:
+        w = wds.TarWriter(fh, encoder=False)
+        w.write({"__key__": "000000007", "json": json.dumps({"video_id": "v", "emotion": "bored", "split": "train"}).encode(),
+                 "npz": buf.read_bytes()})
+        w.close()
+    with pytest.raises(ValueError, match=r"bad-000000.tar:000000007.json \(video_id 'v'\): emotion 'bored'"):
+        list(HEROShardDataset(str(shard), _builder(), "train"))

@@ -54,11 +54,12 @@ class Annotation:
     answer: Optional[str] = None
     valence: Optional[float] = None
     source: str = ""
-    index: int = -1
+    index: Optional[int] = None
 
     def where(self) -> str:
-        """`file record i (video_id)`, for error messages."""
-        return f"{self.source} record {self.index} (video_id {self.video_id!r})"
+        """`file record i (video_id ...)`, for error messages."""
+        at = f" record {self.index}" if self.index is not None else ""
+        return f"{self.source}{at} (video_id {self.video_id!r})"
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"video_id": self.video_id, "split": self.split}
@@ -89,7 +90,7 @@ def check_video_id(video_id: Any, source: PathLike, index: Optional[int]) -> str
     return video_id
 
 
-def _opt_str(record: Mapping[str, Any], name: str, source: PathLike, index: int) -> Optional[str]:
+def _opt_str(record: Mapping[str, Any], name: str, source: PathLike, index: Optional[int]) -> Optional[str]:
     value = record.get(name)
     if value is None:
         return None
@@ -98,8 +99,12 @@ def _opt_str(record: Mapping[str, Any], name: str, source: PathLike, index: int)
     return value
 
 
-def parse_record(record: Any, source: PathLike, index: int, split: Optional[str] = None) -> Annotation:
-    """Validate one raw JSON record. `split` (from a per-split file) must match the record's own."""
+def parse_record(record: Any, source: PathLike, index: Optional[int], split: Optional[str] = None) -> Annotation:
+    """Validate one raw JSON record. `split` (from a per-split file) must match the record's own.
+
+    source/index name the record in errors (index None: `source` alone names it, as for a
+    shard member).
+    """
     if not isinstance(record, dict):
         raise AnnotationError(source, index, f"expected a JSON object, got {type(record).__name__}")
     video_id = check_video_id(record.get("video_id"), source, index)

@@ -126,7 +126,7 @@ class HEROShardDataset(IterableDataset):
         mine = partition_shards(self.shard_order(), rank, world_size, worker, num_workers)
         pipeline = wds.DataPipeline(wds.SimpleShardList(mine), wds.tarfile_to_samples())
         missing: list[str] = []
-        for i, item in enumerate(pipeline):
+        for item in pipeline:
             url, key = item.get("__url__", "?"), item.get("__key__", "?")
             where = f"{url}:{key}"
             if "json" not in item:
@@ -134,8 +134,8 @@ class HEROShardDataset(IterableDataset):
             try:
                 raw = json.loads(item["json"].decode("utf-8"))
             except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise AnnotationError(where, None, f"invalid JSON ({exc})") from exc
-            rec = parse_record(raw, url, i)
+                raise AnnotationError(f"{where}.json", None, f"invalid JSON ({exc})") from exc
+            rec = parse_record(raw, f"{where}.json", None)
             if self.filter_split and rec.split != self.split:
                 continue
             suffix = next((s for s in _MEMBER_SUFFIXES if s in item), None)
