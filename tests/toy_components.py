@@ -54,9 +54,10 @@ class ToyRegressor(nn.Module):
     def forward(self, samples: Mapping[str, Any]) -> Dict[str, Any]:
         if not isinstance(samples["id"], list):
             raise TypeError("non-tensor batch fields must reach the model untouched")
-        self.calls += 1
-        if self.training and self.crash_after_calls and self.calls > self.crash_after_calls:
-            raise ToyCrash(f"simulated crash at forward call {self.calls}")
+        if self.training:  # count training forwards only
+            self.calls += 1
+            if self.crash_after_calls and self.calls > self.crash_after_calls:
+                raise ToyCrash(f"simulated crash at training forward {self.calls}")
         x, y = samples["x"], samples["y"]
         h = self.encoder(x)
         pred = self.head(h).squeeze(-1)

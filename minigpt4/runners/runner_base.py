@@ -94,15 +94,19 @@ def _seed_worker(worker_id: int) -> None:
 
 # ------------------------------------------------------------------------------ helpers
 def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -> Any:
-    """Tensors (also inside dicts/lists/tuples) to `device`; everything else untouched."""
+    """Tensors (also inside dicts/lists/tuples) to `device`; everything else untouched.
+
+    A list or tuple without tensors comes back as the same object (string fields stay as-is).
+    """
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=non_blocking)
     if isinstance(obj, Mapping):
         return {k: move_to_device(v, device, non_blocking) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [move_to_device(v, device, non_blocking) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(move_to_device(v, device, non_blocking) for v in obj)
+    if isinstance(obj, (list, tuple)):
+        moved = [move_to_device(v, device, non_blocking) for v in obj]
+        if all(m is o for m, o in zip(moved, obj)):
+            return obj
+        return moved if isinstance(obj, list) else tuple(moved)
     return obj
 
 

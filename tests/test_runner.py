@@ -1,0 +1,198 @@
+"""RunnerBase end to end on the toy model through the real entry point (train_hero.main)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import train_hero
+from minigpt4.common.checkpoint import find_latest_checkpoint, load_model_weights, load_training_state
+from minigpt4.common.config import load_config
+from minigpt4.common.logger import read_log
+from minigpt4.runners.runner_base import batch_size_of, move_to_device, resolve_amp
+from minigpt4.tasks.base_task import ModelOutputError, check_model_output, scalar_terms
+from tests.toy_components import ToyCrash, ToyRegressor, write_toy_config
+
+
+def train(tmp_path: Path, run=None, model=None, data=None, extra=()):
+    cfg = write_toy_config(tmp_path, run=run, model=model, data=data)
+    return train_hero.main(["--cfg-path", str(cfg), *extra])
+
+
+def train_records(run_dir: Path) -> dict[int, dict]:
+    """Per-step train records; a step logged twice (crash, then resume) keeps the last line."""
+    return {r["step"]: r for r in read_log(run_dir) if r.get("phase") == "train"}
+
+
+def val_records(run_dir: Path) -> dict[int, dict]:
+    return {r["step"]: r for r in read_log(run_dir) if r.get("phase") == "val"}
+
+
+def test_training_reduces_loss_and_writes_every_output(tmp_path: Path):
+    runner = train(tmp_path, run={"max_epoch": 4})
+    out = tmp_path / "run"
+    recs = train_records(out)
+    assert sorted(recs) == list(range(1, 33))  # 64 samples / batch 8 = 8 steps x 4 epochs, logged every step
+    first = sum(recs[s]["loss"] for s in range(1, 5)) / 4
+    last = sum(recs[s]["loss"] for s in range(29, 33)) / 4
+    assert last < 0.6 * first, (first, last)
+    for key in ("step", "epoch", "phase", "lr", "loss", "loss_task", "loss_reg", "loss_penalty", "loss_estimator",
+                "grad_norm", "samples_per_s"):
+        assert key in recs[1], key
+    assert "pred" not in recs[1]  # non-scalar outputs are not logged
+    assert recs[1]["loss"] == pytest.approx(recs[1]["loss_task"] + recs[1]["loss_reg"] + recs[1]["loss_penalty"],
+                                            rel=1e-6)
+    vals = val_records(out)
+    assert sorted(vals) == [8, 16, 24, 32] and vals[32]["val_loss"] < vals[8]["val_loss"]
+    # the resolved config, TensorBoard scalars, checkpoints and the best one
+    saved = OmegaConf.load(out / "config.yaml")
+    assert saved.run.max_epoch == 4 and saved.model.arch == "toy_regressor"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(out / "tensorboard"))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/loss", "train/loss_estimator", "train/lr", "val/loss"} <= tags
+    assert [e.step for e in ea.Scalars("train/loss")] == list(range(1, 33))
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["value"] == pytest.approx(min(v["val_loss"] for v in vals.values()))
+    assert sorted(p.name for p in (out / "checkpoints").glob("ckpt_*")) == \
+        ["ckpt_00000016", "ckpt_00000024", "ckpt_00000032"]  # keep_last_k=3, best is the newest
+    assert runner.summary["steps"] == 32 and runner.summary["best"]["step"] == best["step"]
+
+
+def test_logged_lr_follows_linear_warmup_cosine(tmp_path: Path):
+    run = {"max_epoch": 2, "init_lr": 1e-2, "min_lr": 1e-4, "warmup_lr": 1e-3, "warmup_steps": 3}
+    train(tmp_path, run=run)
+    recs = train_records(tmp_path / "run")
+    total = 16
+    for step, rec in recs.items():
+        s = step - 1  # the lr used by optimiser step s (0-based)
+        if s < 3:
+            expected = 1e-3 + (1e-2 - 1e-3) * s / 3
+        else:
+            expected = 1e-4 + (1e-2 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (s - 3) / (total - 3)))
+        assert rec["lr"] == pytest.approx(expected, rel=1e-12), step
+
+
+@pytest.mark.parametrize("crash_after", [19, 16])  # mid-epoch (last ckpt: step 9) / epoch boundary (step 8)
+def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, crash_after: int):
+    run = {"max_epoch": 3, "batch_size_train": 4, "accum_grad_iters": 2, "save_freq": 3, "keep_last_k": 3}
+    model = {"dropout": 0.2}  # dropout makes the RNG state matter
+    straight = train(tmp_path / "straight", run=run, model=model)
+
+    crash_dir = tmp_path / "crashed"
+    with pytest.raises(ToyCrash):
+        train(crash_dir, run=run, model={**model, "crash_after_calls": crash_after})
+    latest = find_latest_checkpoint(crash_dir / "run")
+    assert load_training_state(latest)["step"] == (9 if crash_after == 19 else 8)
+    resumed = train(crash_dir, run=run, model=model, extra=["--resume"])  # same dir, latest checkpoint
+
+    a, b = train_records(tmp_path / "straight" / "run"), train_records(crash_dir / "run")
+    assert sorted(a) == sorted(b) == list(range(1, 25))
+    for step in a:
+        for key in ("loss", "loss_task", "loss_reg", "loss_penalty", "loss_estimator", "lr", "grad_norm", "epoch"):
+            assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
+    assert val_records(tmp_path / "straight" / "run") == val_records(crash_dir / "run")
+    for (name, p), (_, q) in zip(straight.model_raw.named_parameters(), resumed.model_raw.named_parameters()):
+        assert torch.equal(p, q), name
+
+
+def test_auxiliary_optimiser_owns_only_its_parameters(tmp_path: Path):
+    runner = train(tmp_path, run={"max_epoch": 1}, model={"aux_lr": 0.0, "freeze_head_bias": True})
+    model = runner.model_raw
+    est = {id(p) for p in model.estimator.parameters()}
+    main_ids = {id(p) for g in runner.optimizers["main"].param_groups for p in g["params"]}
+    aux_ids = {id(p) for g in runner.optimizers["aux_estimator"].param_groups for p in g["params"]}
+    assert aux_ids == est and not (main_ids & est)
+    assert id(model.head.bias) not in main_ids  # frozen parameters are in no optimiser
+    # weight decay only on matrices: biases and LayerNorm go to the no-decay group
+    decay, no_decay = runner.optimizers["main"].param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    named = {id(p): n for n, p in model.named_parameters()}
+    assert sorted(named[id(p)] for p in decay["params"]) == ["encoder.0.weight", "head.weight"]
+    assert sorted(named[id(p)] for p in no_decay["params"]) == ["encoder.0.bias", "encoder.1.bias", "encoder.1.weight"]
+
+    # aux lr 0: the estimator must not move (the main optimiser's step or weight decay would move it)
+    torch.manual_seed(7)
+    fresh = ToyRegressor(in_dim=8, hidden=16, dropout=0.1, aux=True)  # same init as the run (seed 7)
+    assert torch.equal(model.estimator.weight, fresh.estimator.weight)
+    assert not torch.equal(model.encoder[0].weight, fresh.encoder[0].weight)
+    assert torch.equal(model.head.bias, fresh.head.bias)
+
+
+def test_auxiliary_optimiser_trains_its_loss(tmp_path: Path):
+    train(tmp_path, run={"max_epoch": 3}, model={"aux_lr": 2e-2})
+    recs = train_records(tmp_path / "run")
+    assert recs[24]["loss_estimator"] < 0.7 * recs[1]["loss_estimator"]
+
+
+def test_gradient_accumulation_matches_the_large_batch(tmp_path: Path):
+    big = train(tmp_path / "big", run={"batch_size_train": 8, "accum_grad_iters": 1}, model={"dropout": 0.0})
+    acc = train(tmp_path / "acc", run={"batch_size_train": 4, "accum_grad_iters": 2}, model={"dropout": 0.0})
+    ra, rb = train_records(tmp_path / "big" / "run"), train_records(tmp_path / "acc" / "run")
+    assert sorted(ra) == sorted(rb)
+    for step in ra:
+        assert ra[step]["loss"] == pytest.approx(rb[step]["loss"], rel=1e-5, abs=1e-7)
+    for (name, p), (_, q) in zip(big.model_raw.named_parameters(), acc.model_raw.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_streaming_dataset(tmp_path: Path):
+    train(tmp_path, run={"max_epoch": 2, "iters_per_epoch": 5}, data={"iterable": True})
+    assert sorted(train_records(tmp_path / "run")) == list(range(1, 11))
+    with pytest.raises(ValueError, match="iters_per_epoch is required"):
+        train(tmp_path / "b", data={"iterable": True})
+
+
+def test_bf16_autocast_on_cpu_when_asked(tmp_path: Path):
+    train(tmp_path, run={"max_epoch": 1, "amp": "bf16"})
+    recs = train_records(tmp_path / "run")
+    assert len(recs) == 8 and all(math.isfinite(r["loss"]) for r in recs.values())
+
+
+def test_resolve_amp():
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == (None, False)
+    assert resolve_amp("none", cpu) == (None, False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        resolve_amp("fp16", cpu)
+    with pytest.raises(ValueError, match="run.amp must be"):
+        resolve_amp("fp8", cpu)
+
+
+def test_evaluate_only_reproduces_the_last_validation(tmp_path: Path):
+    train(tmp_path, run={"max_epoch": 2})
+    run_dir = tmp_path / "run"
+    last_val = val_records(run_dir)[16]
+    runner = train(tmp_path, run={"evaluate": True, "resume_ckpt_path": str(run_dir)})
+    assert runner.summary["val"]["loss"] == last_val["val_loss"]
+
+
+def test_model_output_checks():
+    with pytest.raises(ModelOutputError, match="must return a dict"):
+        check_model_output(torch.tensor(1.0))
+    with pytest.raises(ModelOutputError, match="scalar tensor"):
+        check_model_output({"loss": torch.ones(2)})
+    with pytest.raises(ModelOutputError, match="aux_losses"):
+        check_model_output({"loss": torch.tensor(1.0), "aux_losses": {"q": 3.0}})
+    terms = scalar_terms({"loss": torch.tensor(2.0), "loss_x": torch.tensor([0.5]), "w": torch.ones(3),
+                          "aux_losses": {"est": torch.tensor(4.0)}})
+    assert terms == {"loss": 2.0, "loss_x": 0.5, "loss_est": 4.0}
+
+
+def test_batch_helpers():
+    batch = {"x": torch.ones(3, 2), "ids": ["a", "b", "c"], "nested": {"m": torch.zeros(3)}, "meta": ("k", 1)}
+    moved = move_to_device(batch, torch.device("cpu"))
+    assert moved["ids"] is batch["ids"] and moved["meta"] == ("k", 1) and torch.equal(moved["nested"]["m"], torch.zeros(3))
+    assert batch_size_of(batch) == 3 and batch_size_of({"ids": ["a", "b"]}) == 2
+
+
+def test_train_splits_must_exist(tmp_path: Path):
+    with pytest.raises(ValueError, match=r"no dataset has a split in run.train_splits=\['training'\]"):
+        train(tmp_path, run={"train_splits": ["training"]})
