@@ -1,6 +1,22 @@
 """The evidence half of HERO: feature stack -> six observation experts -> integrated context.
 
-(Early public API; the implementation follows in the next commits.)
+`HEROEvidenceStack` is everything of HEROModel except the LLM (docs/ARCHITECTURE.md, "Model
+internals"): it slices the batch's `video_features [B, 5, T, max_dim]`, runs the five
+`ModalityQFormer`s and the `SynergyExpert`, integrates their tokens under audio guidance into
+the context the LLM reads, and computes the auxiliary objectives, all unweighted in `losses`
+and lambda-weighted in `loss_aux`:
+
+- `loss_stmil`    sampled vCLUB bound of I(audio summary; text summary), q-network frozen;
+- `loss_sccl`     symmetric InfoNCE, expert summary <-> its golden evidence sentence embedding
+                  (visual <-> text summaries of the same clip when the batch has no golden evidence);
+- `loss_synergy`  BCE of the "is this audio from this clip?" match head;
+- `loss_evidence` teacher-forced cross-entropy of the shared evidence decoder;
+- `loss_cls`, `loss_kl` the optional robustness terms (classification head on the pooled
+                  context; KL from the full view to a modality-dropped view).
+
+A term is present in `losses` only when it is switched on (its lambda > 0) *and* the batch can
+form it (e.g. two clips with both audio and text for STMIL). The vCLUB q-network's own NLL is
+`estimator_loss`; its parameters (`estimator_parameters()`) are trained only by it.
 """
 from __future__ import annotations
 
@@ -8,16 +24,32 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from minigpt4.common.modalities import AUDIO, DEFAULT_EMOTIONS, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
+from minigpt4.models.hero.hero_loss import VCLUBEstimator, distillation_kl, info_nce
+from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
+from minigpt4.models.hero.observation_experts import (
+    EvidenceDecoder,
+    ModalityQFormer,
+    SynergyExpert,
+    cfg_value,
+    modality_dims,
+    slice_modalities,
+)
+
+NUM_EXPERTS = len(EXPERT_ORDER)
 
 
 @dataclass
 class EvidenceTargets:
     """Golden evidence sentences per expert (EXPERT_ORDER), built by HEROModel with the LLM tokenizer.
 
-    input_ids [B, 6, L] long (pad id beyond each sentence, no BOS/EOS), attention_mask [B, 6, L]
-    (1 = real token), present [B, 6] bool (golden sentence exists), sentence_embeds
-    [B, 6, llm_dim] float (frozen: mean of the LLM's input embeddings over the sentence tokens).
+    input_ids [B, 6, L] long (left-aligned, pad id beyond each sentence, no BOS/EOS),
+    attention_mask [B, 6, L] (1 = real token), present [B, 6] bool (golden sentence exists),
+    sentence_embeds [B, 6, llm_dim] float (frozen: mean of the LLM's input embeddings over the
+    sentence tokens).
     """
 
     input_ids: Tensor
@@ -31,33 +63,272 @@ class EvidenceOutput:
     """What the evidence stack hands to the reasoner (shapes for a batch of B clips)."""
 
     context: Tensor  # [B, num_output_queries, llm_dim]
-    modality_weights: Tensor  # [B, 6], sums to 1 over present experts, 0 for absent ones
+    modality_weights: Tensor  # [B, 6] float32, sums to 1 over present experts, exactly 0 for absent ones
     expert_present: Tensor  # [B, 6] bool
     summaries: Tensor  # [B, 6, H] (zeros for absent experts)
-    synergy_score: Tensor  # [B] in [0, 1]
-    expert_tokens: Tensor  # [B, 6, Q, H] (zeros for absent experts); input of the evidence decoder
+    synergy_score: Tensor  # [B] float32 in [0, 1]; 0.5 where the synergy expert is absent
+    expert_tokens: Tensor  # [B, 6, Q, H] (zeros for absent experts); the evidence decoder's input
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted terms, keys loss_*
-    loss_aux: Optional[Tensor] = None  # scalar, sum of lambda_* x term
+    loss_aux: Optional[Tensor] = None  # scalar, sum of lambda_* x term (0 when no term is active)
     estimator_loss: Optional[Tensor] = None  # scalar vCLUB q-network NLL (detached inputs) or None
-    cls_logits: Optional[Tensor] = None  # [B, num_classes] when use_cls_head
+    cls_logits: Optional[Tensor] = None  # [B, num_classes] when the classification head is on
 
 
 class HEROEvidenceStack(nn.Module):
-    """Slicing, five ModalityQFormers, SynergyExpert, EvidenceDecoder, integration, STMIL/SCCL."""
+    """Slicing, five ModalityQFormers, SynergyExpert, EvidenceDecoder, integration, STMIL/SCCL/robustness."""
 
     def __init__(self, cfg_model: Any, llm_dim: int, vocab_size: int, bos_token_id: int,
                  eos_token_id: int, pad_token_id: int) -> None:
         super().__init__()
-        raise NotImplementedError("HEROEvidenceStack is being implemented (issue 4)")
+        get = lambda key, default: cfg_value(cfg_model, key, default)  # noqa: E731
+        self.dims = modality_dims(cfg_model)
+        self.hidden_dim = h = int(get("hidden_dim", 768))
+        self.num_queries = int(get("num_queries", 32))
+        num_layers = int(get("num_qformer_layers", 2))
+        num_heads = int(get("num_heads", 8))
+        dropout = float(get("dropout", 0.1))
+        ffn_ratio = float(get("ffn_ratio", 4.0))
+        if h % num_heads:
+            raise ValueError(f"model.hidden_dim ({h}) must be divisible by model.num_heads ({num_heads})")
+        self.include_synergy = bool(get("include_synergy", True))
+        self.lambdas = {
+            "stmil": float(get("lambda_stmil", 0.1)),
+            "sccl": float(get("lambda_sccl", 0.1)),
+            "synergy": float(get("lambda_synergy", 0.1)) if self.include_synergy else 0.0,
+            "evidence": float(get("lambda_evidence", 0.5)),
+            "cls": float(get("lambda_cls", 0.0)),
+            "kl": float(get("lambda_kl", 0.0)),
+        }
+        for name, value in self.lambdas.items():
+            if value < 0:
+                raise ValueError(f"model.lambda_{name} must be >= 0, got {value}")
+        self.use_cls_head = bool(get("use_cls_head", self.lambdas["cls"] > 0 or self.lambdas["kl"] > 0))
+        for name in ("cls", "kl"):
+            if self.lambdas[name] > 0 and not self.use_cls_head:
+                raise ValueError(f"model.lambda_{name} > 0 needs the classification head (model.use_cls_head: true)")
+        self.kl_drop_prob = float(get("kl_drop_prob", 0.5))
+        if not 0.0 < self.kl_drop_prob < 1.0:
+            raise ValueError(f"model.kl_drop_prob must be in (0, 1), got {self.kl_drop_prob}")
+        self.kl_temperature = float(get("kl_temperature", 1.0))
+        self.sccl_temperature = float(get("sccl_temperature", 0.07))
+        if self.sccl_temperature <= 0:
+            raise ValueError(f"model.sccl_temperature must be > 0, got {self.sccl_temperature}")
+        temporal = bool(get("temporal_position", True))
+
+        self.experts = nn.ModuleList(
+            ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal)
+            for dim in self.dims
+        )
+        self.synergy = SynergyExpert(h, num_heads, dropout, ffn_ratio) if self.include_synergy else None
+        self.integration = AudioGuidedIntegration(
+            h, int(llm_dim), NUM_EXPERTS, self.num_queries, int(get("num_output_queries", 64)), num_heads, dropout,
+            str(get("integration_strategy", "audio")), ffn_ratio,
+        )
+        dec = get("evidence_decoder", {})
+        self.decoder = EvidenceDecoder(
+            int(vocab_size), h, bos_token_id, eos_token_id, pad_token_id, NUM_EXPERTS,
+            embed_dim=int(cfg_value(dec, "embed_dim", 256)), num_layers=int(cfg_value(dec, "num_layers", 2)),
+            num_heads=int(cfg_value(dec, "num_heads", 4)), max_len=int(cfg_value(dec, "max_len", 64)),
+            dropout=float(cfg_value(dec, "dropout", dropout)), ffn_ratio=ffn_ratio,
+        )
+        self.pad_token_id = int(pad_token_id)
+        stmil = get("stmil", {})
+        self.stmil = (VCLUBEstimator(h, h, int(cfg_value(stmil, "hidden_dim", 256)), int(cfg_value(stmil, "num_negatives", 1)))
+                      if self.lambdas["stmil"] > 0 else None)
+        if self.lambdas["sccl"] > 0:
+            sccl_dim = int(get("sccl_dim", 256))
+            self.sccl_summary_proj = nn.Linear(h, sccl_dim)
+            self.sccl_text_proj = nn.Linear(int(llm_dim), sccl_dim)
+        if self.use_cls_head:
+            self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
+            self.cls_head = nn.Sequential(nn.LayerNorm(int(llm_dim)), nn.Linear(int(llm_dim), self.num_classes))
+
+    # ------------------------------------------------------------------ public API
+    def estimator_parameters(self) -> list[nn.Parameter]:
+        """The vCLUB q-network's parameters (own optimiser; only `estimator_loss` reaches them)."""
+        return list(self.stmil.parameters()) if self.stmil is not None else []
 
     def forward(self, samples: Mapping[str, Any], targets: Optional[EvidenceTargets] = None,
                 compute_losses: bool = True) -> EvidenceOutput:
-        raise NotImplementedError
+        """Experts + integration for a collated batch (docs/ARCHITECTURE.md); losses unless compute_losses=False.
+
+        Uses samples["video_features"] [B, 5, T, max_dim], ["feature_mask"] [B, 5, T],
+        ["modality_mask"] [B, 5] and, for loss_cls, ["emotion"] [B] (-1 = unknown).
+        """
+        for key in ("video_features", "feature_mask", "modality_mask"):
+            if not isinstance(samples.get(key), Tensor):
+                raise KeyError(f"the batch needs a tensor {key!r} (see docs/ARCHITECTURE.md, 'A collated batch')")
+        device = self.integration.out_proj[1].weight.device
+        slices = slice_modalities(samples["video_features"].to(device), samples["feature_mask"].to(device),
+                                  samples["modality_mask"].to(device), self.dims)
+        tokens, summaries, present = [], [], []
+        for expert, s in zip(self.experts, slices):
+            t, summ = expert(s.features, s.frame_mask, s.present)
+            tokens.append(t)
+            summaries.append(summ)
+            present.append(s.present)
+        batch = tokens[0].shape[0]
+        syn_loss = None
+        if self.synergy is not None:
+            syn = self.synergy(tokens[AUDIO], tokens[MOTION], present[AUDIO] & present[MOTION],
+                               compute_loss=compute_losses and self.lambdas["synergy"] > 0)
+            tokens.append(syn.tokens.to(tokens[0].dtype))
+            summaries.append(syn.summary.to(tokens[0].dtype))
+            present.append(syn.present)
+            synergy_score, syn_loss = syn.score, syn.loss
+        else:
+            tokens.append(torch.zeros_like(tokens[0]))
+            summaries.append(torch.zeros_like(summaries[0]))
+            present.append(torch.zeros_like(present[0]))
+            synergy_score = torch.full((batch,), 0.5, device=device)
+        tokens_t = torch.stack(tokens, dim=1)  # [B, 6, Q, H]
+        summaries_t = torch.stack(summaries, dim=1)  # [B, 6, H]
+        present_t = torch.stack(present, dim=1)  # [B, 6]
+        integ = self.integration(tokens_t, summaries_t, present_t)
+        cls_logits = self._classify(integ.context) if self.use_cls_head else None
+        out = EvidenceOutput(context=integ.context, modality_weights=integ.modality_weights, expert_present=present_t,
+                             summaries=summaries_t, synergy_score=synergy_score.float(), expert_tokens=tokens_t,
+                             cls_logits=cls_logits)
+        if compute_losses:
+            self._losses(out, samples, targets, syn_loss)
+        else:
+            out.loss_aux = torch.zeros((), device=device)
+        return out
 
     @torch.no_grad()
     def generate_evidence(self, output: EvidenceOutput, max_new_tokens: int) -> Tensor:
-        """Greedy evidence sentences -> LongTensor [B, 6, L] padded with pad_token_id (no BOS/EOS)."""
-        raise NotImplementedError
+        """Greedy evidence sentences of every present expert -> LongTensor [B, 6, L], pad_token_id elsewhere.
 
-    def estimator_parameters(self) -> list[nn.Parameter]:
-        raise NotImplementedError
+        No BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in
+        eval mode (no dropout) whatever the module's mode, then its mode is restored.
+        """
+        tokens, present = output.expert_tokens, output.expert_present.bool()
+        b, e = present.shape
+        rows = present.nonzero(as_tuple=False)  # [N, 2]
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens)
+        finally:
+            self.decoder.train(was_training)
+        length = max(1, ids.shape[1])
+        result = torch.full((b, e, length), self.pad_token_id, dtype=torch.long, device=tokens.device)
+        if ids.shape[1]:
+            result[rows[:, 0], rows[:, 1], : ids.shape[1]] = ids
+        return result
+
+    # ------------------------------------------------------------------ internals
+    def _classify(self, context: Tensor) -> Tensor:
+        return self.cls_head(context.mean(dim=1))
+
+    def _losses(self, out: EvidenceOutput, samples: Mapping[str, Any], targets: Optional[EvidenceTargets],
+                syn_loss: Optional[Tensor]) -> None:
+        losses: dict[str, Tensor] = {}
+        summ, present = out.summaries, out.expert_present
+        if self.stmil is not None:
+            pair = present[:, AUDIO] & present[:, TEXT]
+            if int(pair.sum()) >= 1:
+                a, t = summ[pair, AUDIO], summ[pair, TEXT]
+                out.estimator_loss = self.stmil.estimator_loss(a, t)
+                if a.shape[0] >= 2:
+                    losses["loss_stmil"] = self.stmil.mi_upper_bound(a, t, sampled=True)
+        if self.lambdas["sccl"] > 0:
+            sccl = self._sccl(summ, present, targets)
+            if sccl is not None:
+                losses["loss_sccl"] = sccl
+        if syn_loss is not None:
+            losses["loss_synergy"] = syn_loss
+        if targets is not None and self.lambdas["evidence"] > 0:
+            evidence = self._evidence_loss(out, targets)
+            if evidence is not None:
+                losses["loss_evidence"] = evidence
+        if self.use_cls_head:
+            cls = self._cls_loss(out.cls_logits, samples.get("emotion"))
+            if cls is not None and self.lambdas["cls"] > 0:
+                losses["loss_cls"] = cls
+            if self.lambdas["kl"] > 0 and self.training:
+                kl = self._kl_loss(out)
+                if kl is not None:
+                    losses["loss_kl"] = kl
+        total = torch.zeros((), device=out.context.device)
+        for key, value in losses.items():
+            total = total + self.lambdas[key[len("loss_"):]] * value.float()
+        out.losses, out.loss_aux = losses, total
+
+    def _sccl(self, summ: Tensor, present: Tensor, targets: Optional[EvidenceTargets]) -> Optional[Tensor]:
+        """Golden mode: mean over experts with >= 2 pairs; else visual <-> text summaries of each clip."""
+        terms = []
+        if targets is not None:
+            self._check_targets(targets, summ.shape[0])
+            text = targets.sentence_embeds.to(self.sccl_text_proj.weight.device, self.sccl_text_proj.weight.dtype)
+            usable = present & targets.present.to(present.device).bool()
+            for e in range(NUM_EXPERTS):
+                idx = usable[:, e]
+                if int(idx.sum()) >= 2:
+                    terms.append(info_nce(self.sccl_summary_proj(summ[idx, e]), self.sccl_text_proj(text[idx, e]),
+                                          self.sccl_temperature))
+        if terms:
+            return torch.stack(terms).mean()
+        idx = present[:, VISUAL] & present[:, TEXT]
+        if int(idx.sum()) >= 2:
+            return info_nce(self.sccl_summary_proj(summ[idx, VISUAL]), self.sccl_summary_proj(summ[idx, TEXT]),
+                            self.sccl_temperature)
+        return None
+
+    def _check_targets(self, targets: EvidenceTargets, batch: int) -> None:
+        ids = targets.input_ids
+        if ids.dim() != 3 or ids.shape[:2] != (batch, NUM_EXPERTS):
+            raise ValueError(f"EvidenceTargets.input_ids must be [B={batch}, {NUM_EXPERTS}, L], got {tuple(ids.shape)}")
+        if tuple(targets.attention_mask.shape) != tuple(ids.shape):
+            raise ValueError(f"EvidenceTargets.attention_mask {tuple(targets.attention_mask.shape)} != input_ids {tuple(ids.shape)}")
+        if tuple(targets.present.shape) != (batch, NUM_EXPERTS):
+            raise ValueError(f"EvidenceTargets.present must be [{batch}, {NUM_EXPERTS}], got {tuple(targets.present.shape)}")
+        emb = targets.sentence_embeds
+        if emb.dim() != 3 or emb.shape[:2] != (batch, NUM_EXPERTS):
+            raise ValueError(f"EvidenceTargets.sentence_embeds must be [{batch}, {NUM_EXPERTS}, llm_dim], got {tuple(emb.shape)}")
+
+    def _evidence_loss(self, out: EvidenceOutput, targets: EvidenceTargets) -> Optional[Tensor]:
+        """Teacher forcing on the golden sentences of present experts; mean token CE over all of them."""
+        self._check_targets(targets, out.expert_tokens.shape[0])
+        device = out.expert_tokens.device
+        rows = (out.expert_present & targets.present.to(device).bool()).nonzero(as_tuple=False)
+        if rows.shape[0] == 0:
+            return None
+        b_idx, e_idx = rows[:, 0], rows[:, 1]
+        ids = targets.input_ids.to(device)[b_idx, e_idx]
+        mask = targets.attention_mask.to(device)[b_idx, e_idx]
+        if ids.shape[1] + 1 > self.decoder.max_len:
+            raise ValueError(f"golden evidence of {ids.shape[1]} tokens (+ EOS) exceeds model.evidence_decoder.max_len "
+                             f"{self.decoder.max_len}; raise it or truncate the targets")
+        return self.decoder.loss(out.expert_tokens[b_idx, e_idx], e_idx, ids, mask)
+
+    def _cls_loss(self, logits: Tensor, emotion: Any) -> Optional[Tensor]:
+        if not isinstance(emotion, Tensor):
+            return None
+        labels = emotion.to(logits.device).long()
+        valid = labels >= 0
+        if not bool(valid.any()):
+            return None
+        if int(labels.max()) >= self.num_classes:
+            raise ValueError(f"emotion index {int(labels.max())} >= model.num_classes {self.num_classes}")
+        return F.cross_entropy(logits[valid].float(), labels[valid])
+
+    def _kl_loss(self, out: EvidenceOutput) -> Optional[Tensor]:
+        """KL(full view || modality-dropped view) of the class distributions; teacher detached.
+
+        Each present modality is dropped with probability kl_drop_prob (at least one kept per
+        clip); dropping a modality only removes its expert (and synergy if it was audio or motion)
+        from the integration, which is exactly what re-running the experts without it gives.
+        """
+        mod_present = out.expert_present[:, : len(STACK_ORDER)]
+        keep = (torch.rand(mod_present.shape, device=mod_present.device) >= self.kl_drop_prob) & mod_present
+        lost_all = ~keep.any(-1) & mod_present.any(-1)
+        pick = torch.rand(mod_present.shape, device=mod_present.device).masked_fill(~mod_present, -1.0).argmax(-1)
+        keep[lost_all, pick[lost_all]] = True
+        changed = (keep != mod_present).any(-1)
+        if not bool(changed.any()):
+            return None
+        syn = out.expert_present[:, SYNERGY] & keep[:, AUDIO] & keep[:, MOTION]
+        student_present = torch.cat([keep, syn[:, None]], dim=1)
+        student = self.integration(out.expert_tokens, out.summaries, student_present)
+        return distillation_kl(out.cls_logits, self._classify(student.context), self.kl_temperature, mask=changed)

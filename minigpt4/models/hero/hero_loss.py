@@ -1,0 +1,121 @@
+"""HERO's auxiliary objectives: STMIL (vCLUB upper bound of mutual information), SCCL (symmetric
+InfoNCE) and the teacher-student KL of the robustness term (DESIGN.md 2.4).
+
+STMIL follows the sampled vCLUB of Cheng et al. (2020): a variational Gaussian q(y | x)
+(mean and log-variance MLPs) is fitted by maximum likelihood on *detached* inputs
+(`estimator_loss`, its own optimiser), and the model minimises
+
+    mean_i [ log q(y_i | x_i) - log q(y_{pi(i)} | x_i) ],   pi a random permutation,
+
+evaluated with the q-network's parameters *detached* (`torch.func.functional_call`), so the
+bound never trains the estimator and the estimator's loss never trains the model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class _GaussianHead(nn.Module):
+    """x [N, x_dim] -> (mu [N, y_dim], logvar [N, y_dim]); logvar through tanh (bounded, as in CLUB)."""
+
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
+        self.logvar = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh())
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.mu(x), self.logvar(x)
+
+
+def gaussian_log_prob(y: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log N(y; mu, diag(exp(logvar))) summed over the last dim; broadcasts leading dims."""
+    return -0.5 * (((y - mu) ** 2) * torch.exp(-logvar) + logvar + _LOG_2PI).sum(-1)
+
+
+class VCLUBEstimator(nn.Module):
+    """q(y | x) for the vCLUB upper bound of I(x; y) (x: audio summary, y: text summary)."""
+
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int = 256, num_negatives: int = 1) -> None:
+        super().__init__()
+        if num_negatives < 1:
+            raise ValueError(f"model.stmil.num_negatives must be >= 1, got {num_negatives}")
+        self.net = _GaussianHead(x_dim, y_dim, hidden_dim)
+        self.num_negatives = num_negatives
+
+    def _params(self, detach: bool) -> dict[str, Tensor]:
+        return {name: (p.detach() if detach else p) for name, p in self.net.named_parameters()}
+
+    def _predict(self, x: Tensor, detach_params: bool) -> tuple[Tensor, Tensor]:
+        return functional_call(self.net, self._params(detach_params), (x.float(),))
+
+    def log_likelihood(self, x: Tensor, y: Tensor) -> Tensor:
+        """mean_i log q(y_i | x_i) with the estimator's own parameters (for fitting it)."""
+        mu, logvar = self._predict(x, detach_params=False)
+        return gaussian_log_prob(y.float(), mu, logvar).mean()
+
+    def estimator_loss(self, x: Tensor, y: Tensor) -> Tensor:
+        """Negative log-likelihood on detached inputs: trains q only, never the model that made x and y."""
+        return -self.log_likelihood(x.detach(), y.detach())
+
+    def mi_upper_bound(self, x: Tensor, y: Tensor, sampled: bool = True) -> Tensor:
+        """vCLUB estimate of I(x; y) with the q-network frozen (parameters detached; gradients reach x, y).
+
+        sampled=True: `num_negatives` random permutations (the training objective, O(N)).
+        sampled=False: the full vCLUB, every other sample as a negative (O(N^2), for evaluation).
+        Needs N >= 2.
+        """
+        n = x.shape[0]
+        if n < 2:
+            raise ValueError(f"the vCLUB bound needs at least 2 samples, got {n}")
+        mu, logvar = self._predict(x, detach_params=True)
+        y = y.float()
+        positive = gaussian_log_prob(y, mu, logvar)  # [N]
+        if sampled:
+            negatives = []
+            for _ in range(self.num_negatives):
+                perm = torch.randperm(n, device=x.device)
+                negatives.append(gaussian_log_prob(y[perm], mu, logvar))
+            negative = torch.stack(negatives).mean(0)
+        else:
+            # log q(y_j | x_i) for all i, j: [N, N]; the mean over j includes j == i, as in CLUB
+            negative = gaussian_log_prob(y[None, :, :], mu[:, None, :], logvar[:, None, :]).mean(1)
+        return (positive - negative).mean()
+
+
+def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
+    """Symmetric InfoNCE between row-aligned embeddings a, b [N, D] (row i of a matches row i of b).
+
+    Cosine similarities / temperature; the mean of the a->b and b->a cross-entropies. N >= 1
+    (with N == 1 the loss is 0: there is no negative).
+    """
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"info_nce needs two [N, D] tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    a = F.normalize(a.float(), dim=-1)
+    b = F.normalize(b.float(), dim=-1)
+    logits = a @ b.t() / temperature
+    labels = torch.arange(a.shape[0], device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels))
+
+
+def distillation_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0,
+                    mask: Optional[Tensor] = None) -> Tensor:
+    """KL(teacher || student) of softened class distributions, teacher detached; mean over rows (mask [N])."""
+    t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    kl = (t.exp() * (t - s)).sum(-1) * temperature ** 2
+    if mask is not None:
+        mask = mask.bool()
+        if not bool(mask.any()):
+            return kl.sum() * 0.0
+        kl = kl[mask]
+    return kl.mean()
