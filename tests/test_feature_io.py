@@ -301,3 +301,21 @@ def test_corrupted_member_is_detected(tmp_path: Path) -> None:
     path.write_bytes(bytes(raw))
     with pytest.raises(FeatureFileError, match="CRC|unreadable|Bad CRC"):
         read_features(path)
+
+
+def test_stored_dtype_reads_and_float64_overflow(tmp_path: Path) -> None:
+    path = tmp_path / "k.npz"
+    arr = np.random.default_rng(4).standard_normal((5, 8))
+    write_features(path, {"au": arr})
+    raw = read_features(path, dtype=None)
+    assert raw.arrays["au"].dtype == np.float16
+    np.testing.assert_array_equal(raw.arrays["au"].astype(np.float32), read_features(path).arrays["au"])
+    big = tmp_path / "big.npz"
+    _raw_npz(big, au=np.array([[1e300, 0.0]]))
+    assert read_features(big, dtype=None).arrays["au"].dtype == np.float64
+    with pytest.raises(FeatureFileError, match="overflow float32"):
+        read_features(big)
+    nan16 = tmp_path / "nan16.npz"
+    _raw_npz(nan16, au=np.array([[np.nan, np.inf, -np.inf, 1.0, 65504.0]], dtype=np.float16))
+    with pytest.raises(FeatureFileError, match="3 NaN/Inf"):
+        read_features(nan16, dtype=None)

@@ -336,3 +336,23 @@ def test_builder_per_split_files_and_config_errors(corpus, tmp_path: Path) -> No
         HEROBuilder(_cfg()).build_datasets()
     with pytest.raises(ValueError, match="images.storage"):
         HEROBuilder(_cfg(build_info={"annotations": {"storage": str(tr)}})).build_datasets()
+
+
+def test_batched_fetch_equals_per_item_path(corpus) -> None:
+    """DataLoader's __getitems__ route (pad once into the batch) == collating __getitem__ samples."""
+    for kw in ({"training": False}, {"modality_dropout": 0.5, "seed": 11}):
+        ds = _dataset(corpus, **kw)
+        ds.set_epoch(2)
+        idx = [5, 1, 4, 0]
+        a = ds.collater(ds.__getitems__(idx))
+        b = ds.collater([ds[i] for i in idx])
+        mixed = ds.collater([ds.__getitems__([5])[0], ds[1], ds.__getitems__([4])[0], ds[0]])
+        for other in (b, mixed):
+            assert list(a) == list(other)
+            for key in a:
+                if isinstance(a[key], torch.Tensor):
+                    assert torch.equal(a[key], other[key]), key
+                else:
+                    assert a[key] == other[key], key
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collater)
+        assert torch.equal(next(iter(loader))["video_features"], ds.collater([ds[i] for i in range(4)])["video_features"])

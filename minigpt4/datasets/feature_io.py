@@ -58,7 +58,8 @@ class FeatureFileError(ValueError):
 class FeatureRecord:
     """The contents of one feature file.
 
-    arrays: feature key -> float32 `[T, D]` (T >= 1 frames, D >= 1 dims, all finite).
+    arrays: feature key -> float32 `[T, D]` (T >= 1 frames, D >= 1 dims, all finite); the
+        stored dtype instead when read with `dtype=None`.
     transcript: the Whisper transcript ("" when the file has none).
     meta: `meta_<name>` entries, keyed by `<name>`.
     """
@@ -68,8 +69,9 @@ class FeatureRecord:
     meta: dict[str, str] = field(default_factory=dict)
 
 
-def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], dtype: Any = np.float32) -> np.ndarray:
-    """Check one feature array and return it as `dtype` (float32 by default) `[T, D]`."""
+def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], dtype: Any = None) -> np.ndarray:
+    """Check one feature array `[T, D]`; return it as stored (dtype None) or cast to `dtype`
+    (writing casts to float16 and refuses values that overflow it)."""
     if not isinstance(arr, np.ndarray):
         raise FeatureFileError(path, key, f"expected a numpy array, got {type(arr).__name__}")
     if arr.dtype == object:
@@ -85,21 +87,29 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], 
         )
     if max_dim is not None and d > max_dim:
         raise FeatureFileError(path, key, f"feature dim {d} is larger than max_dim {max_dim}")
-    if np.dtype(dtype) == np.float32:
-        # reading: convert first (float32 checks are ~10x faster than float16 ones)
-        out = _as_float32(arr)
-        if not np.isfinite(out).all():
-            bad = int((~np.isfinite(out)).sum())
-            raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
-        return out
-    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int((~np.isfinite(arr)).sum())
+    bad = _count_nonfinite(arr)
+    if bad:
         raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
+    if dtype is None or arr.dtype == dtype:
+        return arr
     with np.errstate(over="ignore"):
-        out = arr.astype(dtype, copy=False)
+        out = arr.astype(dtype)
     if not np.isfinite(out).all():
         raise FeatureFileError(path, key, f"value(s) overflow {np.dtype(dtype).name} (|x| > {np.finfo(dtype).max:g})")
     return out
+
+
+def _count_nonfinite(arr: np.ndarray) -> int:
+    """Number of NaN/Inf values. float16 is tested on its bits (all-ones exponent), which is
+    ~20x faster than numpy's float16 isfinite."""
+    if arr.dtype == np.float16:
+        bits = np.ascontiguousarray(arr).view(np.uint16) & 0x7FFF
+        if int(bits.max()) < 0x7C00:
+            return 0
+        return int(np.count_nonzero(bits >= 0x7C00))
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        return int((~np.isfinite(arr)).sum())
+    return 0
 
 
 def _as_float32(arr: np.ndarray) -> np.ndarray:
@@ -112,7 +122,8 @@ def _as_float32(arr: np.ndarray) -> np.ndarray:
         except ImportError:  # pragma: no cover - torch is a dependency of the package
             return arr.astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr)).float().numpy()
-    return arr.astype(np.float32)
+    with np.errstate(over="ignore"):  # float64 overflow is reported by the caller
+        return arr.astype(np.float32)
 
 
 def _validate_string(path: PathLike, key: str, value: Any) -> str:
@@ -202,6 +213,7 @@ def write_features(
 
 
 def _finish(path: PathLike, raw_arrays: Mapping[str, Any], strings: Mapping[str, Any], max_dim: int) -> FeatureRecord:
+    """Validate the arrays (kept in their stored dtype) and the string entries."""
     arrays = {k: _validate_array(path, k, v, max_dim) for k, v in raw_arrays.items()}
     transcript = ""
     meta: dict[str, str] = {}
@@ -212,6 +224,21 @@ def _finish(path: PathLike, raw_arrays: Mapping[str, Any], strings: Mapping[str,
         else:
             meta[key[len(META_PREFIX):]] = text
     return FeatureRecord(arrays=arrays, transcript=transcript, meta=meta)
+
+
+def _convert(path: PathLike, record: FeatureRecord, dtype: Any) -> FeatureRecord:
+    """Cast the validated arrays to `dtype` (None: keep the stored dtype)."""
+    if dtype is None:
+        return record
+    if np.dtype(dtype) != np.float32:
+        raise ValueError(f"dtype must be float32 or None, got {dtype}")
+    out = {}
+    for key, arr in record.arrays.items():
+        conv = _as_float32(arr)
+        if arr.dtype.itemsize > 4 and not np.isfinite(conv).all():
+            raise FeatureFileError(path, key, "value(s) overflow float32")
+        out[key] = conv
+    return FeatureRecord(arrays=out, transcript=record.transcript, meta=record.meta)
 
 
 def _is_string_key(key: str) -> bool:
@@ -413,11 +440,15 @@ def _read_legacy(path: PathLike, source: Any, max_dim: int, allow_pickle: bool) 
     return _finish(path, raw, strings, max_dim)
 
 
-def read_features(path: PathLike, max_dim: int = 1024, allow_pickle: bool = False) -> FeatureRecord:
+def read_features(
+    path: PathLike, max_dim: int = 1024, allow_pickle: bool = False, *, dtype: Any = np.float32
+) -> FeatureRecord:
     """Read and validate one feature file (`.npz`, `.safetensors`, or legacy `.npy`).
 
-    Returns float32 `[T, D]` arrays with D <= max_dim; raises FeatureFileError on a missing,
-    empty or unreadable file, a NaN/Inf value, a non-2-D array, D > max_dim or an object array.
+    Returns float32 `[T, D]` arrays with D <= max_dim (`dtype=None` keeps the stored dtype,
+    float16 for files written here, so a caller that subsamples frames converts only those);
+    raises FeatureFileError on a missing, empty or unreadable file, a NaN/Inf value, a
+    non-2-D array, D > max_dim or an object array.
     """
     path = Path(path)
     try:
@@ -429,16 +460,18 @@ def read_features(path: PathLike, max_dim: int = 1024, allow_pickle: bool = Fals
     if size == 0:
         raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
     if path.suffix == NPZ_SUFFIX:
-        return _read_npz(path, path, max_dim)
-    if path.suffix == SAFETENSORS_SUFFIX:
-        return _read_safetensors(path, None, max_dim)
-    if path.suffix == LEGACY_SUFFIX:
-        return _read_legacy(path, path, max_dim, allow_pickle)
-    raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; expected one of {FEATURE_SUFFIXES}")
+        record = _read_npz(path, path, max_dim)
+    elif path.suffix == SAFETENSORS_SUFFIX:
+        record = _read_safetensors(path, None, max_dim)
+    elif path.suffix == LEGACY_SUFFIX:
+        record = _read_legacy(path, path, max_dim, allow_pickle)
+    else:
+        raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; expected one of {FEATURE_SUFFIXES}")
+    return _convert(path, record, dtype)
 
 
 def read_features_bytes(
-    data: bytes, suffix: str, name: str, max_dim: int = 1024, allow_pickle: bool = False
+    data: bytes, suffix: str, name: str, max_dim: int = 1024, allow_pickle: bool = False, *, dtype: Any = np.float32
 ) -> FeatureRecord:
     """Like read_features, for a file's bytes (e.g. a member of a webdataset tar shard).
 
@@ -448,12 +481,14 @@ def read_features_bytes(
         raise FeatureFileError(name, None, "zero-byte file (an interrupted write?)")
     suffix = suffix if suffix.startswith(".") else f".{suffix}"
     if suffix == NPZ_SUFFIX:
-        return _read_npz(name, io.BytesIO(data), max_dim)
-    if suffix == SAFETENSORS_SUFFIX:
-        return _read_safetensors(name, bytes(data), max_dim)
-    if suffix == LEGACY_SUFFIX:
-        return _read_legacy(name, io.BytesIO(data), max_dim, allow_pickle)
-    raise FeatureFileError(name, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
+        record = _read_npz(name, io.BytesIO(data), max_dim)
+    elif suffix == SAFETENSORS_SUFFIX:
+        record = _read_safetensors(name, bytes(data), max_dim)
+    elif suffix == LEGACY_SUFFIX:
+        record = _read_legacy(name, io.BytesIO(data), max_dim, allow_pickle)
+    else:
+        raise FeatureFileError(name, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
+    return _convert(name, record, dtype)
 
 
 def find_feature_file(features_dir: PathLike, video_id: str) -> Optional[Path]:

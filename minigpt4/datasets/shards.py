@@ -149,7 +149,7 @@ class HEROShardDataset(IterableDataset):
             self.builder.check_annotation(rec)
             source = f"{where}.{suffix}"
             feat = read_features_bytes(
-                item[suffix], suffix, source, max_dim=self.builder.max_dim, allow_pickle=self.allow_pickle
+                item[suffix], suffix, source, max_dim=self.builder.max_dim, allow_pickle=self.allow_pickle, dtype=None
             )
             yield self.builder.build(rec, feat, source, training=self.training, epoch=self.epoch)
         if missing:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
@@ -33,6 +34,7 @@ from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_f
 logger = logging.getLogger(__name__)
 
 NUM_MODALITIES = len(STACK_ORDER)
+_TORCH_CASTABLE = (np.dtype(np.float16), np.dtype(np.float32))
 BATCH_KEYS: tuple[str, ...] = (
     "video_features",
     "feature_mask",
@@ -159,11 +161,10 @@ class SampleBuilder:
         return cot.build_cot_target(rec.emotion, rec.evidence, rec.reasoning)
 
     # ------------------------------------------------------------ features
-    def stack(self, feat: FeatureRecord, source: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`video_features [5, T, max_dim]` float32, `feature_mask [5, T]`, `modality_mask [5]` bool.
-
-        T = the longest (subsampled) modality of this clip.
-        """
+    def select(self, feat: FeatureRecord, source: str) -> tuple[list[Optional[np.ndarray]], int]:
+        """Each modality's `[n_k, d_k]` frames in STACK_ORDER (None = absent), after uniform
+        subsampling to max_len, and T = the longest of them. Frames keep the file's dtype
+        (float16 or float32): they are cast once, when written into the padded tensor."""
         picked: list[Optional[np.ndarray]] = []
         for m in STACK_ORDER:
             key = self.feature_keys[m]
@@ -182,60 +183,38 @@ class SampleBuilder:
                 idx = uniform_indices(arr.shape[0], self.max_len[m])
                 if idx is not None:
                     arr = arr[idx]
+                if arr.dtype not in _TORCH_CASTABLE or not arr.flags.writeable:
+                    arr = arr.astype(np.float32)  # rare: ints/bools, read-only buffers
             picked.append(arr)
         if all(a is None for a in picked):
             wanted = {m: k for m, k in self.feature_keys.items() if k is not None}
             raise FeatureFileError(source, None, f"no modality present (looked for keys {wanted}, found {sorted(feat.arrays)})")
-        t = max(a.shape[0] for a in picked if a is not None)
-        # empty + explicit zeroing of the padding only (each element is written once)
-        feats = np.empty((NUM_MODALITIES, t, self.max_dim), dtype=np.float32)
-        fmask = np.zeros((NUM_MODALITIES, t), dtype=bool)
-        mmask = np.zeros(NUM_MODALITIES, dtype=bool)
-        for k, arr in enumerate(picked):
-            if arr is None:
-                feats[k] = 0.0
-                continue
-            n, d = arr.shape
-            feats[k, :n, :d] = arr
-            feats[k, :n, d:] = 0.0
-            feats[k, n:] = 0.0
-            fmask[k, :n] = True
-            mmask[k] = True
-        return torch.from_numpy(feats), torch.from_numpy(fmask), torch.from_numpy(mmask)
+        return picked, max(a.shape[0] for a in picked if a is not None)
 
     def dropout_rng(self, video_id: str, epoch: int) -> np.random.Generator:
         """The same clip in the same epoch drops the same modalities on any worker or rank."""
         return np.random.default_rng([self.seed, int(epoch), stable_hash(video_id)])
 
-    def apply_dropout(self, sample: dict[str, Any], epoch: int) -> dict[str, Any]:
-        """Drop each present modality with its probability, keeping at least one (in place)."""
-        if not any(p > 0 for p in self.dropout.values()):
-            return sample
-        mmask = sample["modality_mask"]
-        present = [k for k in range(NUM_MODALITIES) if bool(mmask[k])]
-        if len(present) <= 1:
-            return sample
-        rng = self.dropout_rng(sample["video_id"], epoch)
+    def dropped(self, video_id: str, present: Sequence[int], epoch: int) -> list[int]:
+        """Stack indices to drop: each present modality with its probability, at least one kept."""
+        if len(present) <= 1 or not any(self.dropout[STACK_ORDER[k]] > 0 for k in present):
+            return []
+        rng = self.dropout_rng(video_id, epoch)
         draws = rng.random(NUM_MODALITIES)
         drop = [k for k in present if draws[k] < self.dropout[STACK_ORDER[k]]]
         if len(drop) == len(present):
-            keep = present[int(rng.integers(len(present)))]
-            drop.remove(keep)
-        for k in drop:
-            sample["video_features"][k].zero_()
-            sample["feature_mask"][k] = False
-            mmask[k] = False
-        return sample
+            drop.remove(present[int(rng.integers(len(present)))])
+        return drop
 
-    def build(
+    def prepare(
         self, rec: Annotation, feat: FeatureRecord, source: str, *, training: bool = False, epoch: int = 0
-    ) -> dict[str, Any]:
-        """One sample with the batch keys (tensors without the batch dim)."""
-        video_features, feature_mask, modality_mask = self.stack(feat, source)
-        sample = {
-            "video_features": video_features,
-            "feature_mask": feature_mask,
-            "modality_mask": modality_mask,
+    ) -> "PreparedSample":
+        """A sample before padding (modality dropout applied when `training`)."""
+        frames, t = self.select(feat, source)
+        if training:
+            for k in self.dropped(rec.video_id, [k for k, a in enumerate(frames) if a is not None], epoch):
+                frames[k] = None
+        fields = {
             "video_id": rec.video_id,
             "emotion": -1 if rec.emotion is None else self.label_index[rec.emotion],
             "emotion_label": rec.emotion if rec.emotion is not None else cot.UNKNOWN,
@@ -245,47 +224,103 @@ class SampleBuilder:
             # the annotation's curated transcript wins over the file's ASR transcript
             "transcript": rec.text if rec.text else feat.transcript,
         }
-        if training:
-            self.apply_dropout(sample, epoch)
-        return sample
+        return PreparedSample(frames=frames, t=t, max_dim=self.max_dim, fields=fields)
+
+    def build(
+        self, rec: Annotation, feat: FeatureRecord, source: str, *, training: bool = False, epoch: int = 0
+    ) -> dict[str, Any]:
+        """One sample with the batch keys (tensors without the batch dim)."""
+        return self.prepare(rec, feat, source, training=training, epoch=epoch).materialize()
 
 
-def collate_hero(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Batch samples: pads T to the longest sample (float32 zeros, masks False).
+@dataclass
+class PreparedSample:
+    """A sample before padding.
 
-    Returns the batch of docs/ARCHITECTURE.md: video_features [B, 5, T, max_dim],
-    feature_mask [B, 5, T], modality_mask [B, 5], emotion int64 [B], and lists of the rest.
+    `HERODataset.__getitems__` (what a DataLoader calls for a batch) hands these to the
+    collater, which pads them once, straight into the batch tensor, instead of building a
+    padded `[5, T, max_dim]` per clip and copying it again. `materialize()` gives the
+    ordinary sample dict; both routes yield identical batches.
+    """
+
+    frames: list[Optional[np.ndarray]]  # STACK_ORDER: float16/32 [n_k, d_k], None = absent or dropped
+    t: int  # T of the clip (its longest modality, counted before dropout)
+    max_dim: int
+    fields: dict[str, Any]  # the non-tensor sample keys
+
+    def write_into(self, feats: torch.Tensor, fmask: torch.Tensor, mmask: torch.Tensor) -> None:
+        """Fill `feats [5, T', max_dim]` (T' >= t; every element written), `fmask [5, T']`
+        (must start False) and `mmask [5]`."""
+        for k, arr in enumerate(self.frames):
+            if arr is None:
+                feats[k].zero_()
+                mmask[k] = False
+                continue
+            n, d = arr.shape
+            feats[k, :n, :d].copy_(torch.from_numpy(arr))  # casts float16 -> float32
+            feats[k, :n, d:].zero_()
+            feats[k, n:].zero_()
+            fmask[k, :n] = True
+            mmask[k] = True
+
+    def materialize(self) -> dict[str, Any]:
+        feats = torch.empty((NUM_MODALITIES, self.t, self.max_dim), dtype=torch.float32)
+        fmask = torch.zeros((NUM_MODALITIES, self.t), dtype=torch.bool)
+        mmask = torch.zeros(NUM_MODALITIES, dtype=torch.bool)
+        self.write_into(feats, fmask, mmask)
+        return {"video_features": feats, "feature_mask": fmask, "modality_mask": mmask, **self.fields}
+
+
+def _sample_shape(s: Union[PreparedSample, Mapping[str, Any]]) -> tuple[int, int]:
+    if isinstance(s, PreparedSample):
+        return s.t, s.max_dim
+    v = s["video_features"]
+    if v.dim() != 3 or v.shape[0] != NUM_MODALITIES:
+        raise ValueError(f"sample {s.get('video_id')!r} has video_features {tuple(v.shape)}, expected [5, T, max_dim]")
+    return int(v.shape[1]), int(v.shape[2])
+
+
+def collate_hero(samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Batch samples (sample dicts or PreparedSample): pads T to the longest sample.
+
+    Returns the batch of docs/ARCHITECTURE.md: video_features float32 [B, 5, T, max_dim] (zeros
+    in padding), feature_mask bool [B, 5, T], modality_mask bool [B, 5], emotion int64 [B],
+    and lists of the other keys.
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
-    b = len(samples)
-    n_mod, _, max_dim = samples[0]["video_features"].shape
-    t = max(int(s["video_features"].shape[1]) for s in samples)
-    # empty + zeroing only the time padding: every other element is overwritten below
-    feats = torch.empty((b, n_mod, t, max_dim), dtype=torch.float32)
-    fmask = torch.zeros((b, n_mod, t), dtype=torch.bool)
+    shapes = [_sample_shape(s) for s in samples]
+    dims = {d for _, d in shapes}
+    if len(dims) != 1:
+        raise ValueError(f"samples disagree on max_dim: {sorted(dims)}")
+    b, t, max_dim = len(samples), max(n for n, _ in shapes), dims.pop()
+    # empty + explicit zeroing of the padding only: each element is written once
+    feats = torch.empty((b, NUM_MODALITIES, t, max_dim), dtype=torch.float32)
+    fmask = torch.zeros((b, NUM_MODALITIES, t), dtype=torch.bool)
+    mmask = torch.zeros((b, NUM_MODALITIES), dtype=torch.bool)
+    fields: list[Mapping[str, Any]] = []
     for i, s in enumerate(samples):
-        v = s["video_features"]
-        if v.shape[0] != n_mod or v.shape[2] != max_dim:
-            raise ValueError(
-                f"sample {s.get('video_id')!r} has video_features {tuple(v.shape)}, expected [{n_mod}, T, {max_dim}]"
-            )
-        n = v.shape[1]
-        feats[i, :, :n] = v
-        if n < t:
-            feats[i, :, n:] = 0.0
+        if isinstance(s, PreparedSample):
+            s.write_into(feats[i], fmask[i], mmask[i])
+            fields.append(s.fields)
+            continue
+        n = shapes[i][0]
+        feats[i, :, :n] = s["video_features"]
+        feats[i, :, n:] = 0.0
         fmask[i, :, :n] = s["feature_mask"]
+        mmask[i] = torch.as_tensor(s["modality_mask"], dtype=torch.bool)
+        fields.append(s)
     return {
         "video_features": feats,
         "feature_mask": fmask,
-        "modality_mask": torch.stack([torch.as_tensor(s["modality_mask"], dtype=torch.bool) for s in samples]),
-        "video_id": [s["video_id"] for s in samples],
-        "emotion": torch.tensor([int(s["emotion"]) for s in samples], dtype=torch.int64),
-        "emotion_label": [s["emotion_label"] for s in samples],
-        "instruction": [s["instruction"] for s in samples],
-        "answer": [s["answer"] for s in samples],
-        "evidence": [dict(s["evidence"]) for s in samples],
-        "transcript": [s["transcript"] for s in samples],
+        "modality_mask": mmask,
+        "video_id": [f["video_id"] for f in fields],
+        "emotion": torch.tensor([int(f["emotion"]) for f in fields], dtype=torch.int64),
+        "emotion_label": [f["emotion_label"] for f in fields],
+        "instruction": [f["instruction"] for f in fields],
+        "answer": [f["answer"] for f in fields],
+        "evidence": [dict(f["evidence"]) for f in fields],
+        "transcript": [f["transcript"] for f in fields],
     }
 
 
@@ -386,12 +421,24 @@ class HERODataset(Dataset):
         self.epoch = int(epoch)
 
     def load_features(self, index: int) -> FeatureRecord:
-        return read_features(self.paths[index], max_dim=self.builder.max_dim, allow_pickle=self.allow_pickle)
+        """The validated file of clip `index`, arrays in their stored dtype."""
+        return read_features(
+            self.paths[index], max_dim=self.builder.max_dim, allow_pickle=self.allow_pickle, dtype=None
+        )
+
+    def prepare(self, index: int) -> PreparedSample:
+        return self.builder.prepare(
+            self.annotations[index], self.load_features(index), str(self.paths[index]),
+            training=self.training, epoch=self.epoch,
+        )
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        rec = self.annotations[index]
-        feat = self.load_features(index)
-        return self.builder.build(rec, feat, str(self.paths[index]), training=self.training, epoch=self.epoch)
+        return self.prepare(index).materialize()
+
+    def __getitems__(self, indices: Sequence[int]) -> list[PreparedSample]:
+        """What a DataLoader fetches for one batch: unpadded samples for `collater`, which
+        pads them once into the batch (use `collater` as the DataLoader's collate_fn)."""
+        return [self.prepare(int(i)) for i in indices]
 
     def collater(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return collate_hero(samples)
