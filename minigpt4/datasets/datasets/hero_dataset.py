@@ -11,7 +11,13 @@ to the longest sample of the batch, not to a global length, so batches of short 
 small.
 
 `SampleBuilder` holds the per-sample logic so the folder dataset here and the webdataset
-shard reader (`minigpt4/datasets/shards.py`) produce identical samples.
+shard reader (`minigpt4/datasets/shards.py`) produce identical samples. A DataLoader fetches a
+batch through `HERODataset.__getitems__`, which returns unpadded `PreparedSample`s that the
+collater pads once, straight into the batch; `dataset[i]` returns the padded sample dict.
+Both routes give identical batches. Always batch with `dataset.collater`.
+
+Labels: an emotion outside `label_names` is an error naming the record; only records of an
+unlabeled `test` split may lack one (emotion -1, emotion_label "unknown", empty answer).
 """
 from __future__ import annotations
 
@@ -440,5 +446,5 @@ class HERODataset(Dataset):
         pads them once into the batch (use `collater` as the DataLoader's collate_fn)."""
         return [self.prepare(int(i)) for i in indices]
 
-    def collater(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    def collater(self, samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) -> dict[str, Any]:
         return collate_hero(samples)
