@@ -260,7 +260,8 @@ class HEROEvidenceStack(nn.Module):
         terms = []
         if targets is not None:
             self._check_targets(targets, summ.shape[0])
-            text = targets.sentence_embeds.to(self.sccl_text_proj.weight.device, self.sccl_text_proj.weight.dtype)
+            # frozen by contract: detached here whatever the caller built them with
+            text = targets.sentence_embeds.detach().to(self.sccl_text_proj.weight.device, self.sccl_text_proj.weight.dtype)
             usable = present & targets.present.to(present.device).bool()
             for e in range(NUM_EXPERTS):
                 idx = usable[:, e]
