@@ -24,15 +24,22 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 class _GaussianHead(nn.Module):
-    """x [N, x_dim] -> (mu [N, y_dim], logvar [N, y_dim]); logvar through tanh (bounded, as in CLUB)."""
+    """x [N, x_dim] -> (mu [N, y_dim], logvar [N, y_dim]).
 
-    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int) -> None:
+    CLUB's reference code bounds logvar with tanh to (-1, 1), i.e. variances in (0.37, 2.7),
+    which cannot fit a strongly predictable y; a soft bound `b * tanh(raw / b)` keeps the
+    stability and widens the range (b = 5: variances in (0.007, 148)).
+    """
+
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int, logvar_bound: float = 5.0) -> None:
         super().__init__()
         self.mu = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
-        self.logvar = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim), nn.Tanh())
+        self.logvar = nn.Sequential(nn.Linear(x_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, y_dim))
+        self.logvar_bound = logvar_bound
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.mu(x), self.logvar(x)
+        b = self.logvar_bound
+        return self.mu(x), b * torch.tanh(self.logvar(x) / b)
 
 
 def gaussian_log_prob(y: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
@@ -43,11 +50,14 @@ def gaussian_log_prob(y: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 class VCLUBEstimator(nn.Module):
     """q(y | x) for the vCLUB upper bound of I(x; y) (x: audio summary, y: text summary)."""
 
-    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int = 256, num_negatives: int = 1) -> None:
+    def __init__(self, x_dim: int, y_dim: int, hidden_dim: int = 256, num_negatives: int = 1,
+                 logvar_bound: float = 5.0) -> None:
         super().__init__()
         if num_negatives < 1:
             raise ValueError(f"model.stmil.num_negatives must be >= 1, got {num_negatives}")
-        self.net = _GaussianHead(x_dim, y_dim, hidden_dim)
+        if logvar_bound <= 0:
+            raise ValueError(f"model.stmil.logvar_bound must be > 0, got {logvar_bound}")
+        self.net = _GaussianHead(x_dim, y_dim, hidden_dim, logvar_bound)
         self.num_negatives = num_negatives
 
     def _params(self, detach: bool) -> dict[str, Tensor]:
