@@ -325,22 +325,72 @@ def make_segment_loader(jobs: list[tuple[str, Path]], plan: DecodePlan, pre: Pre
 
 @dataclass
 class VideoState:
-    """Encoder outputs of one video, gathered segment by segment."""
+    """One video on the encoding side: outputs gathered segment by segment.
+
+    `outstanding` counts inputs still waiting in a BatchQueue; the file is written once the
+    last segment has arrived (`complete`) and nothing is outstanding.
+    """
 
     video_id: str
     path: str
     info: dict = field(default_factory=dict)
     parts: dict[str, list] = field(default_factory=dict)
-    mels: list = field(default_factory=list)
+    windows: int = 0  # non-silent audio windows sent to Whisper
     has_audio: bool = False
     audio_samples: int = 0
     au: Any = None
     au_source: str = ""
     au_note: str = ""
+    outstanding: int = 0
+    complete: bool = False
+    error: Optional[str] = None
+
+
+class BatchQueue:
+    """Inputs of several videos gathered into full encoder batches; outputs go back in order.
+
+    Short clips give a handful of frames each: batching across videos keeps a GPU (or the
+    per-call overhead on a CPU) busy with `batch_size` items per forward. Each video's pieces
+    keep their order, so `parts[name]` concatenates to the video's sequence.
+    """
+
+    def __init__(self, name: str, encode, batch_size: int) -> None:
+        self.name, self.encode, self.batch_size = name, encode, max(1, batch_size)
+        self.items: list[tuple[VideoState, Any]] = []
+        self.size = 0
+
+    def add(self, st: VideoState, x) -> None:
+        if x is None or len(x) == 0:
+            return
+        self.items.append((st, x))
+        self.size += len(x)
+        st.outstanding += 1
+        if self.size >= self.batch_size:
+            self.run()
+
+    def run(self) -> None:
+        import torch
+
+        if not self.items:
+            return
+        items, self.items, self.size = self.items, [], 0
+        try:
+            xs = [x for _, x in items]
+            out = self.encode(torch.cat(xs) if isinstance(xs[0], torch.Tensor) else np.concatenate(xs))
+        except Exception as exc:  # the whole shared batch failed: every video in it fails
+            for st, _ in items:
+                st.outstanding -= 1
+                st.error = st.error or f"encode ({self.name}): {type(exc).__name__}: {exc}"
+            return
+        pos = 0
+        for st, x in items:
+            st.parts.setdefault(self.name, []).append(out[pos : pos + len(x)])
+            pos += len(x)
+            st.outstanding -= 1
 
 
 class EncoderSet:
-    """The encoders for the requested modalities, loaded once per process."""
+    """The encoders for the requested modalities, loaded once per process, fed through BatchQueues."""
 
     def __init__(self, cfg, modalities: Sequence[str], device: str, precision: str, batch_size: int) -> None:
         from minigpt4.models.hero import feature_extractors as fx
@@ -348,10 +398,14 @@ class EncoderSet:
         self.cfg = cfg
         self.modalities = tuple(modalities)
         self.clip = self.videomae = self.hubert = self.whisper = self.bert = None
+        self.queues: dict[str, BatchQueue] = {}
         if "clip" in modalities:
             self.clip = fx.CLIPFrameEncoder(cfg.visual.path, device, precision, batch_size, output=cfg.visual.output)
+            self.queues["clip"] = BatchQueue("clip", self.clip.encode, batch_size)
         if "videomae" in modalities:
-            self.videomae = fx.VideoMAEClipEncoder(cfg.motion.path, device, precision, max(1, batch_size // 4))
+            clips_per_batch = max(1, batch_size // 4)  # a clip is 16 frames
+            self.videomae = fx.VideoMAEClipEncoder(cfg.motion.path, device, precision, clips_per_batch)
+            self.queues["videomae"] = BatchQueue("videomae", self.videomae.encode, clips_per_batch)
         if "hubert" in modalities:
             self.hubert = fx.HuBERTEncoder(cfg.audio.path, device, precision, num_layers=int(cfg.audio.num_layers))
         if "transcript" in modalities or "bert" in modalities:
@@ -360,28 +414,38 @@ class EncoderSet:
                 w.path, device, precision, batch_size, language=cfg.text.language, task=w.task,
                 max_new_tokens=int(w.max_new_tokens), num_beams=int(w.num_beams),
             )
+            self.queues["whisper"] = BatchQueue("whisper", self.whisper.transcribe, batch_size)
         if "bert" in modalities:
             self.bert = fx.BertTextEncoder(bert_path(cfg), device, precision, batch_size, max_length=int(cfg.text.bert.max_length))
 
     def consume(self, st: VideoState, seg: dict) -> None:
-        """Run the per-segment encoders (CLIP, VideoMAE, HuBERT) and keep the Whisper inputs."""
+        """Queue a segment's inputs (CLIP, VideoMAE, Whisper) and run HuBERT on its audio."""
         if "info" in seg:
             st.info = seg["info"]
         st.has_audio = bool(seg.get("has_audio", False))
         st.audio_samples += int(seg.get("audio_samples", 0))
-        if self.clip is not None and seg.get("clip") is not None and len(seg["clip"]):
-            st.parts.setdefault("clip", []).append(self.clip.encode(seg["clip"]))
-        if self.videomae is not None and seg.get("videomae") is not None and len(seg["videomae"]):
-            st.parts.setdefault("videomae", []).append(self.videomae.encode(seg["videomae"]))
+        if "clip" in self.queues:
+            self.queues["clip"].add(st, seg.get("clip"))
+        if "videomae" in self.queues:
+            self.queues["videomae"].add(st, seg.get("videomae"))
         if self.hubert is not None and seg.get("hubert") is not None:
+            # Segments differ in length and padding would change HuBERT's output: one forward each.
             st.parts.setdefault("hubert", []).append(self.hubert.encode(seg["hubert"]))
-        if seg.get("mel") is not None:
-            st.mels.append(seg["mel"])
-        if seg.get("last") and "au_source" in seg:
-            st.au, st.au_source, st.au_note = seg.get("au"), seg["au_source"], seg["au_note"]
+        if "whisper" in self.queues and seg.get("mel") is not None:
+            st.windows += 1
+            self.queues["whisper"].add(st, seg["mel"][None])
+        if seg.get("last"):
+            st.complete = True
+            if "au_source" in seg:
+                st.au, st.au_source, st.au_note = seg.get("au"), seg["au_source"], seg["au_note"]
+
+    def drain(self) -> None:
+        """Run every queue, full or not (end of input, or to free waiting videos)."""
+        for q in self.queues.values():
+            q.run()
 
     def finalize(self, st: VideoState) -> tuple[dict[str, np.ndarray], Optional[str], dict[str, str]]:
-        """Whisper + BERT on the gathered audio, then the arrays, transcript and meta of the file."""
+        """BERT on the transcript, then the arrays, transcript and meta of the file."""
         arrays: dict[str, np.ndarray] = {}
         absent: list[str] = []
         for key in ("clip", "videomae", "hubert"):
@@ -395,16 +459,17 @@ class EncoderSet:
                 arrays["au"] = np.asarray(st.au, dtype=np.float32)
             else:
                 absent.append("au: " + st.au_note.split(" (")[0])
-        transcript: Optional[str] = None
         audio_state = "none" if not st.has_audio else ("present" if st.audio_samples else "empty")
+        transcript: Optional[str] = None
         if self.whisper is not None:
             if not st.has_audio:
                 absent.append("transcript: no audio track")
-            elif not st.mels:
+            elif not st.windows:
                 transcript = ""
                 audio_state = "silent"
             else:
-                transcript = " ".join(t for t in self.whisper.transcribe(st.mels) if t).strip()
+                texts = [t for part in st.parts.get("whisper", []) for t in part]
+                transcript = " ".join(t for t in texts if t).strip()
         if self.bert is not None:
             vec = self.bert.encode(transcript) if transcript else None
             if vec is not None:
@@ -588,40 +653,72 @@ def run(args: argparse.Namespace) -> int:
 
         from minigpt4.datasets.feature_io import write_features
 
+        from minigpt4.models.hero.feature_extractors import resolve_device
+
+        if num_workers > 0 and resolve_device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            # Leave the decoding workers their cores: an oversubscribed OpenMP pool spins and
+            # made a 2-core run 2x slower than no workers at all.
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(1, cores - num_workers))
         plan, pre = build_plan(cfg, modalities)
         loader = make_segment_loader(todo, plan, pre, num_workers)
         segments = iter(loader)  # workers start decoding while the models load
         encoders = EncoderSet(cfg, modalities, device, str(cfg.extract.precision), batch_size)
-        states: dict[str, VideoState] = {}
+        states: dict[str, VideoState] = {}  # videos with a segment seen and no file written yet
+        dead: set[str] = set()  # failed in the main process: ignore their remaining segments
         bar = tqdm(total=len(todo), desc="extract", unit="video", dynamic_ncols=True, mininterval=1.0)
+
+        def fail(vid: str, path: str, reason: str) -> None:
+            failures.add(vid, path, reason)
+            bar.update(1)
+            bar.set_postfix(done=done, failed=failures.count, refresh=False)
+
+        def finish_ready(force: bool = False) -> None:
+            """Write every complete video whose queued inputs are all encoded."""
+            nonlocal done
+            if force:
+                encoders.drain()
+            for vid in [v for v, st in states.items() if st.complete and (st.outstanding == 0 or st.error)]:
+                st = states.pop(vid)
+                if st.error:
+                    dead.add(vid)
+                    fail(vid, st.path, st.error)
+                    continue
+                try:
+                    arrays, text, meta = encoders.finalize(st)
+                    if not arrays and text is None:
+                        raise RuntimeError(f"nothing to write: {meta.get('absent', 'no modality extracted')}")
+                    write_features(out_dir / f"{vid}{suffix}", arrays, transcript=text, meta=meta)
+                except Exception as exc:  # one bad video must not stop the others
+                    fail(vid, st.path, f"encode: {type(exc).__name__}: {exc}")
+                    continue
+                done += 1
+                bar.update(1)
+                bar.set_postfix(done=done, failed=failures.count, refresh=False)
+
         try:
             for seg in segments:
                 vid = seg["video_id"]
+                if vid in dead:
+                    continue
                 if "error" in seg:
-                    states.pop(vid, None)
-                    failures.add(vid, seg["path"], seg["error"])
-                    bar.update(1)
-                    bar.set_postfix(done=done, failed=failures.count, refresh=False)
+                    st = states.pop(vid, None)
+                    if st is not None:  # drop what it had queued with the others
+                        st.error = seg["error"]
+                    fail(vid, seg["path"], seg["error"])
                     continue
                 st = states.setdefault(vid, VideoState(vid, seg["path"]))
                 try:
                     encoders.consume(st, seg)
-                    if not seg["last"]:
-                        continue
-                    del states[vid]
-                    arrays, transcript, meta = encoders.finalize(st)
-                    if not arrays and transcript is None:
-                        raise RuntimeError(f"nothing to write: {meta.get('absent', 'no modality extracted')}")
-                    write_features(out_dir / f"{vid}{suffix}", arrays, transcript=transcript, meta=meta)
-                    done += 1
-                except Exception as exc:  # one bad video (OOM, odd shape, ...) must not stop the others
-                    states.pop(vid, None)
-                    failures.add(vid, seg["path"], f"encode: {type(exc).__name__}: {exc}")
+                except Exception as exc:  # OOM, odd shapes, ...: record it and go on
+                    st.error = f"encode: {type(exc).__name__}: {exc}"
+                    st.complete = True
                     if torch.cuda.is_available():
                         torch.cuda.empty_cache()
-                if seg["last"]:
-                    bar.update(1)
-                    bar.set_postfix(done=done, failed=failures.count, refresh=False)
+                if seg["last"] or st.error:
+                    # Waiting videos hold only outputs; cap them so a stalled queue cannot grow without end.
+                    finish_ready(force=sum(s.complete for s in states.values()) > max(8, batch_size))
+            finish_ready(force=True)
         except KeyboardInterrupt:
             interrupted = True
         finally:

@@ -312,13 +312,15 @@ class WhisperTranscriber(_Runner):
         room = int(self.model.config.max_target_positions) - 4
         self.max_new_tokens = max(1, min(int(max_new_tokens), room))
 
-    def transcribe(self, features: Sequence[np.ndarray]) -> list[str]:
-        """features: log-mel windows, each `[M, 3000]` -> one stripped transcript per window."""
+    def transcribe(self, features: "np.ndarray | Any | Sequence[np.ndarray]") -> list[str]:
+        """features: log-mel windows `[B, M, 3000]` (array, tensor or list of `[M, 3000]`) -> B stripped texts."""
         import torch
 
+        if isinstance(features, (list, tuple)):
+            features = np.stack(features) if features else np.zeros((0, 0, 0), np.float32)
         texts: list[str] = []
         for lo in range(0, len(features), self.batch_size):
-            batch = self._tensor(np.stack(features[lo : lo + self.batch_size]).astype(np.float32))
+            batch = self._tensor(features[lo : lo + self.batch_size]).float()
             kwargs: dict[str, Any] = dict(task=self.task, max_new_tokens=self.max_new_tokens, num_beams=self.num_beams)
             if self.language:
                 kwargs["language"] = self.language
