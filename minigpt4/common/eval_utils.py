@@ -1,0 +1,310 @@
+"""The pieces of `eval_hero.py` that do not need a model: prediction records, the split of a
+dataset across ranks and the gathering back on rank 0, output paths and atomic writers.
+
+Sharding contract: rank `r` of `w` evaluates dataset indices `r, r + w, r + 2w, ...`
+(disjoint, covering, no padding), its records travel to rank 0 with
+`torch.distributed.gather_object`, and `merge_records` puts them back in dataset order,
+drops exact repeats of a video_id and refuses a result where an expected clip is missing
+or an unexpected one appears, so no clip is lost or counted twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, Path]
+PREDICTIONS_FILE = "predictions.jsonl"
+METRICS_FILE = "metrics.json"
+CONFUSION_PNG = "confusion_matrix.png"
+WEIGHTS_PNG = "modality_weights.png"
+# The keys of one line of predictions.jsonl, in the order they are written.
+RECORD_KEYS: tuple[str, ...] = (
+    "video_id", "gold_emotion", "pred_emotion", "correct", "confidence", "format_ok", "parse_error",
+    "prediction_source", "report", "evidence", "modality_weights", "synergy_score",
+)
+
+
+class GatherError(RuntimeError):
+    """The gathered predictions do not cover the evaluated split exactly once."""
+
+
+# ------------------------------------------------------------------------- records
+def _gold(label: Any) -> Optional[str]:
+    """The batch's `emotion_label` -> gold label, None for unlabeled clips (`unknown`)."""
+    if label is None:
+        return None
+    text = str(label).strip()
+    return None if text == "" or text.lower() == "unknown" else text
+
+
+def _float_or_none(value: Any) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def make_record(
+    video_id: str,
+    gold_emotion: Optional[str],
+    output: Mapping[str, Any],
+    prediction_source: str = "report",
+    parse_error: Optional[str] = None,
+) -> dict[str, Any]:
+    """One predictions.jsonl line from one item of `model.generate` (or the classifier path).
+
+    `output` holds report, emotion, confidence, format_ok, evidence, modality_weights and
+    synergy_score (docs/ARCHITECTURE.md); absent optional fields become null.
+    """
+    if "emotion" not in output:
+        raise KeyError(f"prediction for {video_id!r} has no 'emotion' (keys: {sorted(output)})")
+    gold = _gold(gold_emotion)
+    pred = str(output["emotion"])
+    weights = output.get("modality_weights")
+    fmt = output.get("format_ok")
+    record = {
+        "video_id": str(video_id),
+        "gold_emotion": gold,
+        "pred_emotion": pred,
+        "correct": None if gold is None else pred.strip().lower() == gold.lower(),
+        "confidence": _float_or_none(output.get("confidence")),
+        "format_ok": None if fmt is None else bool(fmt),
+        "parse_error": parse_error,
+        "prediction_source": prediction_source,
+        "report": output.get("report"),
+        "evidence": dict(output.get("evidence") or {}),
+        "modality_weights": None if weights is None else {str(k): float(v) for k, v in weights.items()},
+        "synergy_score": _float_or_none(output.get("synergy_score")),
+    }
+    return record
+
+
+def records_from_batch(
+    batch: Mapping[str, Any],
+    outputs: Sequence[Mapping[str, Any]],
+    prediction_source: str = "report",
+    label_names: Optional[Sequence[str]] = None,
+    use_cot: bool = True,
+) -> list[dict[str, Any]]:
+    """Pair a collated batch with the model's per-clip outputs (checked: same clips, same order).
+
+    For reports that failed to parse, the parser's reason is recorded in `parse_error`.
+    """
+    ids = list(batch["video_id"])
+    if len(outputs) != len(ids):
+        raise ValueError(f"the model returned {len(outputs)} predictions for a batch of {len(ids)} clips")
+    golds = list(batch.get("emotion_label") or [None] * len(ids))
+    records = []
+    for vid, gold, out in zip(ids, golds, outputs):
+        if "video_id" in out and str(out["video_id"]) != str(vid):
+            raise ValueError(f"prediction for {out['video_id']!r} came back in the slot of {vid!r}")
+        error = None
+        if out.get("format_ok") is False and isinstance(out.get("report"), str):
+            from minigpt4.common.cot import parse_report
+
+            error = parse_report(out["report"], label_names, require_header=use_cot).error
+        records.append(make_record(vid, gold, out, prediction_source, error))
+    return records
+
+
+# ------------------------------------------------------------------------ sharding
+def shard_indices(length: int, rank: int, world_size: int) -> list[int]:
+    """Dataset indices rank `rank` of `world_size` evaluates: `rank::world_size` (no padding)."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"bad shard: rank {rank} of world size {world_size}")
+    if length < 0:
+        raise ValueError(f"dataset length must be >= 0, got {length}")
+    return list(range(rank, length, world_size))
+
+
+def gather_records(records: list[dict[str, Any]], dst: int = 0) -> Optional[list[list[dict[str, Any]]]]:
+    """Every rank's record list on rank `dst` (`[rank0_records, rank1_records, ...]`), None elsewhere.
+
+    Single process (no process group): `[records]`. Records must be picklable plain data
+    (strings, numbers, lists, dicts); they are sent with `torch.distributed.gather_object`,
+    which every rank must call.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [list(records)]
+    world = dist.get_world_size()
+    rank = dist.get_rank()
+    bucket: Optional[list[Any]] = [None] * world if rank == dst else None
+    dist.gather_object(list(records), bucket, dst=dst)
+    return bucket if rank == dst else None
+
+
+def merge_records(
+    per_rank: Sequence[Sequence[Mapping[str, Any]]],
+    expected_ids: Optional[Sequence[str]] = None,
+) -> tuple[list[dict[str, Any]], int]:
+    """One record per clip, in `expected_ids` order (else sorted by video_id); returns (records, dropped).
+
+    A video_id seen more than once keeps its first record (lowest rank) and counts in
+    `dropped` (a padded sampler repeats clips). With `expected_ids`, every expected clip must
+    be present and no other may be: otherwise `GatherError` names the first offenders.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    dropped = 0
+    for rank, records in enumerate(per_rank):
+        for rec in records:
+            vid = str(rec["video_id"])
+            if vid in merged:
+                dropped += 1
+                continue
+            merged[vid] = dict(rec)
+    if dropped:
+        logger.warning("%d repeated prediction(s) dropped while merging ranks (kept the first of each video_id)", dropped)
+    if expected_ids is None:
+        return [merged[v] for v in sorted(merged)], dropped
+    expected = [str(v) for v in expected_ids]
+    if len(set(expected)) != len(expected):
+        seen: set[str] = set()
+        repeats = [v for v in expected if v in seen or seen.add(v)]  # type: ignore[func-returns-value]
+        raise GatherError(f"the evaluated split lists video_id(s) more than once: {repeats[:5]}")
+    missing = [v for v in expected if v not in merged]
+    extra = sorted(set(merged) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} clip(s) without a prediction (first: {missing[:5]})")
+        if extra:
+            parts.append(f"{len(extra)} prediction(s) for clips outside the split (first: {extra[:5]})")
+        raise GatherError("gathered predictions do not cover the split exactly once: " + "; ".join(parts))
+    return [merged[v] for v in expected], dropped
+
+
+# ------------------------------------------------------------------------ writers
+def jsonable(obj: Any) -> Any:
+    """Plain JSON data: numpy/torch scalars -> numbers, non-finite floats -> None, tuples -> lists."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, bool) or obj is None or isinstance(obj, str):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    item = getattr(obj, "item", None)  # numpy / torch scalars
+    if callable(item):
+        return jsonable(item())
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return jsonable(tolist())
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def _atomic_write(path: PathLike, chunks: Iterable[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_jsonl(path: PathLike, records: Iterable[Mapping[str, Any]]) -> Path:
+    """One JSON object per line (UTF-8, no NaN), written to a temp file then renamed into place."""
+    return _atomic_write(path, (json.dumps(jsonable(r), ensure_ascii=False, allow_nan=False) + "\n"
+                                for r in records))
+
+
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; an invalid line is an error naming the file and line."""
+    path = Path(path)
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{n}: not valid JSON ({exc})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+            out.append(obj)
+    return out
+
+
+def write_json(path: PathLike, data: Any) -> Path:
+    """Pretty JSON (no NaN: non-finite numbers become null), atomically."""
+    return _atomic_write(path, [json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False) + "\n"])
+
+
+# --------------------------------------------------------------------- out paths
+def run_dir_of(checkpoint: PathLike) -> Path:
+    """The run folder a checkpoint belongs to.
+
+    `<run>/checkpoints/ckpt_X/` or a file in it -> `<run>`; a run folder -> itself; any other
+    weights folder or file -> its folder.
+    """
+    path = Path(checkpoint).resolve()
+    folder = path.parent if path.is_file() else path
+    if folder.parent.name == "checkpoints" and folder.name.startswith("ckpt_"):
+        return folder.parent.parent
+    if folder.name == "checkpoints":
+        return folder.parent
+    return folder
+
+
+def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False) -> str:
+    """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead'."""
+    tag = ""
+    if missing:
+        tag += "_missing-" + "+".join(missing)
+    if use_cls_head:
+        tag += "_clshead"
+    elif no_cot:
+        tag += "_nocot"
+    return tag
+
+
+def default_out_dir(checkpoint: PathLike, split: str, missing: Sequence[str] = (), no_cot: bool = False,
+                    use_cls_head: bool = False) -> Path:
+    """`<run_dir>/eval_<split><variant>/`, so variants of one run never overwrite each other."""
+    return run_dir_of(checkpoint) / f"eval_{split}{condition_tag(missing, no_cot, use_cls_head)}"
+
+
+def parse_modalities(text: Optional[str], valid: Sequence[str]) -> list[str]:
+    """`--missing audio,text` -> ['audio', 'text'] (order of `valid`); unknown names are an error."""
+    if text is None:
+        return []
+    names = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    if not names:
+        raise ValueError("--missing needs at least one modality name")
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise ValueError(f"--missing: unknown modality {unknown}; choose from {', '.join(valid)}")
+    if len(set(names)) == len(valid):
+        raise ValueError("--missing would remove every modality; keep at least one")
+    return [v for v in valid if v in names]
+
+
+def iter_batches_with_progress(loader: Iterable[Any], total: Optional[int], enabled: bool, desc: str) -> Iterator[Any]:
+    """`loader` wrapped in a tqdm bar (counting clips would need the batch; this counts batches)."""
+    from tqdm.auto import tqdm
+
+    with tqdm(loader, total=total, desc=desc, disable=not enabled, dynamic_ncols=True) as bar:
+        yield from bar
