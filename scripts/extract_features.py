@@ -643,6 +643,7 @@ def run(args: argparse.Namespace) -> int:
     failures = FailureLog(failures_path)
     done = 0
     interrupted = False
+    loader_error: Optional[str] = None
     if todo:
         import torch
         import transformers
@@ -721,6 +722,8 @@ def run(args: argparse.Namespace) -> int:
             finish_ready(force=True)
         except KeyboardInterrupt:
             interrupted = True
+        except Exception as exc:  # the loader itself broke (e.g. a decoder crashed a worker process)
+            loader_error = f"{type(exc).__name__}: {exc}"
         finally:
             bar.close()
             failures.close()
@@ -730,6 +733,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"extract_features: {status}{done} done, {skipped} skipped, {failures.count} failed "
           f"({len(jobs)} videos, {elapsed:.1f} s) -> {out_dir}" +
           (f"; see {failures_path}" if failures.count else ""))
+    if loader_error:
+        print(f"extract_features: error: decoding stopped early ({loader_error}); finished files are kept, "
+              "rerun the same command to extract the rest", file=sys.stderr)
+        return 1
     if interrupted:
         return 130
     return 1 if failures.count else 0
