@@ -234,7 +234,6 @@ def decode_video(
         seg_len = float(plan.segment_seconds)
         n_seg = max(1, int(math.ceil(dur / seg_len - 1e-9)))
         carry: list[np.ndarray] = []
-        n_motion = 0
         for k in range(n_seg):
             t0, t1, last = k * seg_len, (k + 1) * seg_len, k == n_seg - 1
             v = vis_t[(vis_t >= t0) & ((vis_t < t1) | last)]
@@ -254,7 +253,6 @@ def decode_video(
                 seg["clip"] = _to_shared(pre.image(vf) if preprocess else vf)
             if "videomae" in mods:
                 carry.extend(mf)
-                n_motion += len(mf)
                 full = len(carry) // plan.clip_len
                 clips = [np.stack(carry[i * plan.clip_len:(i + 1) * plan.clip_len]) for i in range(full)]
                 carry = carry[full * plan.clip_len:]
@@ -263,9 +261,11 @@ def decode_video(
                     carry = []
                 arr = np.stack(clips) if clips else np.zeros((0, plan.clip_len, info.height, info.width, 3), np.uint8)
                 seg["videomae"] = _to_shared(pre.clip(arr) if (preprocess and len(arr)) else arr)
-            seg["has_audio"] = src.audio is not None
+            seg["has_audio"] = info.has_audio
             if src.audio is not None:
-                wave = src.audio.read_until(None if last else t1)
+                # Audio is cut to the video's time span: a long tail after the last frame would
+                # overflow the last Whisper window and the segment memory bound.
+                wave = src.audio.read_until(dur if last else t1)
                 silent = is_silent(wave, plan.silence_dbfs)
                 seg["silent"] = silent
                 seg["audio_samples"] = int(wave.size)

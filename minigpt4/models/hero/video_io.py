@@ -383,7 +383,11 @@ class VideoSource:
         if native_size is None:
             raise VideoDecodeError(self.path, "no video stream (or one without a frame size)")
         self._frames = self._open_frames(backend, short_side, num_threads, native_size)
-        self.audio: Optional[AudioStream] = AudioStream(self.path) if (has_audio and want_audio) else None
+        try:
+            self.audio: Optional[AudioStream] = AudioStream(self.path) if (has_audio and want_audio) else None
+        except BaseException:
+            self._frames.close()
+            raise
         f = self._frames
         self.info = VideoInfo(
             path=str(self.path),
