@@ -1,7 +1,6 @@
 """OpenFace 2.0 AU CSV reader, resampling and binary runner (minigpt4/models/hero/action_units.py)."""
 from __future__ import annotations
 
-import os
 import stat
 import sys
 from pathlib import Path
