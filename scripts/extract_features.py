@@ -653,7 +653,6 @@ def run(args: argparse.Namespace) -> int:
         transformers.logging.disable_progress_bar()
 
         from minigpt4.datasets.feature_io import write_features
-
         from minigpt4.models.hero.feature_extractors import resolve_device
 
         if num_workers > 0 and resolve_device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
