@@ -206,6 +206,10 @@ class ModalityQFormer(nn.Module):
         memory = self.input_norm(self.input_proj(features.to(self.input_proj.weight.dtype)))
         if self.temporal_position:
             memory = memory + sinusoidal_positions(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
+        device_type = memory.device.type
+        if torch.is_autocast_enabled(device_type):
+            # LayerNorm leaves float32 under autocast; cast the [B, T, H] memory once, not in every K/V projection
+            memory = memory.to(torch.get_autocast_dtype(device_type))
         x = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1).to(memory.dtype)
         for layer in self.layers:
             x = layer(x, memory, frame_mask)
