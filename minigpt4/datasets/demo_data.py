@@ -39,7 +39,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from functools import lru_cache
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -83,6 +84,7 @@ SENTIMENT: dict[str, str] = {
 LATENT_NOISE = 0.25      # std of the clip's latent state around its prototype
 OBS_NOISE = 0.15         # std of each modality's own view of the latent
 PRESENT_PROB: dict[str, float] = {"motion": 0.8, "audio": 0.85, "au": 0.75, "text": 0.85, "visual": 0.85}
+WORDS_VALENCE = 0.45     # |valence| from which the words carry it
 SARCASM_PROB = 0.3       # negative clips whose words are positive
 FLAT_WORDS_PROB = 0.15   # clips whose words carry no valence
 STILL_BODY_PROB = 0.2    # clips where the body does not move
@@ -251,6 +253,14 @@ class ClipCues:
             out[key] = round(float(out[key]), 6)
         return out
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> "ClipCues":
+        """Inverse of to_json (for latents.json)."""
+        data = dict(obj)
+        data["latent"] = tuple(float(x) for x in data["latent"])
+        data["bursts"] = {k: (int(v[0]), int(v[1])) for k, v in dict(data.get("bursts") or {}).items()}
+        return cls(**data)
+
     def active_aus(self) -> list[str]:
         """Expression AUs whose apex intensity is visibly active (AU_ACTIVE), in OpenFace order."""
         template = AU_TEMPLATES[self.face_category]
@@ -266,7 +276,7 @@ class DemoClip:
 
     cues: ClipCues
     arrays: dict[str, np.ndarray]
-    transcript: str
+    transcript: Optional[str]  # None when the text modality is absent
     record: dict
 
 
@@ -323,11 +333,14 @@ def make_encoders(seed: int = ENCODER_SEED) -> Encoders:
     return Encoders(directions=directions, content=content, baseline=baseline)
 
 
+@lru_cache(maxsize=4096)
 def word_vector(word: str, dim: int = DEMO_DIMS["text"]) -> np.ndarray:
-    """A word's fixed context-free embedding [dim] (seeded by its hash, so stable across runs)."""
+    """A word's fixed context-free embedding [dim] (seeded by its hash, so stable across runs).
+    Read-only, since it is cached."""
     digest = hashlib.sha256(word.lower().encode("utf-8")).digest()
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
-    return rng.standard_normal(dim)
+    vec = np.random.default_rng(int.from_bytes(digest[:8], "little")).standard_normal(dim)
+    vec.flags.writeable = False
+    return vec
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -365,9 +378,9 @@ def sample_cues(rng: np.random.Generator, emotion: str, video_id: str = "", spli
     poker = bool(rng.random() < POKER_FACE_PROB)
     face_intensity = float(rng.uniform(0.15, 0.35) if poker else rng.uniform(0.6, 1.1))
     # words: valence of the latent, unless flat or sarcastic
-    if v > 0.3:
+    if v > WORDS_VALENCE:
         polarity = "positive"
-    elif v < -0.3:
+    elif v < -WORDS_VALENCE:
         polarity = "negative"
     else:
         polarity = "neutral"
@@ -562,7 +575,7 @@ def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def motion_sentence(cues: ClipCues, rng: np.random.Generator) -> str:
+def motion_sentence(cues: ClipCues) -> str:
     if cues.still_body:
         return "The body stays still."
     g, p = gesture_level(cues.motion_gesture), posture_level(cues.motion_posture)
@@ -585,21 +598,26 @@ def voice_state(cues: ClipCues) -> str:
 
 
 def body_state(cues: ClipCues) -> str:
-    """animated / calm / subdued, from gestures and posture."""
+    """animated / still / withdrawn, from gestures and posture."""
     if gesture_level(cues.motion_gesture) != "still":
         return "animated"
     if posture_level(cues.motion_posture) == "back":
-        return "subdued"
-    return "calm"
+        return "withdrawn"
+    return "still"
+
+
+# the body state that matches each voice state
+_MATCHING_BODY = {"animated": "animated", "calm": "still", "subdued": "withdrawn"}
+_AGREE_WORDS = {"animated": "animated", "calm": "calm", "subdued": "subdued"}
 
 
 def synergy_sentence(cues: ClipCues) -> Optional[str]:
-    """Whether voice and body agree (needs both audio and motion)."""
+    """Whether voice and body agree in arousal (needs both audio and motion)."""
     if not (cues.present["audio"] and cues.present["motion"]):
         return None
     voice, body = voice_state(cues), body_state(cues)
-    if voice == body:
-        return f"Voice and body agree: both are {voice}."
+    if _MATCHING_BODY[voice] == body:
+        return f"Voice and body agree: both are {_AGREE_WORDS[voice]}."
     return f"Voice and body disagree: the voice is {voice} but the body is {body}."
 
 
@@ -645,7 +663,7 @@ def build_record(cues: ClipCues, transcript: str, rng: np.random.Generator) -> d
     if cues.present["visual"]:
         evidence["visual"] = _pick(rng, VISUAL_PHRASES[valence_level(cues.visual_valence)])
     if cues.present["motion"]:
-        evidence["motion"] = motion_sentence(cues, rng)
+        evidence["motion"] = motion_sentence(cues)
     if cues.present["audio"]:
         evidence["audio"] = _pick(rng, AUDIO_PHRASES[arousal_level(cues.audio_arousal)])
     if cues.present["au"]:
@@ -697,19 +715,26 @@ def make_clip(seed: int, split: str, index: int, emotion: str, encoders: Optiona
     record = build_record(cues, transcript, word_rng)
     # an absent text modality keeps no transcript either (the words were not heard)
     if not cues.present["text"]:
-        transcript = ""
         record.pop("text", None)
+        return DemoClip(cues=cues, arrays=arrays, transcript=None, record=record)
     return DemoClip(cues=cues, arrays=arrays, transcript=transcript, record=record)
 
 
 # ----------------------------------------------------------------------------- the dataset
 
 
-def split_sizes(num_clips: Union[int, Sequence[int], None] = None) -> dict[str, int]:
+SplitSizes = Union[int, Sequence[int], Mapping[str, int], None]
+
+
+def split_sizes(num_clips: SplitSizes = None) -> dict[str, int]:
     """Clips per split: None = the defaults (480/60/120); one int = a total split 8:1:2;
-    three ints = train, val, test."""
+    three ints = train, val, test; a mapping split -> size (train, val, test, each >= 1)."""
     if num_clips is None:
         return dict(DEFAULT_SPLIT_SIZES)
+    if isinstance(num_clips, Mapping):
+        if set(num_clips) != set(SPLITS):
+            raise ValueError(f"split sizes must name exactly {list(SPLITS)}, got {sorted(num_clips)}")
+        return split_sizes([num_clips[s] for s in SPLITS])
     if isinstance(num_clips, (int, np.integer)):
         total = int(num_clips)
         if total < len(SPLITS):
@@ -733,13 +758,18 @@ def split_emotions(seed: int, split: str, n: int) -> list[str]:
     return [labels[i] for i in order]
 
 
-def iter_clips(seed: int, sizes: Mapping[str, int], encoders: Optional[Encoders] = None):
+def iter_clips(seed: int, sizes: Mapping[str, int], encoders: Optional[Encoders] = None) -> Iterator[DemoClip]:
     """Yield every DemoClip of the dataset, split by split."""
     enc = encoders or make_encoders()
     for split in SPLITS:
         n = int(sizes.get(split, 0))
         for i, emotion in enumerate(split_emotions(seed, split, n)):
             yield make_clip(seed, split, i, emotion, enc)
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically."""
+    _atomic_write_text(Path(path), json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -762,7 +792,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 MANIFEST = "demo_manifest.json"
 
 
-def generate_demo(out_dir: PathLike, num_clips: Union[int, Sequence[int], None] = None, seed: int = 0) -> DemoSummary:
+def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0) -> DemoSummary:
     """Write `<out>/features/<video_id>.npz`, `<out>/annotations.json` (DESIGN.md 3),
     `<out>/latents.json` (the hidden cues, for oracles and tests; the loader never reads it)
     and `<out>/demo_manifest.json`. Feature files of an earlier demo in the same folder that
@@ -848,7 +878,8 @@ def cue_vector(cues: ClipCues) -> np.ndarray:
 
 
 def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`n` fresh clips' (cue vectors [n, F], latents [n, 3], labels [n]) without rendering frames."""
+    """`n` fresh clips' (cue vectors [n, F], latents [n, 3], labels [n]) without rendering
+    frames. Drawn from a stream of its own, disjoint from the dataset's clip streams."""
     rng = np.random.default_rng([int(seed), 7777])
     labels = rng.integers(0, len(EMOTIONS), size=n)
     feats, lat = [], []
@@ -861,19 +892,79 @@ def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndar
 
 def latent_ceiling(seed: int = 0, n: int = 20000) -> float:
     """Accuracy of the Bayes rule on the hidden latent itself (nearest prototype): no model
-    that sees only the files can beat it, since every file is a noisy function of the latent."""
+    that sees only the files can beat it, since every file is a noisy function of the latent
+    (the face shows the category nearest the latent, not the label)."""
     _, lat, y = sample_cue_table(seed, n)
     pred = np.array([EMOTIONS.index(nearest_emotion(z)) for z in lat])
     return float((pred == y).mean())
 
 
-def cue_oracle_accuracy(seed: int = 0, n_train: int = 20000, n_test: int = 10000) -> float:
-    """Test accuracy of a flexible classifier (gradient-boosted trees) trained on many clips'
-    noise-free cue vectors: an estimate of the best accuracy the demo's information allows
-    (the features add frame noise, so a model on them should stay at or below this)."""
+def fit_cue_oracle(seed: int = 0, n_train: int = 20000) -> Any:
+    """A gradient-boosted tree classifier fit on `n_train` fresh clips' noise-free cue vectors."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_limits
 
-    x, _, y = sample_cue_table(seed, n_train + n_test)
-    clf = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, random_state=0)
-    clf.fit(x[:n_train], y[:n_train])
-    return float((clf.predict(x[n_train:]) == y[n_train:]).mean())
+    x, _, y = sample_cue_table(seed, n_train)
+    clf = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=0)
+    # OpenMP threads spin-wait on a shared 2-core machine (100x slower): one thread is fast enough
+    with threadpool_limits(limits=1):
+        clf.fit(x, y)
+    return clf
+
+
+def _predict(clf: Any, x: np.ndarray) -> np.ndarray:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return clf.predict(x)
+
+
+def cue_oracle_accuracy(seed: int = 0, n_train: int = 20000, n_test: int = 10000) -> float:
+    """Test accuracy of the cue oracle on fresh clips: an estimate of the best accuracy the
+    demo's information allows (features add frame noise on top of the cues, so a model on
+    them should stay at or below this)."""
+    clf = fit_cue_oracle(seed, n_train)
+    x, _, y = sample_cue_table(seed + 1_000_003, n_test)
+    return float((_predict(clf, x) == y).mean())
+
+
+def load_latents(path: PathLike) -> list[ClipCues]:
+    """The hidden cues generate_demo wrote to `latents.json`."""
+    with open(path, "r", encoding="utf-8") as fh:
+        return [ClipCues.from_json(obj) for obj in json.load(fh)]
+
+
+def split_cue_oracle_accuracy(latents_path: PathLike, split: str = "test", seed: int = 0, n_train: int = 20000) -> float:
+    """The cue oracle's accuracy on the very clips of one generated split (the ceiling to
+    hold a model's accuracy on that split against)."""
+    cues = [c for c in load_latents(latents_path) if c.split == split]
+    if not cues:
+        raise ValueError(f"{latents_path}: no clips in split {split!r}")
+    clf = fit_cue_oracle(seed, n_train)
+    x = np.stack([cue_vector(c) for c in cues])
+    y = np.array([EMOTIONS.index(c.emotion) for c in cues])
+    return float((_predict(clf, x) == y).mean())
+
+
+def measure_report(summary: DemoSummary, seed: int = 0, test_split: str = "test") -> dict[str, Any]:
+    """The numbers that say what the demo allows: the two logistic-regression baselines on
+    `test_split`, the latent ceiling and the cue oracle (fresh clips and this split's clips),
+    each with the seconds it took."""
+    from minigpt4.datasets.baselines import mean_pool_logreg_baseline, pooled_stats_logreg_baseline
+
+    out: dict[str, Any] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs) -> None:
+        t0 = time.perf_counter()
+        out[name] = round(float(fn(*args, **kwargs)), 4)
+        timings[name] = round(time.perf_counter() - t0, 2)
+
+    timed("mean_pool_logreg_baseline", mean_pool_logreg_baseline, summary.features_dir, summary.annotations, "train", test_split)
+    timed("pooled_stats_logreg_baseline", pooled_stats_logreg_baseline, summary.features_dir, summary.annotations, "train", test_split)
+    timed("latent_ceiling", latent_ceiling, seed)
+    timed("cue_oracle", cue_oracle_accuracy, seed)
+    timed(f"cue_oracle_{test_split}", split_cue_oracle_accuracy, summary.latents, test_split, seed)
+    out["chance"] = round(1.0 / len(EMOTIONS), 4)
+    out["report_seconds"] = timings
+    return out
