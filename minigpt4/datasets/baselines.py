@@ -9,7 +9,6 @@ a stronger non-neural reference.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -114,14 +113,14 @@ def pooled_logreg_baseline(
     records = _records(annotations)
     index = {l: i for i, l in enumerate(label_names)}
 
-    def part(split: str) -> tuple[np.ndarray, np.ndarray, list[Mapping]]:
+    def part(split: str) -> tuple[np.ndarray, list[Mapping]]:
         recs = [r for r in records if r.get("split") == split and r.get("emotion") in index]
         if not recs:
             raise ValueError(f"no labelled records in split {split!r} (labels {list(label_names)})")
-        return np.array([index[r["emotion"]] for r in recs]), recs, recs
+        return np.array([index[r["emotion"]] for r in recs]), recs
 
-    y_tr, tr, _ = part(train_split)
-    y_te, te, _ = part(test_split)
+    y_tr, tr = part(train_split)
+    y_te, te = part(test_split)
     # pool both splits in one pass so a modality seen only in one still gets the same columns
     x = pooled_features(features_dir, list(tr) + list(te), keys, poolings, max_dim)
     x_tr, x_te = x[: len(tr)], x[len(tr) :]

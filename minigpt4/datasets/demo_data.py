@@ -6,15 +6,16 @@ clip is generated from a hidden emotional state and each modality sees only part
 
 - each emotion is a prototype point in a (valence, arousal, dominance) space; a clip's latent
   state is its emotion's prototype plus Gaussian noise (`LATENT_NOISE`);
-- audio (`hubert`) carries arousal: a loud, fast voice is a burst of frames whose prosody
-  swings up and down (zero mean, so averaging the frames cancels it), a soft, slow voice is a
-  steady low-energy shift;
+- audio (`hubert`) carries arousal in a burst of frames whose prosody swings around the
+  speaker's mean: quick swings along one direction for a loud, fast voice, one slow swing
+  along another for a soft, slow one (both zero-mean, so averaging the frames cancels them);
 - motion (`videomae`) carries arousal as gesture swings (again zero-mean) and dominance as
   posture (leaning forward / shrinking back); some people keep their body still;
 - facial action units (`au`, OpenFace's 17 intensities + 18 presences) show the FACS pattern
   of the emotion nearest to the latent state (AU06+AU12 happy, AU01+AU04+AU15 sad,
   AU01+AU02+AU05+AU26 surprise, AU04+AU05+AU07+AU23 angry, AU01+AU04+AU20 worried) in a
-  short onset-apex-offset burst, faint on a "poker face";
+  short onset-apex-offset burst over a resting face, talking flickers and blinks, faint on
+  a "poker face";
 - the global visual stream (`clip`) carries the valence of the face's appearance over the
   whole clip, weakly, under a per-clip scene offset;
 - the words (`transcript` + `bert` token states) carry valence, but some negative clips are
@@ -38,8 +39,8 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
