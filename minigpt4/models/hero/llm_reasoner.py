@@ -10,6 +10,7 @@ evidence brief arrives as text lines (see `compose_user_turn`).
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -34,7 +35,7 @@ DEFAULT_SYSTEM_PROMPT = "You are an expert in multimodal emotion analysis."
 BRIEF_HEADER = "Evidence from the observation experts:"
 
 
-def _cfg_get(cfg: Any, key: str, default: Any) -> Any:
+def cfg_get(cfg: Any, key: str, default: Any) -> Any:
     """`cfg.get(key, default)` for a dict or an OmegaConf node; None counts as missing."""
     if cfg is None:
         return default
@@ -77,33 +78,33 @@ class ReasonerConfig:
 
     @classmethod
     def from_model_cfg(cls, cfg_model: Any) -> "ReasonerConfig":
-        llm = _cfg_get(cfg_model, "llm", None)
-        path = _cfg_get(llm, "path", None)
+        llm = cfg_get(cfg_model, "llm", None)
+        path = cfg_get(llm, "path", None)
         if not path:
             raise ValueError("model.llm.path is required: a local folder or a hub id of a causal LM")
-        targets = _cfg_get(llm, "lora_target_modules", ("q_proj", "v_proj"))
+        targets = cfg_get(llm, "lora_target_modules", ("q_proj", "v_proj"))
         if isinstance(targets, str):
             targets = tuple(t.strip() for t in targets.split(",") if t.strip())
         system_prompt = cfg_model.get("system_prompt", DEFAULT_SYSTEM_PROMPT) if hasattr(cfg_model, "get") else DEFAULT_SYSTEM_PROMPT
-        template = str(_cfg_get(cfg_model, "prompt_template", DEFAULT_PROMPT_TEMPLATE))
+        template = str(cfg_get(cfg_model, "prompt_template", DEFAULT_PROMPT_TEMPLATE))
         if template.count("{}") != 1:
             raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {template!r}")
         cfg = cls(
             path=str(path),
-            dtype=str(_cfg_get(llm, "dtype", "auto")),
-            lora_r=int(_cfg_get(llm, "lora_r", 64)),
-            lora_alpha=int(_cfg_get(llm, "lora_alpha", 16)),
-            lora_dropout=float(_cfg_get(llm, "lora_dropout", 0.05)),
+            dtype=str(cfg_get(llm, "dtype", "auto")),
+            lora_r=int(cfg_get(llm, "lora_r", 64)),
+            lora_alpha=int(cfg_get(llm, "lora_alpha", 16)),
+            lora_dropout=float(cfg_get(llm, "lora_dropout", 0.05)),
             lora_target_modules=tuple(str(t) for t in targets),
-            gradient_checkpointing=bool(_cfg_get(llm, "gradient_checkpointing", False)),
-            load_in_4bit=bool(_cfg_get(llm, "load_in_4bit", False)),
-            load_in_8bit=bool(_cfg_get(llm, "load_in_8bit", False)),
-            trust_remote_code=bool(_cfg_get(llm, "trust_remote_code", False)),
-            use_chat_template=bool(_cfg_get(cfg_model, "use_chat_template", True)),
+            gradient_checkpointing=bool(cfg_get(llm, "gradient_checkpointing", False)),
+            load_in_4bit=bool(cfg_get(llm, "load_in_4bit", False)),
+            load_in_8bit=bool(cfg_get(llm, "load_in_8bit", False)),
+            trust_remote_code=bool(cfg_get(llm, "trust_remote_code", False)),
+            use_chat_template=bool(cfg_get(cfg_model, "use_chat_template", True)),
             system_prompt=(str(system_prompt) if system_prompt else None),
             prompt_template=template,
-            max_txt_len=int(_cfg_get(cfg_model, "max_txt_len", 512)),
-            end_sym=(str(_cfg_get(cfg_model, "end_sym", "")) or None),
+            max_txt_len=int(cfg_get(cfg_model, "max_txt_len", 512)),
+            end_sym=(str(cfg_get(cfg_model, "end_sym", "")) or None),
         )
         if cfg.lora_r < 0:
             raise ValueError(f"model.llm.lora_r must be >= 0 (0 = no LoRA, LLM frozen), got {cfg.lora_r}")
@@ -223,6 +224,8 @@ class LLMReasoner(nn.Module):
         self.llm = load_llm(cfg)
         self._has_template = bool(cfg.use_chat_template and getattr(self.tokenizer, "chat_template", None))
         self._eos_ids = self._stop_token_ids()
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
 
     # ------------------------------------------------------------------ facts
     @property
@@ -350,11 +353,26 @@ class LLMReasoner(nn.Module):
 
     # ------------------------------------------------------------- train/gen
     def forward(self, context: Tensor, user_turns: Sequence[str], answers: Sequence[str]) -> Tensor:
-        """Mean next-token cross-entropy over the answer tokens of the batch (scalar)."""
+        """Mean next-token cross-entropy over the answer tokens of the batch (scalar).
+
+        Logits are computed only at positions that predict an answer token (`logits_to_keep`
+        with explicit indices): the prompt is most of the sequence, and full-vocabulary logits
+        over it are the largest tensor of a step.
+        """
         inputs = self.build_inputs(context, user_turns, answers, padding_side="right")
-        out = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
-                       labels=inputs.labels, use_cache=False)
-        return out.loss
+        labels = inputs.labels
+        targets = labels[:, 1:]
+        keep = (targets != IGNORE_INDEX).any(0).nonzero().flatten()  # [K] positions whose next token is learned
+        if keep.numel() == 0:
+            raise ValueError("no answer token to learn in this batch (empty answers or max_txt_len too small)")
+        if self._supports_logits_to_keep:
+            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                              use_cache=False, logits_to_keep=keep).logits  # [B, K, V]
+        else:
+            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+                              use_cache=False).logits[:, keep]
+        return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, keep].flatten(),
+                                           ignore_index=IGNORE_INDEX)
 
     @torch.no_grad()
     def generate_ids(

@@ -1,0 +1,244 @@
+"""HEROModel (registry name `hero`): the evidence stack (experts + integration) and the LLM reasoner.
+
+The evidence half (`HEROEvidenceStack`) turns the feature stack into an integrated context
+`[B, num_output_queries, llm_dim]`, per-expert modality weights and evidence sentences. The
+reasoning half (`LLMReasoner`) reads that context at the `<VideoHere>` slot, then an
+*evidence brief* (one tagged line per present expert, ordered by its modality weight), then
+the instruction, and writes the CoT report.
+
+Where the brief's sentences come from (`model.brief_source`):
+- `golden` (default): at training, the annotations' golden evidence sentences of the present
+  experts; at inference, the evidence decoder's generated sentences. Teacher forcing with
+  clean sentences trains the LLM on well-formed evidence at no decoding cost per step; the
+  price is a train/test gap (inference briefs are the decoder's, imperfect ones), which is
+  why the brief only *supports* the context and the context is always there.
+- `generated`: the decoder's sentences at training too (greedy, no gradient), exactly as at
+  inference: no gap, at the cost of decoding every step and noisy briefs early in training.
+- `none`: no brief (the LLM sees only the context and the instruction), an ablation.
+Clips without golden evidence get no brief lines at training under `golden`.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from minigpt4.common import cot
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, EXPERT_ORDER
+from minigpt4.common.registry import registry
+from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
+from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, cfg_get, compose_user_turn
+
+BRIEF_SOURCES = ("golden", "generated", "none")
+_TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
+
+
+@registry.register_model("hero")
+class HEROModel(nn.Module):
+    """Evidence stack + LLM reasoner; the runner/model contract of docs/ARCHITECTURE.md."""
+
+    def __init__(self, cfg_model: Any) -> None:
+        super().__init__()
+        self.cfg = cfg_model
+        self.reasoner = LLMReasoner(ReasonerConfig.from_model_cfg(cfg_model))
+        tok = self.reasoner.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        self.evidence_stack = HEROEvidenceStack(
+            cfg_model,
+            llm_dim=self.reasoner.hidden_size,
+            vocab_size=self.reasoner.vocab_size,
+            bos_token_id=int(bos),
+            eos_token_id=int(tok.eos_token_id),
+            pad_token_id=int(tok.pad_token_id),
+        )
+        self.label_names: tuple[str, ...] = tuple(str(x) for x in cfg_get(cfg_model, "label_names", DEFAULT_EMOTIONS))
+        if not self.label_names:
+            raise ValueError("model.label_names must list at least one emotion")
+        self.brief_source = str(cfg_get(cfg_model, "brief_source", "golden")).lower()
+        if self.brief_source not in BRIEF_SOURCES:
+            raise ValueError(f"model.brief_source must be one of {', '.join(BRIEF_SOURCES)}, got {self.brief_source!r}")
+        self.evidence_max_len = int(cfg_get(cfg_model, "evidence_max_len", 32))
+        decoder_max = int(self.evidence_stack.decoder.max_len)
+        if not 1 <= self.evidence_max_len <= decoder_max - 1:
+            raise ValueError(f"model.evidence_max_len must be in [1, model.evidence_decoder.max_len - 1 = "
+                             f"{decoder_max - 1}] (room for EOS), got {self.evidence_max_len}")
+        stmil = cfg_get(cfg_model, "stmil", {})
+        lr = cfg_get(stmil, "lr", None)
+        self.stmil_lr: Optional[float] = None if lr is None else float(lr)
+
+    @classmethod
+    def from_config(cls, cfg_model: Any) -> "HEROModel":
+        return cls(cfg_model)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.reasoner.llm.get_input_embeddings().weight.device
+
+    def _on_device(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        device = self.device
+        out = dict(samples)
+        for key in _TENSOR_KEYS:
+            if isinstance(out.get(key), Tensor):
+                out[key] = out[key].to(device, non_blocking=True)
+        return out
+
+    @staticmethod
+    def _batch_size(samples: Mapping[str, Any]) -> int:
+        return int(samples["video_features"].shape[0])
+
+    @torch.no_grad()
+    def build_evidence_targets(self, samples: Mapping[str, Any]) -> Optional[EvidenceTargets]:
+        """Golden evidence per expert as LLM tokens + frozen sentence embeddings; None if the batch has none.
+
+        Shapes: input_ids / attention_mask [B, 6, L] (L <= evidence_max_len, pad id beyond each
+        sentence), present [B, 6], sentence_embeds [B, 6, llm_dim] (float32, mean of the LLM's
+        input embeddings over the sentence tokens, zeros where absent).
+        """
+        evidence = samples.get("evidence") or [{} for _ in range(self._batch_size(samples))]
+        batch, n_exp = len(evidence), len(EXPERT_ORDER)
+        texts, slots = [], []
+        for b, ev in enumerate(evidence):
+            for e, name in enumerate(EXPERT_ORDER):
+                sentence = (ev or {}).get(name)
+                if isinstance(sentence, str) and sentence.strip():
+                    texts.append(" ".join(sentence.split()))
+                    slots.append((b, e))
+        if not texts:
+            return None
+        ids = self.reasoner.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        ids = [row[: self.evidence_max_len] for row in ids]
+        length = max(1, max(len(r) for r in ids))
+        device = self.device
+        pad = int(self.reasoner.tokenizer.pad_token_id)
+        input_ids = torch.full((batch, n_exp, length), pad, dtype=torch.long)
+        mask = torch.zeros((batch, n_exp, length), dtype=torch.long)
+        present = torch.zeros((batch, n_exp), dtype=torch.bool)
+        for (b, e), row in zip(slots, ids):
+            if row:
+                input_ids[b, e, : len(row)] = torch.tensor(row)
+                mask[b, e, : len(row)] = 1
+                present[b, e] = True
+        input_ids, mask, present = input_ids.to(device), mask.to(device), present.to(device)
+        embeds = self.reasoner.embed_tokens(input_ids).float()  # [B, 6, L, D]
+        weights = mask.unsqueeze(-1).float()
+        sentence_embeds = (embeds * weights).sum(2) / weights.sum(2).clamp(min=1.0)
+        return EvidenceTargets(input_ids=input_ids, attention_mask=mask, present=present,
+                               sentence_embeds=sentence_embeds)
+
+    def generated_evidence(self, output: Any) -> list[dict[str, str]]:
+        """Decode the evidence decoder's sentences: per clip, expert name -> sentence (present experts)."""
+        ids = self.evidence_stack.generate_evidence(output, self.evidence_max_len)  # [B, 6, L]
+        batch, n_exp, length = ids.shape
+        texts = self.reasoner.tokenizer.batch_decode(ids.reshape(batch * n_exp, length).tolist(), skip_special_tokens=True)
+        present = output.expert_present.bool().tolist()
+        result: list[dict[str, str]] = []
+        for b in range(batch):
+            clip = {}
+            for e, name in enumerate(EXPERT_ORDER):
+                text = " ".join(texts[b * n_exp + e].split())
+                if present[b][e] and text:
+                    clip[name] = text
+            result.append(clip)
+        return result
+
+    @staticmethod
+    def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool]) -> list[tuple[str, str]]:
+        """(expert, sentence) pairs of present experts with a sentence, highest modality weight first.
+
+        Ties keep EXPERT_ORDER, so the order is deterministic.
+        """
+        items = [(name, sentences[name], float(weights[e]), e) for e, name in enumerate(EXPERT_ORDER)
+                 if present[e] and isinstance(sentences.get(name), str) and sentences[name].strip()]
+        items.sort(key=lambda x: (-x[2], x[3]))
+        return [(name, sentence) for name, sentence, _, _ in items]
+
+    def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Mapping[str, str]], output: Any) -> list[str]:
+        weights = output.modality_weights.detach().float().tolist()
+        present = output.expert_present.bool().tolist()
+        return [compose_user_turn(instr, self.order_brief(sent, w, p))
+                for instr, sent, w, p in zip(instructions, sentences, weights, present)]
+
+    # ------------------------------------------------------------------ training
+    def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        """Training step: `loss` = loss_task + the evidence stack's weighted terms; every term too."""
+        samples = self._on_device(samples)
+        batch = self._batch_size(samples)
+        targets = self.build_evidence_targets(samples)
+        output = self.evidence_stack(samples, targets)
+        if self.brief_source == "golden":
+            golden = samples.get("evidence") or [{} for _ in range(batch)]
+            sentences = [{k: v for k, v in (ev or {}).items() if isinstance(v, str)} for ev in golden]
+        elif self.brief_source == "generated":
+            with torch.no_grad():
+                sentences = self.generated_evidence(output)
+        else:
+            sentences = [{} for _ in range(batch)]
+        turns = self._user_turns(samples["instruction"], sentences, output)
+        loss_task = self.reasoner(output.context, turns, samples["answer"])
+        loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
+        result: dict[str, Any] = {"loss": loss_task + loss_aux, "loss_task": loss_task}
+        for name, value in output.losses.items():
+            key = name if name.startswith("loss_") else f"loss_{name}"
+            if key in ("loss", "loss_task"):
+                raise KeyError(f"evidence stack loss term {name!r} collides with {key!r}")
+            result[key] = value
+        if output.estimator_loss is not None:
+            result["aux_losses"] = {"stmil_estimator": output.estimator_loss}
+        return result
+
+    def auxiliary_parameter_groups(self) -> dict[str, dict[str, Any]]:
+        """The vCLUB q-network's own optimiser group (lr from `model.stmil.lr`, else the runner's)."""
+        params = list(self.evidence_stack.estimator_parameters())
+        if not params:
+            return {}
+        return {"stmil_estimator": {"params": params, "lr": self.stmil_lr, "weight_decay": None}}
+
+    # ---------------------------------------------------------------- inference
+    @torch.no_grad()
+    def generate(
+        self,
+        samples: Mapping[str, Any],
+        max_new_tokens: int = 300,
+        num_beams: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        use_cot: bool = True,
+        **gen_kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        """CoT reports for a batch (left padding + KV cache), parsed; one dict per clip.
+
+        Keys: report, emotion, confidence, format_ok, evidence (expert -> generated sentence),
+        modality_weights (expert -> float), synergy_score (float), video_id (when given).
+        The instruction is `cot.build_instruction(label_names, use_cot)`.
+        """
+        samples = self._on_device(samples)
+        batch = self._batch_size(samples)
+        output = self.evidence_stack(samples, None, compute_losses=False)
+        evidence = self.generated_evidence(output)
+        brief_sentences = evidence if self.brief_source != "none" else [{} for _ in range(batch)]
+        instruction = cot.build_instruction(self.label_names, use_cot)
+        turns = self._user_turns([instruction] * batch, brief_sentences, output)
+        reports = self.reasoner.generate(output.context, turns, max_new_tokens=max_new_tokens, num_beams=num_beams,
+                                         do_sample=do_sample, temperature=temperature, top_p=top_p, **gen_kwargs)
+        weights = output.modality_weights.detach().float().cpu().tolist()
+        synergy = output.synergy_score.detach().float().cpu().tolist()
+        ids = samples.get("video_id")
+        results = []
+        for b, report in enumerate(reports):
+            parsed = cot.parse_report(report, self.label_names, require_header=use_cot)
+            item = {
+                "report": report,
+                "emotion": parsed.emotion,
+                "confidence": parsed.confidence,
+                "format_ok": parsed.format_ok,
+                "evidence": evidence[b],
+                "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
+                "synergy_score": float(synergy[b]),
+            }
+            if ids is not None:
+                item["video_id"] = ids[b]
+            results.append(item)
+        return results
