@@ -101,5 +101,47 @@ def test_a_lost_clip_is_an_error_on_rank_zero(ddp_results):
     assert "1 clip(s) without a prediction" in res["error"] and res["expected"][5] in res["error"]
 
 
+def test_eval_hero_under_torchrun_matches_one_process(tmp_path: Path, tiny_llm_dir: Path):
+    """The real command on 2 ranks: rank 0 writes every clip once, with the single-process predictions."""
+    import eval_hero
+    import minigpt4
+    from minigpt4.common.checkpoint import save_checkpoint, trainable_state_dict
+    from minigpt4.common.config import load_config
+    from minigpt4.common.eval_utils import read_jsonl
+    from minigpt4.common.registry import registry
+    from tests.test_eval import write_tiny_config, write_tiny_dataset
+
+    labels = write_tiny_dataset(tmp_path / "data", {"test": 7})
+    cfg_path = write_tiny_config(tmp_path, tiny_llm_dir, labels)
+    minigpt4.setup_registry()
+    import minigpt4.models.hero.hero_model  # noqa: F401  (registers "hero" until minigpt4.models does)
+
+    cfg = load_config(cfg_path)
+    model = registry.get_model_class("hero").from_config(cfg.model)  # untrained weights are enough here
+    ckpt = save_checkpoint(tmp_path / "run", 0, trainable_state_dict(model), {"step": 0})
+    del model
+    args = ["--cfg-path", str(cfg_path), "--ckpt", str(ckpt), "--use_cls_head", "--missing", "audio",
+            "--batch_size", "2"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "eval_hero.py"), *args, "--out", str(tmp_path / "ddp")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert proc.stdout.count("eval test (7 clips, without audio)") == 1  # one summary, from rank 0
+    single = eval_hero.main(args + ["--out", str(tmp_path / "one")])
+    ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["n_clips"] == 7
+    for name in ("predictions.jsonl", "predictions_full.jsonl"):
+        a, b = read_jsonl(tmp_path / "ddp" / name), read_jsonl(tmp_path / "one" / name)
+        assert [r["video_id"] for r in a] == [r["video_id"] for r in b] == [f"test_{i:03d}" for i in range(7)]
+        for x, y in zip(a, b):
+            assert x["pred_emotion"] == y["pred_emotion"], x["video_id"]
+            assert x["confidence"] == pytest.approx(y["confidence"], abs=1e-5)
+            assert x["modality_weights"] == pytest.approx(y["modality_weights"], abs=1e-5)
+    for key in ("accuracy", "weighted_f1", "uar", "confusion_matrix"):
+        assert ddp[key] == single[key] and ddp["full"][key] == single["full"][key], key
+
+
 if __name__ == "__main__":
     _worker(*sys.argv[1:3])

@@ -26,6 +26,9 @@ def _save_png(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; plots are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
