@@ -7,7 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minigpt4.models.hero.hero_loss import VCLUBEstimator, distillation_kl, gaussian_log_prob, info_nce
+from minigpt4.models.hero.hero_loss import (
+    VCLUBEstimator,
+    distillation_kl,
+    gaussian_log_prob,
+    info_nce,
+    random_derangement,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -107,6 +113,29 @@ def test_vclub_gradient_isolation():
     est.estimator_loss(x, y).backward()
     assert x.grad is None and y.grad is None  # q's NLL never trains the model
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in est.parameters())
+
+
+def test_random_derangement_has_no_fixed_points_and_covers_all():
+    seen = set()
+    for _ in range(60):
+        perm = random_derangement(3)
+        assert sorted(perm.tolist()) == [0, 1, 2] and all(p != i for i, p in enumerate(perm.tolist()))
+        seen.add(tuple(perm.tolist()))
+    assert seen == {(1, 2, 0), (2, 0, 1)}  # both derangements of 3 elements occur
+    assert random_derangement(2).tolist() == [1, 0]
+    torch.manual_seed(3)
+    a = random_derangement(10)
+    torch.manual_seed(3)
+    assert torch.equal(a, random_derangement(10))  # reproducible from the torch RNG
+    with pytest.raises(ValueError, match="n >= 2"):
+        random_derangement(1)
+
+
+def test_sampled_bound_with_two_samples_is_never_degenerate():
+    est = VCLUBEstimator(3, 3, hidden_dim=8)
+    x, y = torch.randn(2, 3), torch.randn(2, 3)
+    values = {round(float(est.mi_upper_bound(x, y)), 6) for _ in range(10)}
+    assert values == {round(float(est.mi_upper_bound(x, y, sampled=False)), 6)}  # the only pairing: swap
 
 
 def test_vclub_needs_two_samples_and_valid_settings():

@@ -5,7 +5,7 @@ STMIL follows the sampled vCLUB of Cheng et al. (2020): a variational Gaussian q
 (mean and log-variance MLPs) is fitted by maximum likelihood on *detached* inputs
 (`estimator_loss`, its own optimiser), and the model minimises
 
-    mean_i [ log q(y_i | x_i) - log q(y_{pi(i)} | x_i) ],   pi a random permutation,
+    mean_i [ log q(y_i | x_i) - log q(y_{pi(i)} | x_i) ],   pi a random derangement,
 
 evaluated with the q-network's parameters *detached* (`torch.func.functional_call`), so the
 bound never trains the estimator and the estimator's loss never trains the model.
@@ -78,7 +78,7 @@ class VCLUBEstimator(nn.Module):
     def mi_upper_bound(self, x: Tensor, y: Tensor, sampled: bool = True) -> Tensor:
         """vCLUB estimate of I(x; y) with the q-network frozen (parameters detached; gradients reach x, y).
 
-        sampled=True: `num_negatives` random permutations (the training objective, O(N)).
+        sampled=True: `num_negatives` random derangements (the training objective, O(N)).
         sampled=False: the full vCLUB, every other sample as a negative (O(N^2), for evaluation).
         Needs N >= 2.
         """
@@ -91,13 +91,32 @@ class VCLUBEstimator(nn.Module):
         if sampled:
             negatives = []
             for _ in range(self.num_negatives):
-                perm = torch.randperm(n, device=x.device)
+                perm = random_derangement(n, x.device)
                 negatives.append(gaussian_log_prob(y[perm], mu, logvar))
             negative = torch.stack(negatives).mean(0)
         else:
-            # log q(y_j | x_i) for all i, j: [N, N]; the mean over j includes j == i, as in CLUB
-            negative = gaussian_log_prob(y[None, :, :], mu[:, None, :], logvar[:, None, :]).mean(1)
+            # log q(y_j | x_i) for all i, j: [N, N]; the mean over j != i
+            table = gaussian_log_prob(y[None, :, :], mu[:, None, :], logvar[:, None, :])
+            negative = (table.sum(1) - table.diagonal()) / (n - 1)
         return (positive - negative).mean()
+
+
+def random_derangement(n: int, device: torch.device | str | None = None) -> Tensor:
+    """A uniformly random permutation of range(n) without fixed points (n >= 2), from the torch RNG.
+
+    The sampled vCLUB pairs x_i with y_{pi(i)}; a fixed point pairs a sample with itself and
+    adds nothing (with two samples, a plain permutation wastes half the steps). Rejection
+    sampling: a random permutation is a derangement with probability ~1/e.
+    """
+    if n < 2:
+        raise ValueError(f"a derangement needs n >= 2, got {n}")
+    ident = torch.arange(n)
+    for _ in range(200):
+        perm = torch.randperm(n)
+        if bool((perm != ident).all()):
+            return perm.to(device)
+    shift = int(torch.randint(1, n, (1,)).item())  # practically unreachable (p < 1e-39)
+    return ident.roll(shift).to(device)
 
 
 def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:

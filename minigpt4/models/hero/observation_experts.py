@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minigpt4.common.modalities import DIM_KEYS, STACK_ORDER
+from minigpt4.models.hero.hero_loss import random_derangement
 
 
 def cfg_value(cfg: Any, key: str, default: Any) -> Any:
@@ -252,8 +253,8 @@ class SynergyExpert(nn.Module):
     """The audio-visual synergy expert: audio and motion tokens cross-attend in both directions.
 
     The fused pair gives the synergy tokens and summary; a match head answers "is this audio
-    from this clip?" (positives: true pairs, negatives: audio rolled by a random non-zero
-    shift among the clips that have both modalities, so no clip is paired with itself).
+    from this clip?" (positives: true pairs, negatives: the audio of another clip, a random
+    derangement among the clips that have both modalities, so no clip is paired with itself).
     """
 
     def __init__(self, hidden_dim: int, num_heads: int = 8, dropout: float = 0.1, ffn_ratio: float = 4.0) -> None:
@@ -284,8 +285,7 @@ class SynergyExpert(nn.Module):
         idx = present.nonzero(as_tuple=True)[0]
         n = int(idx.numel())
         if compute_loss and n >= 2:
-            shift = int(torch.randint(1, n, (1,)).item())
-            _, neg_logit = self.pair(audio_tokens[idx.roll(shift)], motion_tokens[idx])
+            _, neg_logit = self.pair(audio_tokens[idx[random_derangement(n, idx.device)]], motion_tokens[idx])
             logits = torch.cat([logit[idx], neg_logit]).float()
             labels = torch.cat([torch.ones(n, device=logits.device), torch.zeros(n, device=logits.device)])
             loss = F.binary_cross_entropy_with_logits(logits, labels)
