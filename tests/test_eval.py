@@ -321,7 +321,7 @@ def write_tiny_config(root: Path, llm_dir: Path, labels: Path, **run: Any) -> Pa
                                                      "annotations": {"storage": str(labels)}}}},
         "run": {"task": "hero", "output_dir": str(root / "run"), "device": "cpu", "seed": 7, "max_epoch": 1,
                 "iters_per_epoch": 1, "batch_size_train": 4, "batch_size_eval": 4, "valid_splits": [],
-                "progress_bar": False, "imports": ["minigpt4.models.hero.hero_model"], **run},
+                "progress_bar": False, **run},
     }
     path = root / "hero_tiny.yaml"
     path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
@@ -420,6 +420,13 @@ def test_classification_head_and_config_errors(trained_run, capsys):
     assert metrics["format_compliance"] is None and metrics["use_cot"] is None
     assert metrics["accuracy"] == pytest.approx(np.mean([r["correct"] for r in recs if r["correct"] is not None]))
     assert "format n/a" in capsys.readouterr().out
+    # label-only instruction: its own folder, use_cot reaches the model (a CoT-free parse)
+    metrics = eval_hero.main(base + ["--no_cot", "--max_new_tokens", "4"])
+    out = trained_run["run"] / "eval_test_nocot"
+    assert metrics["use_cot"] is False and metrics["generation"]["max_new_tokens"] == 4
+    recs = eu.read_jsonl(out / "predictions.jsonl")
+    assert len(recs) == 7 and all(isinstance(r["report"], str) for r in recs)
+    assert metrics["format_compliance"] == pytest.approx(np.mean([r["format_ok"] for r in recs]))
     # a model without the head: a clear error before anything runs
     with pytest.raises(eval_hero.EvalError, match="has no classification head"):
         eval_hero.main(base + ["--use_cls_head", "--options", "model.use_cls_head=false", "model.lambda_cls=0.0"])

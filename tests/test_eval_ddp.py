@@ -114,7 +114,6 @@ def test_eval_hero_under_torchrun_matches_one_process(tmp_path: Path, tiny_llm_d
     labels = write_tiny_dataset(tmp_path / "data", {"test": 7})
     cfg_path = write_tiny_config(tmp_path, tiny_llm_dir, labels)
     minigpt4.setup_registry()
-    import minigpt4.models.hero.hero_model  # noqa: F401  (registers "hero" until minigpt4.models does)
 
     cfg = load_config(cfg_path)
     model = registry.get_model_class("hero").from_config(cfg.model)  # untrained weights are enough here
