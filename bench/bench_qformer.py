@@ -98,8 +98,9 @@ def bench_qformer(args: argparse.Namespace, device: Any, dtype: Any) -> None:
     n_hf = sum(p.numel() for p in hf.parameters()) + hf_queries.numel()
     print(f"[qformer] B={b} T={t} enc_dim={args.enc_dim} hidden={h} queries={args.queries} layers={args.layers} "
           f"heads={args.heads} dtype={args.dtype} device={device}")
-    print(f"  ours  ModalityQFormer   fwd+bwd min {t_ours * 1e3:9.1f} ms  median {med_ours * 1e3:9.1f} ms   params {n_ours / 1e6:6.2f} M")
-    print(f"  HF    Blip2QFormerModel fwd+bwd min {t_hf * 1e3:9.1f} ms  median {med_hf * 1e3:9.1f} ms   params {n_hf / 1e6:6.2f} M")
+    for name, best, med, n in (("ours  ModalityQFormer  ", t_ours, med_ours, n_ours),
+                               ("HF    Blip2QFormerModel", t_hf, med_hf, n_hf)):
+        print(f"  {name} fwd+bwd min {best * 1e3:9.1f} ms  median {med * 1e3:9.1f} ms   params {n / 1e6:6.2f} M")
     print(f"  ratio ours / HF (min) = {t_ours / t_hf:.2f}")
 
 
@@ -117,7 +118,8 @@ def _stack_batch(b: int, t: int, vocab: int, llm_dim: int, device: Any) -> tuple
         for k, d in enumerate(dims):
             feats[i, k, :n, :d] = torch.randn(n, d, device=device)
             fmask[i, k, :n] = True
-    samples = {"video_features": feats, "feature_mask": fmask, "modality_mask": torch.ones(b, 5, dtype=torch.bool, device=device),
+    samples = {"video_features": feats, "feature_mask": fmask,
+               "modality_mask": torch.ones(b, 5, dtype=torch.bool, device=device),
                "emotion": torch.arange(b, device=device) % 6}
     length = 24
     present = torch.ones(b, 6, dtype=torch.bool, device=device)
@@ -144,7 +146,8 @@ def bench_stack(args: argparse.Namespace, device: Any, dtype: Any) -> None:
     n_params = sum(p.numel() for p in stack.parameters())
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
     print(f"[stack] paper dims: hidden 768, 32 queries, 2 layers, 64 output queries, llm_dim {args.llm_dim}, "
-          f"vocab {args.vocab}, params {n_params / 1e6:.1f} M, B={args.stack_batch}, dtype={args.dtype}, device={device}")
+          f"vocab {args.vocab}, params {n_params / 1e6:.1f} M, B={args.stack_batch}, dtype={args.dtype}, "
+          f"device={device}")
     now = _timer(device)
     for t in args.lengths:
         samples, targets = _stack_batch(args.stack_batch, t, args.vocab, args.llm_dim, device)
@@ -160,7 +163,8 @@ def bench_stack(args: argparse.Namespace, device: Any, dtype: Any) -> None:
             opt_est.step()
 
         ((sec, med),) = _times([step], args.repeats, now)
-        print(f"  T={t:4d}  train step min {sec * 1e3:9.1f} ms  median {med * 1e3:9.1f} ms   ({args.stack_batch / sec:6.2f} clips/s)")
+        print(f"  T={t:4d}  train step min {sec * 1e3:9.1f} ms  median {med * 1e3:9.1f} ms   "
+              f"({args.stack_batch / sec:6.2f} clips/s)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,7 +75,8 @@ def test_forward_shapes_and_loss_terms(strategy):
     assert out.summaries.shape == (5, 6, 32) and out.expert_tokens.shape == (5, 6, 4, 32)
     assert out.synergy_score.shape == (5,) and out.cls_logits.shape == (5, 6)
     assert set(out.losses) == {"loss_stmil", "loss_sccl", "loss_synergy", "loss_evidence", "loss_cls", "loss_kl"}
-    lambdas = {"loss_stmil": 0.1, "loss_sccl": 0.1, "loss_synergy": 0.1, "loss_evidence": 0.5, "loss_cls": 0.3, "loss_kl": 0.2}
+    lambdas = {"loss_stmil": 0.1, "loss_sccl": 0.1, "loss_synergy": 0.1, "loss_evidence": 0.5,
+               "loss_cls": 0.3, "loss_kl": 0.2}
     expected = sum(lambdas[k] * v for k, v in out.losses.items())
     torch.testing.assert_close(out.loss_aux, expected)
     assert out.estimator_loss is not None and out.estimator_loss.dim() == 0

@@ -109,11 +109,13 @@ def test_concat_weights_are_uniform_and_gradients_flow():
     out = layer(tokens, summaries, present)
     torch.testing.assert_close(out.modality_weights[2], torch.tensor([0, 1, 1, 0, 1, 0]) / 3.0)
     out.context.sum().backward()
-    assert tokens.grad[present].abs().sum() > 0 and torch.equal(tokens.grad[~present], torch.zeros_like(tokens.grad[~present]))
+    assert tokens.grad[present].abs().sum() > 0
+    assert torch.equal(tokens.grad[~present], torch.zeros_like(tokens.grad[~present]))
 
 
 def test_normalise_over_present_and_errors():
-    w = normalise_over_present(torch.tensor([[2.0, 1.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[True, False, True], [True, True, False]]))
+    w = normalise_over_present(torch.tensor([[2.0, 1.0, 1.0], [0.0, 0.0, 0.0]]),
+                               torch.tensor([[True, False, True], [True, True, False]]))
     torch.testing.assert_close(w, torch.tensor([[2 / 3, 0.0, 1 / 3], [0.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match="integration_strategy must be one of"):
         AudioGuidedIntegration(H, OUT, strategy="mean")

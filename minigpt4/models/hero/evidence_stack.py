@@ -17,6 +17,18 @@ and lambda-weighted in `loss_aux`:
 A term is present in `losses` only when it is switched on (its lambda > 0) *and* the batch can
 form it (e.g. two clips with both audio and text for STMIL). The vCLUB q-network's own NLL is
 `estimator_loss`; its parameters (`estimator_parameters()`) are trained only by it.
+
+Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
+  visual_dim [1024] video_dim [768] audio_dim [1024] au_dim [35] text_dim [768]
+  hidden_dim [768] num_queries [32] num_qformer_layers [2] num_output_queries [64]
+  include_synergy [true] integration_strategy [audio | dynamic | concat]
+  lambda_stmil [0.1] lambda_sccl [0.1] lambda_synergy [0.1] lambda_evidence [0.5]
+  lambda_cls [0] lambda_kl [0] use_cls_head [on iff lambda_cls or lambda_kl > 0]
+  num_classes [len(label_names)] kl_drop_prob [0.5] kl_temperature [1.0]
+  num_heads [8] dropout [0.1] ffn_ratio [4] temporal_position [true]
+  sccl_temperature [0.07] sccl_dim [256]
+  stmil: {hidden_dim [256], num_negatives [1], logvar_bound [5.0], lr (read by HEROModel)}
+  evidence_decoder: {embed_dim [256], num_layers [2], num_heads [4], max_len [64], dropout [= dropout]}
 """
 from __future__ import annotations
 
@@ -133,8 +145,11 @@ class HEROEvidenceStack(nn.Module):
         )
         self.pad_token_id = int(pad_token_id)
         stmil = get("stmil", {})
-        self.stmil = (VCLUBEstimator(h, h, int(cfg_value(stmil, "hidden_dim", 256)), int(cfg_value(stmil, "num_negatives", 1)))
-                      if self.lambdas["stmil"] > 0 else None)
+        self.stmil = None
+        if self.lambdas["stmil"] > 0:
+            self.stmil = VCLUBEstimator(h, h, int(cfg_value(stmil, "hidden_dim", 256)),
+                                        int(cfg_value(stmil, "num_negatives", 1)),
+                                        float(cfg_value(stmil, "logvar_bound", 5.0)))
         if self.lambdas["sccl"] > 0:
             sccl_dim = int(get("sccl_dim", 256))
             self.sccl_summary_proj = nn.Linear(h, sccl_dim)
@@ -261,7 +276,8 @@ class HEROEvidenceStack(nn.Module):
         if targets is not None:
             self._check_targets(targets, summ.shape[0])
             # frozen by contract: detached here whatever the caller built them with
-            text = targets.sentence_embeds.detach().to(self.sccl_text_proj.weight.device, self.sccl_text_proj.weight.dtype)
+            weight = self.sccl_text_proj.weight
+            text = targets.sentence_embeds.detach().to(weight.device, weight.dtype)
             usable = present & targets.present.to(present.device).bool()
             for e in range(NUM_EXPERTS):
                 idx = usable[:, e]
@@ -281,12 +297,15 @@ class HEROEvidenceStack(nn.Module):
         if ids.dim() != 3 or ids.shape[:2] != (batch, NUM_EXPERTS):
             raise ValueError(f"EvidenceTargets.input_ids must be [B={batch}, {NUM_EXPERTS}, L], got {tuple(ids.shape)}")
         if tuple(targets.attention_mask.shape) != tuple(ids.shape):
-            raise ValueError(f"EvidenceTargets.attention_mask {tuple(targets.attention_mask.shape)} != input_ids {tuple(ids.shape)}")
+            raise ValueError(f"EvidenceTargets.attention_mask {tuple(targets.attention_mask.shape)} "
+                             f"!= input_ids {tuple(ids.shape)}")
         if tuple(targets.present.shape) != (batch, NUM_EXPERTS):
-            raise ValueError(f"EvidenceTargets.present must be [{batch}, {NUM_EXPERTS}], got {tuple(targets.present.shape)}")
+            raise ValueError(f"EvidenceTargets.present must be [{batch}, {NUM_EXPERTS}], "
+                             f"got {tuple(targets.present.shape)}")
         emb = targets.sentence_embeds
         if emb.dim() != 3 or emb.shape[:2] != (batch, NUM_EXPERTS):
-            raise ValueError(f"EvidenceTargets.sentence_embeds must be [{batch}, {NUM_EXPERTS}, llm_dim], got {tuple(emb.shape)}")
+            raise ValueError(f"EvidenceTargets.sentence_embeds must be [{batch}, {NUM_EXPERTS}, llm_dim], "
+                             f"got {tuple(emb.shape)}")
 
     def _evidence_loss(self, out: EvidenceOutput, targets: EvidenceTargets) -> Optional[Tensor]:
         """Teacher forcing on the golden sentences of present experts; mean token CE over all of them."""

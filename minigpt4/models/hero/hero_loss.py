@@ -126,7 +126,8 @@ def info_nce(a: Tensor, b: Tensor, temperature: float = 0.07) -> Tensor:
     (with N == 1 the loss is 0: there is no negative).
     """
     if a.shape != b.shape or a.dim() != 2:
-        raise ValueError(f"info_nce needs two [N, D] tensors of the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(f"info_nce needs two [N, D] tensors of the same shape, "
+                         f"got {tuple(a.shape)} and {tuple(b.shape)}")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     a = F.normalize(a.float(), dim=-1)

@@ -22,7 +22,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minigpt4.common.modalities import AUDIO
@@ -111,7 +110,8 @@ class AudioGuidedIntegration(nn.Module):
     def forward(self, tokens: Tensor, summaries: Tensor, present: Tensor) -> IntegrationOutput:
         b, e, q_tok, h = tokens.shape
         if e != self.num_experts or q_tok != self.num_tokens:
-            raise ValueError(f"expected expert tokens [B, {self.num_experts}, {self.num_tokens}, H], got {tuple(tokens.shape)}")
+            raise ValueError(f"expected expert tokens [B, {self.num_experts}, {self.num_tokens}, H], "
+                             f"got {tuple(tokens.shape)}")
         present = present.bool()
         if self.strategy == "concat":
             return self._concat(tokens, present)

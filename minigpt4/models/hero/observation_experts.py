@@ -66,7 +66,8 @@ def slice_modalities(video_features: Tensor, feature_mask: Tensor, modality_mask
     rest is the dataset's zero padding up to max_dim). Views, not copies.
     """
     if video_features.dim() != 4 or video_features.shape[1] != len(STACK_ORDER):
-        raise ValueError(f"video_features must be [B, {len(STACK_ORDER)}, T, max_dim], got {tuple(video_features.shape)}")
+        raise ValueError(f"video_features must be [B, {len(STACK_ORDER)}, T, max_dim], "
+                         f"got {tuple(video_features.shape)}")
     b, n_mod, t, max_dim = video_features.shape
     if tuple(feature_mask.shape) != (b, n_mod, t):
         raise ValueError(f"feature_mask must be [B, 5, T] = {[b, n_mod, t]}, got {tuple(feature_mask.shape)}")
@@ -331,7 +332,8 @@ class EvidenceDecoder(nn.Module):
         if max_len < 2:
             raise ValueError(f"evidence_decoder.max_len must be >= 2, got {max_len}")
         self.vocab_size, self.max_len = vocab_size, max_len
-        self.bos_token_id, self.eos_token_id, self.pad_token_id = int(bos_token_id), int(eos_token_id), int(pad_token_id)
+        self.bos_token_id, self.eos_token_id = int(bos_token_id), int(eos_token_id)
+        self.pad_token_id = int(pad_token_id)
         self.embed = nn.Embedding(vocab_size, embed_dim)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.positions = nn.Parameter(torch.randn(max_len, embed_dim) * 0.02)
