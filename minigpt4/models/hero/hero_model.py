@@ -6,19 +6,25 @@ reasoning half (`LLMReasoner`) reads that context at the `<VideoHere>` slot, the
 *evidence brief* (one tagged line per present expert, ordered by its modality weight), then
 the instruction, and writes the CoT report.
 
-Where the brief's sentences come from (`model.brief_source`):
-- `golden` (default): at training, the annotations' golden evidence sentences of the present
-  experts; at inference, the evidence decoder's generated sentences. Teacher forcing with
-  clean sentences trains the LLM on well-formed evidence at no decoding cost per step; the
-  price is a train/test gap (inference briefs are the decoder's, imperfect ones), which is
-  why the brief only *supports* the context and the context is always there.
-- `generated`: the decoder's sentences at training too (greedy, no gradient), exactly as at
-  inference: no gap, at the cost of decoding every step and noisy briefs early in training.
-- `none`: no brief (the LLM sees only the context and the instruction), an ablation.
-Clips without golden evidence get no brief lines at training under `golden`.
+Where the brief's sentences come from (`model.brief_source`). At inference the brief always
+holds the decoder's generated sentence of every present expert; at training:
+- `golden` (default): the annotation's golden sentence for each present expert that has one,
+  the decoder's generated sentence (greedy, no gradient) for the other present experts. So
+  the brief has the same shape as at inference (one line per present expert, synergy
+  included, which annotations never cover) while the LLM learns from clean evidence where it
+  exists, and decoding is spent only on the experts without a golden sentence. The remaining
+  train/test gap is the decoder's error on annotated experts, which `loss_evidence` shrinks.
+  (Golden lines *only*, leaving unannotated experts out, was measured to break exact
+  reproduction: at inference the extra generated lines form prompts never seen in training.)
+- `generated`: the decoder's sentences for every present expert, exactly as at inference: no
+  gap at all, at the cost of decoding every step and noisy briefs early in training.
+- `none`: no brief at training or inference (context + instruction only), an ablation.
+Absent experts (modality missing or dropped) never get a line: their golden sentences would
+describe evidence the model cannot see.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping, Optional, Sequence
 
 import torch
@@ -41,7 +47,23 @@ class HEROModel(nn.Module):
     def __init__(self, cfg_model: Any) -> None:
         super().__init__()
         self.cfg = cfg_model
-        self.reasoner = LLMReasoner(ReasonerConfig.from_model_cfg(cfg_model))
+        # cheap checks first, so a config typo fails before the LLM loads
+        labels = cfg_get(cfg_model, "label_names", DEFAULT_EMOTIONS)
+        if isinstance(labels, str):
+            labels = [x.strip() for x in labels.split(",") if x.strip()]
+        self.label_names: tuple[str, ...] = tuple(str(x) for x in labels)
+        if not self.label_names:
+            raise ValueError("model.label_names must list at least one emotion")
+        self.brief_source = str(cfg_get(cfg_model, "brief_source", "golden")).lower()
+        if self.brief_source not in BRIEF_SOURCES:
+            raise ValueError(f"model.brief_source must be one of {', '.join(BRIEF_SOURCES)}, got {self.brief_source!r}")
+        self.evidence_max_len = int(cfg_get(cfg_model, "evidence_max_len", 32))
+        stmil = cfg_get(cfg_model, "stmil", {})
+        lr = cfg_get(stmil, "lr", None)
+        self.stmil_lr: Optional[float] = None if lr is None else float(lr)
+        reasoner_cfg = ReasonerConfig.from_model_cfg(cfg_model)
+
+        self.reasoner = LLMReasoner(reasoner_cfg)
         tok = self.reasoner.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.evidence_stack = HEROEvidenceStack(
@@ -52,20 +74,10 @@ class HEROModel(nn.Module):
             eos_token_id=int(tok.eos_token_id),
             pad_token_id=int(tok.pad_token_id),
         )
-        self.label_names: tuple[str, ...] = tuple(str(x) for x in cfg_get(cfg_model, "label_names", DEFAULT_EMOTIONS))
-        if not self.label_names:
-            raise ValueError("model.label_names must list at least one emotion")
-        self.brief_source = str(cfg_get(cfg_model, "brief_source", "golden")).lower()
-        if self.brief_source not in BRIEF_SOURCES:
-            raise ValueError(f"model.brief_source must be one of {', '.join(BRIEF_SOURCES)}, got {self.brief_source!r}")
-        self.evidence_max_len = int(cfg_get(cfg_model, "evidence_max_len", 32))
         decoder_max = int(self.evidence_stack.decoder.max_len)
         if not 1 <= self.evidence_max_len <= decoder_max - 1:
             raise ValueError(f"model.evidence_max_len must be in [1, model.evidence_decoder.max_len - 1 = "
                              f"{decoder_max - 1}] (room for EOS), got {self.evidence_max_len}")
-        stmil = cfg_get(cfg_model, "stmil", {})
-        lr = cfg_get(stmil, "lr", None)
-        self.stmil_lr: Optional[float] = None if lr is None else float(lr)
 
     @classmethod
     def from_config(cls, cfg_model: Any) -> "HEROModel":
@@ -127,21 +139,45 @@ class HEROModel(nn.Module):
         return EvidenceTargets(input_ids=input_ids, attention_mask=mask, present=present,
                                sentence_embeds=sentence_embeds)
 
-    def generated_evidence(self, output: Any) -> list[dict[str, str]]:
-        """Decode the evidence decoder's sentences: per clip, expert name -> sentence (present experts)."""
-        ids = self.evidence_stack.generate_evidence(output, self.evidence_max_len)  # [B, 6, L]
-        batch, n_exp, length = ids.shape
-        texts = self.reasoner.tokenizer.batch_decode(ids.reshape(batch * n_exp, length).tolist(), skip_special_tokens=True)
-        present = output.expert_present.bool().tolist()
+    def generated_evidence(self, output: Any, which: Optional[Tensor] = None) -> list[dict[str, str]]:
+        """Decode the evidence decoder's sentences: per clip, expert name -> sentence.
+
+        Only present experts (and, when `which` [B, 6] bool is given, only those it selects)
+        are decoded; empty sentences are left out.
+        """
+        present = output.expert_present.bool()
+        if which is not None:
+            present = present & which.to(present.device).bool()
+        batch, n_exp = present.shape
+        if not bool(present.any()):
+            return [{} for _ in range(batch)]
+        ids = self.evidence_stack.generate_evidence(replace(output, expert_present=present), self.evidence_max_len)
+        texts = self.reasoner.tokenizer.batch_decode(ids.reshape(batch * n_exp, -1).tolist(), skip_special_tokens=True)
+        flags = present.tolist()
         result: list[dict[str, str]] = []
         for b in range(batch):
             clip = {}
             for e, name in enumerate(EXPERT_ORDER):
                 text = " ".join(texts[b * n_exp + e].split())
-                if present[b][e] and text:
+                if flags[b][e] and text:
                     clip[name] = text
             result.append(clip)
         return result
+
+    def training_brief(self, samples: Mapping[str, Any], output: Any) -> list[dict[str, str]]:
+        """Brief sentences at training, per `brief_source` (see the module docstring)."""
+        batch = self._batch_size(samples)
+        if self.brief_source == "none":
+            return [{} for _ in range(batch)]
+        if self.brief_source == "generated":
+            with torch.no_grad():
+                return self.generated_evidence(output)
+        golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
+                  for ev in (samples.get("evidence") or [{} for _ in range(batch)])]
+        missing = torch.tensor([[name not in ev for name in EXPERT_ORDER] for ev in golden], dtype=torch.bool)
+        with torch.no_grad():
+            generated = self.generated_evidence(output, which=missing)
+        return [{**gen, **gold} for gen, gold in zip(generated, golden)]
 
     @staticmethod
     def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool]) -> list[tuple[str, str]]:
@@ -164,17 +200,9 @@ class HEROModel(nn.Module):
     def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
         """Training step: `loss` = loss_task + the evidence stack's weighted terms; every term too."""
         samples = self._on_device(samples)
-        batch = self._batch_size(samples)
         targets = self.build_evidence_targets(samples)
         output = self.evidence_stack(samples, targets)
-        if self.brief_source == "golden":
-            golden = samples.get("evidence") or [{} for _ in range(batch)]
-            sentences = [{k: v for k, v in (ev or {}).items() if isinstance(v, str)} for ev in golden]
-        elif self.brief_source == "generated":
-            with torch.no_grad():
-                sentences = self.generated_evidence(output)
-        else:
-            sentences = [{} for _ in range(batch)]
+        sentences = self.training_brief(samples, output)
         turns = self._user_turns(samples["instruction"], sentences, output)
         loss_task = self.reasoner(output.context, turns, samples["answer"])
         loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)

@@ -1,0 +1,381 @@
+"""HEROModel end to end: evidence stack + LLM reasoner on hand-built batches (ARCHITECTURE.md format).
+
+The LLM is the shared tiny Llama with the real SmolLM2 tokenizer, with one repair (see
+`llm_dir`). The module-scoped `trained` fixture fits three clips until greedy decoding
+reproduces their CoT targets; several tests reuse that model.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file, save_file
+
+from minigpt4.common import cot
+from minigpt4.common.modalities import AUDIO, AU, DEFAULT_EMOTIONS, EXPERT_ORDER, TEXT, VIDEO_PLACEHOLDER
+from minigpt4.common.registry import registry
+from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER
+
+DIMS = {"video_dim": 6, "audio_dim": 8, "au_dim": 5, "text_dim": 6, "visual_dim": 8}
+MAX_DIM = 8
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+INSTRUCTION = cot.build_instruction(DEFAULT_EMOTIONS, use_cot=True)
+ANSWERS = [
+    '### Rationale\nA warm smile and laughter.\n### Prediction\n{"emotion": "happy", "confidence": 0.9}',
+    '### Rationale\nTears and a low voice.\n### Prediction\n{"emotion": "sad", "confidence": 0.8}',
+    '### Rationale\nShouting.\n### Prediction\n{"emotion": "angry", "confidence": 0.7}',
+]
+LABELS = ["happy", "sad", "angry"]
+EVIDENCE = [
+    {"audio": "Laughs.", "visual": "Smiles."},
+    {"audio": "Low voice.", "text": "I miss her.", "au": "AU15."},
+    {},  # no golden evidence for this clip
+]
+
+
+@pytest.fixture(scope="module")
+def llm_dir(tiny_llm_dir, tmp_path_factory) -> Path:
+    """`tiny_llm_dir` with a non-zero EOS embedding row.
+
+    The shared tiny Llama sets `pad_token_id = eos_token_id`, and `nn.Embedding(padding_idx=pad)`
+    initialises that row to zeros; with tied embeddings the EOS logit is then 0 for every
+    hidden state and greedy decoding can never stop. Re-drawing the row (std 0.02, like the
+    others) gives the model a learnable EOS, as any real checkpoint has.
+    """
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("hero_llm") / "llm"
+    shutil.copytree(tiny_llm_dir, out)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    weight = model.get_input_embeddings().weight
+    eos = int(model.config.eos_token_id)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        weight[eos] = torch.randn(weight.shape[1], generator=gen) * 0.02
+    model.save_pretrained(out)
+    return out
+
+
+def make_cfg(llm_path: Path, **overrides: Any):
+    llm = {"path": str(llm_path), "dtype": "float32", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
+           "lora_target_modules": ALL_LINEAR}
+    llm.update(overrides.pop("llm", {}))
+    base = dict(DIMS, arch="hero", hidden_dim=32, num_queries=4, num_qformer_layers=1, num_output_queries=6,
+                num_heads=4, dropout=0.0, evidence_max_len=12, max_txt_len=48,
+                evidence_decoder={"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16, "dropout": 0.0},
+                llm=llm)
+    base.update(overrides)
+    return OmegaConf.create(base)
+
+
+def build(cfg, seed: int = 0):
+    import minigpt4
+
+    minigpt4.setup_registry()
+    torch.manual_seed(seed)
+    return registry.get_model_class(cfg.arch).from_config(cfg)
+
+
+def make_batch(n: int = 3, t: int = 6, seed: int = 0) -> dict[str, Any]:
+    """A collated batch by hand: zero padding in time and feature dim, clip 2 without AUs."""
+    gen = torch.Generator().manual_seed(seed)
+    order = [DIMS["video_dim"], DIMS["audio_dim"], DIMS["au_dim"], DIMS["text_dim"], DIMS["visual_dim"]]
+    feats = torch.zeros(n, 5, t, MAX_DIM)
+    fmask = torch.zeros(n, 5, t, dtype=torch.bool)
+    mmask = torch.ones(n, 5, dtype=torch.bool)
+    for i in range(n):
+        length = t - i
+        for k, d in enumerate(order):
+            feats[i, k, :length, :d] = torch.randn(length, d, generator=gen)
+            fmask[i, k, :length] = True
+    if n > 2:
+        feats[2, AU] = 0
+        fmask[2, AU] = False
+        mmask[2, AU] = False
+    return {
+        "video_features": feats,
+        "feature_mask": fmask,
+        "modality_mask": mmask,
+        "video_id": [f"clip{i}" for i in range(n)],
+        "emotion": torch.tensor([DEFAULT_EMOTIONS.index(LABELS[i % 3]) for i in range(n)]),
+        "emotion_label": [LABELS[i % 3] for i in range(n)],
+        "instruction": [INSTRUCTION] * n,
+        "answer": [ANSWERS[i % 3] for i in range(n)],
+        "evidence": [dict(EVIDENCE[i % 3]) for i in range(n)],
+        "transcript": [""] * n,
+    }
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def capture_turns(model, monkeypatch) -> list[list[str]]:
+    """Record the user turns the reasoner receives (training and generation)."""
+    seen: list[list[str]] = []
+    forward, generate = model.reasoner.forward, model.reasoner.generate
+
+    def fwd(context, turns, answers):
+        seen.append(list(turns))
+        return forward(context, turns, answers)
+
+    def gen(context, turns, **kw):
+        seen.append(list(turns))
+        return generate(context, turns, **kw)
+
+    monkeypatch.setattr(model.reasoner, "forward", fwd)
+    monkeypatch.setattr(model.reasoner, "generate", gen)
+    return seen
+
+
+# ------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def trained(llm_dir):
+    """Fit the three clips (golden briefs) until greedy CoT generation reproduces every target."""
+    cfg = make_cfg(llm_dir)
+    model = build(cfg)
+    batch = make_batch()
+    groups = model.auxiliary_parameter_groups()
+    aux_ids = {id(p) for g in groups.values() for p in g["params"]}
+    main = [p for p in model.parameters() if p.requires_grad and id(p) not in aux_ids]
+    opt = torch.optim.AdamW(main, lr=3e-3, weight_decay=0.0)
+    aux_opt = torch.optim.AdamW([p for g in groups.values() for p in g["params"]], lr=1e-3)
+    reports: list[str] = []
+    steps = 0
+    for steps in range(1, 401):
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(batch)
+        total = out["loss"] + sum(out.get("aux_losses", {}).values())
+        opt.zero_grad(set_to_none=True)
+        aux_opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        aux_opt.step()
+        if steps % 25 == 0:
+            model.eval()
+            reports = [r["report"] for r in model.generate(batch, max_new_tokens=40)]
+            if reports == ANSWERS:
+                break
+    return {"cfg": cfg, "model": model.eval(), "batch": batch, "steps": steps, "reports": reports}
+
+
+def test_model_learns_to_reproduce_cot_targets(trained):
+    assert trained["reports"] == ANSWERS, f"after {trained['steps']} steps: {trained['reports']}"
+    results = trained["model"].generate(trained["batch"], max_new_tokens=40)
+    for res, label in zip(results, LABELS):
+        assert res["format_ok"] and res["emotion"] == label and 0.0 < res["confidence"] <= 1.0
+        assert set(res["modality_weights"]) == set(EXPERT_ORDER)
+        assert sum(res["modality_weights"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert 0.0 <= res["synergy_score"] <= 1.0
+    assert results[2]["modality_weights"]["au"] == 0.0 and "au" not in results[2]["evidence"]
+    assert [r["video_id"] for r in results] == ["clip0", "clip1", "clip2"]
+    # the evidence decoder learned the golden sentences too: inference briefs match training ones
+    assert results[0]["evidence"]["audio"] == "Laughs." and results[1]["evidence"]["text"] == "I miss her."
+
+
+def test_batched_generation_equals_one_by_one(trained):
+    model, batch = trained["model"], trained["batch"]
+    batched = model.generate(batch, max_new_tokens=40)
+    for i in range(3):
+        single = {k: (v[i: i + 1] if isinstance(v, (torch.Tensor, list)) else v) for k, v in batch.items()}
+        alone = model.generate(single, max_new_tokens=40)[0]
+        # text is compared exactly; the weights only up to float noise of the batch shape
+        for key in ("report", "emotion", "confidence", "format_ok", "evidence", "video_id"):
+            assert alone[key] == batched[i][key], key
+        assert alone["modality_weights"] == pytest.approx(batched[i]["modality_weights"], abs=1e-6)
+        assert alone["synergy_score"] == pytest.approx(batched[i]["synergy_score"], abs=1e-6)
+    assert len({len(r["report"]) for r in batched}) > 1  # different lengths: padding was exercised
+
+
+def test_checkpoint_round_trip_restores_generation(trained, llm_dir, tmp_path):
+    model = trained["model"]
+    path = tmp_path / "model.safetensors"
+    save_file(trainable_state(model), str(path))
+    fresh = build(trained["cfg"], seed=123).eval()
+    before = fresh.generate(trained["batch"], max_new_tokens=40)
+    missing, unexpected = fresh.load_state_dict(load_file(str(path)), strict=False)
+    assert not unexpected
+    assert not {n for n, p in fresh.named_parameters() if p.requires_grad} & set(missing)
+    after = fresh.generate(trained["batch"], max_new_tokens=40)
+    expected = model.generate(trained["batch"], max_new_tokens=40)
+    assert after == expected
+    assert [r["report"] for r in before] != [r["report"] for r in expected]  # the load did something
+    names = list(load_file(str(path)))
+    assert any(".lora_A." in n for n in names) and any(n.startswith("evidence_stack.") for n in names)
+    assert not any(".base_layer." in n or "embed_tokens" in n for n in names)  # the frozen LLM is not saved
+
+
+# -------------------------------------------------------------------- gradients & losses
+def test_frozen_base_gets_no_gradient_lora_and_experts_do(llm_dir):
+    model = build(make_cfg(llm_dir, llm={"lora_target_modules": ["q_proj", "v_proj"]}))
+    out = model(make_batch())
+    out["loss"].backward()
+    llm_params = dict(model.reasoner.named_parameters())
+    lora = {n for n in llm_params if ".lora_" in n}
+    assert lora and all(("q_proj" in n or "v_proj" in n) for n in lora)
+    for name, p in llm_params.items():
+        if name in lora:
+            # lora_B starts at zero, so at step 0 only lora_B gets a non-zero gradient (lora_A's is exactly 0)
+            assert p.requires_grad and p.grad is not None, name
+            if ".lora_B." in name:
+                assert p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    estimator = {id(p) for p in model.evidence_stack.estimator_parameters()}
+    assert estimator
+    for name, p in model.evidence_stack.named_parameters():
+        if id(p) in estimator:
+            assert p.grad is None or p.grad.abs().sum() == 0, f"loss reached the vCLUB network: {name}"
+    for i, name in enumerate(("motion", "audio", "au", "text", "visual")):
+        grads = [p.grad for p in model.evidence_stack.experts[i].parameters() if p.grad is not None]
+        assert grads and sum(g.abs().sum() for g in grads) > 0, name
+    integration = [p.grad for p in model.evidence_stack.integration.parameters() if p.grad is not None]
+    assert integration and sum(g.abs().sum() for g in integration) > 0
+
+
+def test_loss_terms_and_aux_groups(llm_dir):
+    cfg = make_cfg(llm_dir, stmil={"lr": 5e-4})
+    model = build(cfg)
+    out = model(make_batch())
+    lambdas = model.evidence_stack.lambdas
+    terms = {k: v for k, v in out.items() if k.startswith("loss_") and k != "loss_task"}
+    assert {"loss_stmil", "loss_sccl", "loss_synergy", "loss_evidence"} <= set(terms)
+    expected = out["loss_task"] + sum(lambdas[k[len("loss_"):]] * v for k, v in terms.items())
+    torch.testing.assert_close(out["loss"], expected)
+    assert set(out["aux_losses"]) == {"stmil_estimator"}
+    groups = model.auxiliary_parameter_groups()
+    assert groups["stmil_estimator"]["lr"] == 5e-4
+    assert [id(p) for p in groups["stmil_estimator"]["params"]] == [id(p) for p in model.evidence_stack.estimator_parameters()]
+    assert build(make_cfg(llm_dir)).auxiliary_parameter_groups()["stmil_estimator"]["lr"] is None
+    assert build(make_cfg(llm_dir, lambda_stmil=0.0)).auxiliary_parameter_groups() == {}
+
+
+def test_lora_r_zero_freezes_the_llm(llm_dir):
+    model = build(make_cfg(llm_dir, llm={"lora_r": 0}))
+    assert not any(p.requires_grad for p in model.reasoner.parameters())
+    assert any(p.requires_grad for p in model.evidence_stack.parameters())
+    model(make_batch())["loss"].backward()
+    assert any(p.grad is not None for p in model.evidence_stack.experts.parameters())
+
+
+# --------------------------------------------------------------------- evidence targets
+def test_evidence_targets_tokens_and_frozen_embeddings(llm_dir):
+    model = build(make_cfg(llm_dir, evidence_max_len=3))
+    batch = make_batch()
+    batch["evidence"][0]["visual"] = "A very long description of a smiling face"
+    targets = model.build_evidence_targets(batch)
+    tok = model.reasoner.tokenizer
+    assert targets.input_ids.shape[:2] == (3, len(EXPERT_ORDER)) and targets.input_ids.shape[2] == 3
+    for b, ev in enumerate(batch["evidence"]):
+        for e, name in enumerate(EXPERT_ORDER):
+            assert bool(targets.present[b, e]) == (name in ev)
+            if name not in ev:
+                assert not targets.attention_mask[b, e].any()
+                assert not targets.sentence_embeds[b, e].any()
+                continue
+            ids = tok(ev[name], add_special_tokens=False)["input_ids"][:3]
+            n = len(ids)
+            assert targets.input_ids[b, e, :n].tolist() == ids and targets.attention_mask[b, e].sum() == n
+            assert (targets.input_ids[b, e, n:] == tok.pad_token_id).all()
+            reference = model.reasoner.embed_tokens(torch.tensor(ids)).mean(0)
+            torch.testing.assert_close(targets.sentence_embeds[b, e], reference)
+    assert not targets.sentence_embeds.requires_grad
+    batch["evidence"] = [{}, {}, {}]
+    assert model.build_evidence_targets(batch) is None
+
+
+# ---------------------------------------------------------------------------- briefs
+def test_order_brief_by_weight_and_presence():
+    from minigpt4.models.hero.hero_model import HEROModel
+
+    sentences = {"motion": "m.", "audio": "a.", "au": "u.", "text": "t.", "visual": "v.", "synergy": "s."}
+    weights = [0.1, 0.4, 0.0, 0.2, 0.2, 0.1]
+    present = [True, True, False, True, True, True]
+    order = HEROModel.order_brief(sentences, weights, present)
+    assert order == [("audio", "a."), ("text", "t."), ("visual", "v."), ("motion", "m."), ("synergy", "s.")]
+    assert HEROModel.order_brief({"audio": " "}, weights, present) == []
+
+
+def brief_lines(turn: str) -> list[str]:
+    return [line for line in turn.splitlines() if line.startswith("[")]
+
+
+def test_golden_brief_at_training_generated_at_inference(llm_dir, monkeypatch):
+    model = build(make_cfg(llm_dir))
+    batch = make_batch()
+    batch["modality_mask"][1, AUDIO] = False  # clip 1's golden audio sentence must not be shown
+    batch["feature_mask"][1, AUDIO] = False
+    seen = capture_turns(model, monkeypatch)
+    model(batch)
+    turns = seen[-1]
+    # dropout is 0 in this config, so re-running the stack reproduces the training-time output
+    output = model.evidence_stack(make_batch() | {"modality_mask": batch["modality_mask"],
+                                                  "feature_mask": batch["feature_mask"]}, None, compute_losses=False)
+    generated = model.generated_evidence(output)
+    present = output.expert_present
+    for b, turn in enumerate(turns):
+        golden = {k: v for k, v in batch["evidence"][b].items() if present[b, EXPERT_ORDER.index(k)]}
+        expected = {**generated[b], **golden}  # golden where annotated, generated for the other present experts
+        assert set(generated[b]) == {n for e, n in enumerate(EXPERT_ORDER) if present[b, e]}
+        assert len(brief_lines(turn)) == len(expected)
+        assert all(f"[{n}] {s}" in turn for n, s in expected.items())
+        assert turn.startswith(VIDEO_PLACEHOLDER) and turn.endswith(INSTRUCTION.replace(VIDEO_PLACEHOLDER, "").strip())
+    assert "[audio] Laughs." in turns[0] and "[visual] Smiles." in turns[0]
+    assert "[audio]" not in turns[1] and "[text] I miss her." in turns[1] and "[au] AU15." in turns[1]
+    assert "[au]" not in turns[2] and BRIEF_HEADER in turns[2]  # no golden evidence: all generated
+    model.eval()
+    results = model.generate(batch, max_new_tokens=2)
+    for turn, res in zip(seen[-1], results):
+        weights = res["modality_weights"]
+        expected_order = sorted(res["evidence"], key=lambda n: (-weights[n], EXPERT_ORDER.index(n)))
+        assert [line.split("]")[0][1:] for line in brief_lines(turn)] == expected_order
+        assert all(f"[{n}] {s}" in turn for n, s in res["evidence"].items())
+        assert "Laughs." not in turn  # inference never sees golden sentences
+    assert "audio" not in results[1]["evidence"]
+
+
+def test_brief_sources_generated_and_none(llm_dir, monkeypatch):
+    batch = make_batch()
+    gen_model = build(make_cfg(llm_dir, brief_source="generated"))
+    seen = capture_turns(gen_model, monkeypatch)
+    gen_model(batch)
+    output = gen_model.evidence_stack(batch, None, compute_losses=False)
+    generated = gen_model.generated_evidence(output)
+    assert any(generated)  # untrained decoder still writes something for present experts
+    for turn, clip in zip(seen[-1], generated):
+        assert len(brief_lines(turn)) == len(clip) and all(f"[{n}] {s}" in turn for n, s in clip.items())
+        assert "Laughs." not in turn
+    none_model = build(make_cfg(llm_dir, brief_source="none"))
+    seen = capture_turns(none_model, monkeypatch)
+    none_model(batch)
+    none_model.eval()
+    none_model.generate(batch, max_new_tokens=2)
+    assert all(BRIEF_HEADER not in turn for turns in seen for turn in turns)
+
+
+def test_use_cot_switch_changes_instruction_and_parser(llm_dir, monkeypatch):
+    model = build(make_cfg(llm_dir, label_names=["calm", "tense"]))
+    seen = capture_turns(model, monkeypatch)
+    model.eval()
+    model.generate(make_batch(2), max_new_tokens=2, use_cot=False)
+    label_turn = seen[-1][0]
+    assert cot.build_instruction(["calm", "tense"], use_cot=False).replace(VIDEO_PLACEHOLDER, "").strip() in label_turn
+    model.generate(make_batch(2), max_new_tokens=2, use_cot=True)
+    assert cot.build_instruction(["calm", "tense"], use_cot=True).replace(VIDEO_PLACEHOLDER, "").strip() in seen[-1][0]
+    monkeypatch.setattr(model.reasoner, "generate", lambda context, turns, **kw: ['{"emotion": "tense"}'] * len(turns))
+    label_only = model.generate(make_batch(2), max_new_tokens=2, use_cot=False)
+    assert label_only[0]["format_ok"] and label_only[0]["emotion"] == "tense"
+    as_cot = model.generate(make_batch(2), max_new_tokens=2, use_cot=True)
+    assert not as_cot[0]["format_ok"] and as_cot[0]["emotion"] == cot.UNKNOWN  # CoT needs the header
+
+
+def test_config_errors(llm_dir):
+    with pytest.raises(ValueError, match="brief_source"):
+        build(make_cfg(llm_dir, brief_source="oracle"))
+    with pytest.raises(ValueError, match="evidence_max_len"):
+        build(make_cfg(llm_dir, evidence_max_len=16))
