@@ -21,7 +21,7 @@ Length profiles (frames per modality, drawn uniformly per clip):
           CLIP and AUs at 1 fps, VideoMAE 16-frame clips at 8 fps, HuBERT at its native 50 Hz
           (HERODataset subsamples audio to max_len 64 when loading)
 
-Usage: python bench/bench_data.py [--num_samples 128] [--batch_size 8] [--profile capped raw]
+Usage: python bench/bench_data.py [--num_samples 128] [--batch_size 8] [--profile capped extractor]
 """
 from __future__ import annotations
 

@@ -90,6 +90,13 @@ def make_tiny_llm(
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
+    # `padding_idx` zeroes the pad row at init, and this tokenizer pads with EOS: with tied
+    # embeddings the EOS logit would be 0 for every hidden state and generation could never
+    # learn to stop. Draw that row like the others, as any trained checkpoint has it.
+    if config.pad_token_id is not None:
+        with torch.no_grad():
+            weight = model.get_input_embeddings().weight
+            weight[config.pad_token_id].normal_(0.0, config.initializer_range)
 
     def save(folder: Path) -> None:
         model.save_pretrained(folder)

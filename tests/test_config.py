@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from minigpt4.common import config as config_mod
+from minigpt4.common import atomic_io
 from minigpt4.common.config import (RUN_DEFAULTS, Config, ConfigError, add_config_args, apply_options, load_config,
                                     parse_value, save_config)
 
@@ -116,7 +116,7 @@ def test_save_config_roundtrip_and_is_atomic(cfg_file: Path, tmp_path: Path, mon
     def boom(fd):
         raise OSError("disk full")
 
-    monkeypatch.setattr(config_mod.os, "fsync", boom)
+    monkeypatch.setattr(atomic_io.os, "fsync", boom)
     with pytest.raises(OSError, match="disk full"):
         save_config(load_config(cfg_file, ["run.seed=6"]), out)
     assert out.read_text() == before  # the old file is intact

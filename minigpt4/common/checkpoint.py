@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Union
@@ -27,6 +26,8 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from minigpt4.common.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -133,20 +134,6 @@ def resolve_checkpoint(path: PathLike) -> Path:
     return Path(latest)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())
@@ -186,7 +173,7 @@ def save_checkpoint(run_dir: PathLike, step: int, model_state: Mapping[str, torc
         raise
     if best is not None:
         record = {"path": final.name, "step": int(step), **{k: best[k] for k in best}}
-        _atomic_write_text(root / BEST_FILE, json.dumps(record, indent=2) + "\n")
+        atomic_write_text(root / BEST_FILE, json.dumps(record, indent=2) + "\n")
     if keep_last_k is not None and keep_last_k > 0:
         prune_checkpoints(root, keep_last_k)
     return final

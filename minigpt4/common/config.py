@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from minigpt4.common.atomic_io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("model", "datasets", "run")
@@ -254,19 +254,7 @@ def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
     """Write the resolved config as YAML atomically (temp file in the same folder + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 # --------------------------------------------------------------------------------- CLI

@@ -15,11 +15,11 @@ import csv
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from minigpt4.common.atomic_io import atomic_open
 from minigpt4.common.modalities import EXPERT_ORDER
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -212,20 +212,9 @@ def load_annotations(storage: Union[PathLike, Mapping[str, PathLike]]) -> dict[s
 
 def atomic_write_json(path: PathLike, data: Any) -> None:
     """Write JSON into a temp file beside `path`, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "w") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1)
+        fh.write("\n")
 
 
 # ------------------------------------------------------------------ MER2023/2024 CSV

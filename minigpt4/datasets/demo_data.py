@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
@@ -45,6 +44,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from minigpt4.common.atomic_io import atomic_write_text
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
 from minigpt4.models.hero.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
 
@@ -770,24 +770,7 @@ def iter_clips(seed: int, sizes: Mapping[str, int], encoders: Optional[Encoders]
 
 def write_json(path: PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 MANIFEST = "demo_manifest.json"
@@ -829,8 +812,8 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
     for vid in previous:
         if vid not in keep and "/" not in vid and ".." not in vid:
             (features / f"{vid}.npz").unlink(missing_ok=True)
-    _atomic_write_text(out / "annotations.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n")
-    _atomic_write_text(out / "latents.json", json.dumps(latents, indent=1) + "\n")
+    atomic_write_text(out / "annotations.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    atomic_write_text(out / "latents.json", json.dumps(latents, indent=1) + "\n")
     manifest = {
         "generator": GENERATOR_VERSION,
         "seed": int(seed),
@@ -842,7 +825,7 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
         "label_names": list(EMOTIONS),
         "video_ids": ids,
     }
-    _atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     return DemoSummary(
         out_dir=out,
         features_dir=features,

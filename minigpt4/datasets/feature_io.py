@@ -16,7 +16,6 @@ import io
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+from minigpt4.common.atomic_io import atomic_open
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -166,20 +167,8 @@ def _prepare_for_write(
 
 def _atomic_write_bytes(path: Path, write) -> None:
     """Write through `write(fileobj)` into a temp file beside `path`, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as fh:
+        write(fh)
 
 
 def write_features(

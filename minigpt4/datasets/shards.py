@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -23,6 +22,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from minigpt4.common.atomic_io import atomic_open
 from minigpt4.datasets.annotations import Annotation, AnnotationError, order_splits, parse_record
 from minigpt4.datasets.datasets.hero_dataset import MissingFeaturesError, SampleBuilder
 from minigpt4.datasets.feature_io import FEATURE_SUFFIXES, find_feature_file, read_features, read_features_bytes
@@ -173,20 +173,11 @@ def _write_shard(path: Path, members: list[dict[str, Any]]) -> None:
     """One tar written atomically (temp file beside it, then renamed)."""
     import webdataset as wds
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
-            for sample in members:
-                writer.write(sample)
-            writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_open(path, "wb") as fh:
+        writer = wds.TarWriter(fh, encoder=False, mtime=0.0)
+        for sample in members:
+            writer.write(sample)
+        writer.close()
 
 
 def pack_shards(
