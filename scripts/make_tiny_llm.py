@@ -69,8 +69,17 @@ def make_tiny_llm(
     max_position_embeddings: int = 1024,
     seed: int = 0,
     tokenizer=None,
+    logit_scale: float = 16.0,
 ) -> Path:
-    """Build a random-initialised Llama of the given size with the SmolLM2 tokenizer and save both."""
+    """Build a random-initialised Llama of the given size with the SmolLM2 tokenizer and save both.
+
+    `logit_scale` sets the final RMSNorm gain so that a hidden state aligned with a token's
+    (tied, frozen) embedding row reaches a logit of about that size. HERO trains only LoRA on
+    the LLM, and at the default init (gain 1, row std 0.02) the largest reachable logit is
+    hidden * 0.02 (2.6 at width 128): against 49k other tokens that caps log p(target) near
+    -8 nats whatever LoRA learns (the demo's task loss stalled at 8.5). A pretrained model's
+    learned gains are what lift that cap; this stands in for them.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -93,10 +102,11 @@ def make_tiny_llm(
     # `padding_idx` zeroes the pad row at init, and this tokenizer pads with EOS: with tied
     # embeddings the EOS logit would be 0 for every hidden state and generation could never
     # learn to stop. Draw that row like the others, as any trained checkpoint has it.
-    if config.pad_token_id is not None:
-        with torch.no_grad():
+    with torch.no_grad():
+        if config.pad_token_id is not None:
             weight = model.get_input_embeddings().weight
             weight[config.pad_token_id].normal_(0.0, config.initializer_range)
+        model.model.norm.weight.fill_(logit_scale / (hidden_size * config.initializer_range))
 
     def save(folder: Path) -> None:
         model.save_pretrained(folder)
@@ -129,12 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate", type=int, default=384)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--logit-scale", type=float, default=16.0,
+                   help="largest logit of a state aligned with a token's row (sets the final norm gain)")
     p.add_argument("--real", action="store_true", help="convert the pretrained SmolLM2-135M-Instruct instead")
     args = p.parse_args(argv)
     if args.real:
         out = convert_smollm2(args.out)
     else:
-        out = make_tiny_llm(args.out, args.hidden, args.layers, args.heads, args.intermediate, seed=args.seed)
+        out = make_tiny_llm(args.out, args.hidden, args.layers, args.heads, args.intermediate, seed=args.seed,
+                            logit_scale=args.logit_scale)
     print(f"wrote {out}")
     return 0
 

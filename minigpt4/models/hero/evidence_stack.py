@@ -246,7 +246,8 @@ class HEROEvidenceStack(nn.Module):
                 a, t = summ[pair, AUDIO], summ[pair, TEXT]
                 out.estimator_loss = self.stmil.estimator_loss(a, t)
                 if a.shape[0] >= 2:
-                    losses["loss_stmil"] = self.stmil.mi_upper_bound(a, t, sampled=True)
+                    # sampled bound to train (O(N)); the full one, with less variance, to validate
+                    losses["loss_stmil"] = self.stmil.mi_upper_bound(a, t, sampled=self.training)
         if self.lambdas["sccl"] > 0:
             sccl = self._sccl(summ, present, targets)
             if sccl is not None:
