@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from minigpt4.common.atomic_io import atomic_write_json  # noqa: E402
 from minigpt4.datasets.annotations import (  # noqa: E402
     AnnotationError,
-    atomic_write_json,
     carve_validation,
     load_annotation_file,
     mer_csv_to_records,

@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from minigpt4.common.atomic_io import atomic_write_json
     from minigpt4.datasets import demo_data
 
     try:
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.report:
         info.update(demo_data.measure_report(summary, seed=args.seed))
-        demo_data.write_json(summary.out_dir / "demo_report.json", info)
+        atomic_write_json(summary.out_dir / "demo_report.json", info)
     print(json.dumps(info, indent=1))
     return 0
 

@@ -35,3 +35,10 @@ def test_only_write_modes(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_open(tmp_path / "y", "a"):
             pass
+
+
+def test_json_is_indented_utf8_with_one_trailing_newline(tmp_path):
+    from minigpt4.common.atomic_io import atomic_write_json
+
+    path = atomic_write_json(tmp_path / "d.json", {"emotion": "häppy", "n": [1]})
+    assert path.read_text(encoding="utf-8") == '{\n "emotion": "häppy",\n "n": [\n  1\n ]\n}\n'

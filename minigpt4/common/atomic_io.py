@@ -6,11 +6,12 @@ unreadable to the rest of a team sharing the output folder).
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Any, Iterator, Union
 
 PathLike = Union[str, Path]
 
@@ -52,3 +53,8 @@ def atomic_write_text(path: PathLike, text: str) -> Path:
     with atomic_open(path, "w") as fh:
         fh.write(text)
     return Path(path)
+
+
+def atomic_write_json(path: PathLike, data: Any) -> Path:
+    """Write `data` as indented UTF-8 JSON (one trailing newline) to `path` atomically."""
+    return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")

@@ -252,8 +252,6 @@ def apply_options(cfg: DictConfig, options: Sequence[str], source: str = "config
 # ------------------------------------------------------------------------------ saving
 def save_config(cfg: DictConfig, path: Union[str, Path]) -> Path:
     """Write the resolved config as YAML atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     return atomic_write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 

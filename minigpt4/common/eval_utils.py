@@ -208,7 +208,6 @@ def jsonable(obj: Any) -> Any:
 
 def _atomic_write(path: PathLike, chunks: Iterable[str]) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "w") as fh:
         for chunk in chunks:
             fh.write(chunk)

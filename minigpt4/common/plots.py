@@ -20,7 +20,6 @@ PathLike = Union[str, Path]
 
 def _save_png(fig: Figure, path: PathLike, dpi: int = 120) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     with atomic_open(path, "wb") as fh:
         fig.savefig(fh, format="png", dpi=dpi, bbox_inches="tight")

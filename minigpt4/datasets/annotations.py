@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from minigpt4.common.atomic_io import atomic_open
 from minigpt4.common.modalities import EXPERT_ORDER
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -208,13 +207,6 @@ def load_annotations(storage: Union[PathLike, Mapping[str, PathLike]]) -> dict[s
         for rec in load_annotation_file(storage):
             by_split.setdefault(rec.split, []).append(rec)
     return {s: by_split[s] for s in order_splits(list(by_split))}
-
-
-def atomic_write_json(path: PathLike, data: Any) -> None:
-    """Write JSON into a temp file beside `path`, then rename over it."""
-    with atomic_open(path, "w") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=1)
-        fh.write("\n")
 
 
 # ------------------------------------------------------------------ MER2023/2024 CSV

@@ -44,7 +44,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from minigpt4.common.atomic_io import atomic_write_text
+from minigpt4.common.atomic_io import atomic_write_json
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
 from minigpt4.models.hero.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
 
@@ -768,11 +768,6 @@ def iter_clips(seed: int, sizes: Mapping[str, int], encoders: Optional[Encoders]
             yield make_clip(seed, split, i, emotion, enc)
 
 
-def write_json(path: PathLike, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
-
-
 MANIFEST = "demo_manifest.json"
 
 
@@ -812,8 +807,8 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
     for vid in previous:
         if vid not in keep and "/" not in vid and ".." not in vid:
             (features / f"{vid}.npz").unlink(missing_ok=True)
-    atomic_write_text(out / "annotations.json", json.dumps(records, indent=1, ensure_ascii=False) + "\n")
-    atomic_write_text(out / "latents.json", json.dumps(latents, indent=1) + "\n")
+    atomic_write_json(out / "annotations.json", records)
+    atomic_write_json(out / "latents.json", latents)
     manifest = {
         "generator": GENERATOR_VERSION,
         "seed": int(seed),
@@ -825,7 +820,7 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
         "label_names": list(EMOTIONS),
         "video_ids": ids,
     }
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    atomic_write_json(manifest_path, manifest)
     return DemoSummary(
         out_dir=out,
         features_dir=features,

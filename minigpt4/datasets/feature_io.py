@@ -165,12 +165,6 @@ def _prepare_for_write(
     return out, strings
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    """Write through `write(fileobj)` into a temp file beside `path`, then rename over it."""
-    with atomic_open(path, "wb") as fh:
-        write(fh)
-
-
 def write_features(
     path: PathLike,
     arrays: Mapping[str, np.ndarray],
@@ -188,12 +182,14 @@ def write_features(
         payload: dict[str, np.ndarray] = dict(half)
         for key, value in strings.items():
             payload[key] = np.array(value, dtype=np.str_)
-        _atomic_write_bytes(path, lambda fh: np.savez(fh, **payload))
+        with atomic_open(path, "wb") as fh:
+            np.savez(fh, **payload)
     elif path.suffix == SAFETENSORS_SUFFIX:
         from safetensors.numpy import save
 
         data = save({k: np.ascontiguousarray(v) for k, v in half.items()}, metadata=strings or None)
-        _atomic_write_bytes(path, lambda fh: fh.write(data))
+        with atomic_open(path, "wb") as fh:
+            fh.write(data)
     else:
         raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; use .npz or .safetensors")
 

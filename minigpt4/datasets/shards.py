@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from minigpt4.common.atomic_io import atomic_open
+from minigpt4.common.atomic_io import atomic_open, atomic_write_json
 from minigpt4.datasets.annotations import Annotation, AnnotationError, order_splits, parse_record
 from minigpt4.datasets.datasets.hero_dataset import MissingFeaturesError, SampleBuilder
 from minigpt4.datasets.feature_io import FEATURE_SUFFIXES, find_feature_file, read_features, read_features_bytes
@@ -195,7 +195,6 @@ def pack_shards(
     refused: convert them), so shards only hold clean, safe files. Returns split -> brace
     pattern, also written to `<output_dir>/shards.json` with sample and shard counts.
     """
-    from minigpt4.datasets.annotations import atomic_write_json
     from minigpt4.datasets.datasets.hero_dataset import report_missing
 
     if shard_size < 1:
