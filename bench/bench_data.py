@@ -3,7 +3,7 @@
 
 Ours: one float16 `.npz` per clip holding each modality at its true dim and length, read by
 HERODataset (validation, uniform subsampling to max_len, stacking, masks) and collated to
-the longest clip of the batch.
+the longest clip of the batch, in float16 as stored (the experts cast on input).
 Naive (the seed): one pickled float32 dict per clip with every modality padded to
 [64, 1024], i.e. a [5, 64, 1024] block, read with np.load(allow_pickle=True) (only because
 this script generated those files itself) and stacked to a fixed [B, 5, 64, 1024].

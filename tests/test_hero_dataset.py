@@ -85,7 +85,7 @@ def test_stacking_order_and_unpadding_exact(corpus) -> None:
         assert set(s) == set(BATCH_KEYS)
         src = arrays[s["video_id"]]
         t = max(a.shape[0] for a in src.values())
-        assert s["video_features"].shape == (5, t, MAX_DIM) and s["video_features"].dtype == torch.float32
+        assert s["video_features"].shape == (5, t, MAX_DIM) and s["video_features"].dtype == torch.float16  # the files keep float16
         for k, m in enumerate(STACK_ORDER):
             key = DEFAULT_FEATURE_KEYS[m]
             if key in src:
@@ -286,6 +286,25 @@ def test_legacy_files_in_dataset(tmp_path: Path) -> None:
         ds[0]
     ok = HERODataset(ann, tmp_path, max_dim=MAX_DIM, allow_pickle=True, training=False)
     assert ok[0]["modality_mask"].tolist() == [True, False, False, False, False]
+
+
+def test_batch_keeps_file_precision(tmp_path: Path) -> None:
+    """float16 files give a float16 batch; one float32 file (a legacy pickle) makes the batch
+    float32; either way every stored value comes back bit-exact."""
+    fine = np.float32(1.0 + 2.0 ** -20)  # not representable in float16
+    np.save(tmp_path / "old.npy", {"video_mae": np.full((2, 24), fine, np.float32)}, allow_pickle=True)
+    half = np.random.default_rng(3).standard_normal((4, 24)).astype(np.float16)
+    write_features(tmp_path / "new.npz", {"videomae": half})
+    ann = _ann([{"video_id": v, "emotion": "sad", "split": "train"} for v in ("new", "old")])
+    ds = HERODataset(ann, tmp_path, max_dim=MAX_DIM, allow_pickle=True, training=False)
+    only_half = ds.collater(ds.__getitems__([0]))["video_features"]
+    assert only_half.dtype == torch.float16
+    assert torch.equal(only_half[0, 0, :, :24], torch.from_numpy(half))
+    for batch in (ds.collater(ds.__getitems__([0, 1])), collate_hero([ds[0], ds[1]])):
+        vf = batch["video_features"]
+        assert vf.dtype == torch.float32
+        assert torch.equal(vf[0, 0, :4, :24], torch.from_numpy(half).float())
+        assert bool((vf[1, 0, :2, :24] == fine).all()) and not vf[1, 0, 2:].any() and not vf[1, 1:].any()
 
 
 # ------------------------------------------------------------------------ builder
