@@ -12,17 +12,24 @@ of 100k is found from the message alone.
 """
 from __future__ import annotations
 
+import functools
 import io
+import math
 import os
 import re
+import stat
 import struct
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
+
+try:  # ISA-L's CRC-32 is ~10x faster than zlib's; the check is the same (zip's CRC-32)
+    from isal.isal_zlib import crc32
+except ImportError:  # pragma: no cover - isal is in requirements.txt; zlib is the fallback
+    from zlib import crc32
 
 from minigpt4.common.atomic_io import atomic_open
 
@@ -239,10 +246,24 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra 
 _FAST_KINDS = frozenset("fiubU")
 
 
+@functools.lru_cache(maxsize=4096)
+def _npy_header(header: bytes) -> Optional[tuple[np.dtype, tuple[int, ...], int]]:
+    """(dtype, shape, element count) of a plain .npy header, None when numpy's general reader is
+    needed. Cached: a dataset repeats a few hundred distinct headers (one per dtype and shape)."""
+    m = _NPY_HEADER.match(header.decode("latin1"))
+    if m is None or m.group(2) == "True":
+        return None
+    dtype = np.dtype(m.group(1))
+    if dtype.kind not in _FAST_KINDS or dtype.hasobject:
+        return None
+    shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
+    return dtype, shape, math.prod(shape)
+
+
 def _parse_npy(buf: memoryview) -> Optional[np.ndarray]:
     """Array view of one plain .npy member, or None when it needs numpy's general reader
     (Fortran order, structured/object dtypes, an unusual header). Never unpickles."""
-    if len(buf) < 10 or bytes(buf[:6]) != _NPY_MAGIC:
+    if len(buf) < 10 or buf[:6] != _NPY_MAGIC:
         return None
     major = buf[6]
     if major == 1:
@@ -251,14 +272,10 @@ def _parse_npy(buf: memoryview) -> Optional[np.ndarray]:
         hlen, start = int.from_bytes(buf[8:12], "little"), 12
     else:
         return None
-    m = _NPY_HEADER.match(bytes(buf[start : start + hlen]).decode("latin1"))
-    if m is None or m.group(2) == "True":
+    parsed = _npy_header(bytes(buf[start : start + hlen]))
+    if parsed is None:
         return None
-    dtype = np.dtype(m.group(1))
-    if dtype.kind not in _FAST_KINDS or dtype.hasobject:
-        return None
-    shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    dtype, shape, count = parsed
     offset = start + hlen
     if len(buf) - offset != count * dtype.itemsize:
         return None
@@ -293,7 +310,7 @@ def _fast_npz_members(path: PathLike, data: np.ndarray) -> Optional[dict[str, np
             if end > len(data) or info.compress_size != info.file_size:
                 return None
             member = view[begin:end]
-            if zlib.crc32(member) != info.CRC:
+            if crc32(member) != info.CRC:
                 raise FeatureFileError(path, info.filename[:-4], "CRC mismatch (corrupted file)")
             arr = _parse_npy(member)
             if arr is None:
@@ -335,8 +352,9 @@ def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
 def _read_all(source: Any) -> Optional[np.ndarray]:
     """The whole file in one writable uint8 buffer (arrays then view it), or None if unreadable.
 
-    np.empty + readinto: no zero-fill pass and no immutable bytes (torch's fast float16 cast
-    needs writable arrays).
+    np.empty + readinto: no zero-fill pass and no immutable bytes. (A copy-on-write mmap was
+    measured too: faster for 0.6 MB files, slower for 160 KB ones, and a file truncated in
+    place would raise SIGBUS instead of an error, so plain reads stay.)
     """
     try:
         if isinstance(source, io.BytesIO):
@@ -437,12 +455,12 @@ def read_features(
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as exc:
         raise FeatureFileError(path, None, f"cannot read file ({exc.strerror or exc})") from exc
-    if not path.is_file():
+    if not stat.S_ISREG(st.st_mode):
         raise FeatureFileError(path, None, "not a regular file")
-    if size == 0:
+    if st.st_size == 0:
         raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
     if path.suffix == NPZ_SUFFIX:
         record = _read_npz(path, path, max_dim)
