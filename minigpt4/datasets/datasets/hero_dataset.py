@@ -40,8 +40,14 @@ from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_f
 logger = logging.getLogger(__name__)
 
 NUM_MODALITIES = len(STACK_ORDER)
-_TORCH_CASTABLE = (np.dtype(np.float16), np.dtype(np.float32))
+_FRAME_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))  # what a batch holds as stored
 _NUMPY_DTYPE = {torch.float16: np.float16, torch.float32: np.float32}
+
+
+def _batch_dtype(all_half: bool) -> torch.dtype:
+    """The batch keeps the files' precision: float16 when everything in it is float16 (the
+    feature files are), else float32. Neither choice loses a bit; the experts cast on input."""
+    return torch.float16 if all_half else torch.float32
 BATCH_KEYS: tuple[str, ...] = (
     "video_features",
     "feature_mask",
@@ -190,8 +196,8 @@ class SampleBuilder:
                 idx = uniform_indices(arr.shape[0], self.max_len[m])
                 if idx is not None:
                     arr = arr[idx]
-                if arr.dtype not in _TORCH_CASTABLE or not arr.flags.writeable:
-                    arr = arr.astype(np.float32)  # rare: ints/bools, read-only buffers
+                if arr.dtype not in _FRAME_DTYPES:
+                    arr = arr.astype(np.float32)  # rare: ints/bools
             picked.append(arr)
         if all(a is None for a in picked):
             wanted = {m: k for m, k in self.feature_keys.items() if k is not None}
@@ -257,10 +263,9 @@ class PreparedSample:
 
     @property
     def dtype(self) -> torch.dtype:
-        """float16 when every present modality is stored in float16 (the feature files), else
-        float32: the batch keeps the files' precision, so neither choice loses a bit."""
+        """float16 when every present modality is stored in float16, else float32 (`_batch_dtype`)."""
         present = [a for a in self.frames if a is not None]
-        return torch.float16 if present and all(a.dtype == np.float16 for a in present) else torch.float32
+        return _batch_dtype(bool(present) and all(a.dtype == np.float16 for a in present))
 
     def write_into(self, feats: np.ndarray, fmask: np.ndarray, mmask: np.ndarray) -> None:
         """Copy the frames into `feats [5, T', max_dim]` (T' >= t), which must be zero-filled,
@@ -315,11 +320,13 @@ def collate_hero(samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) ->
     if len(dims) != 1:
         raise ValueError(f"samples disagree on max_dim: {sorted(dims)}")
     b, t, max_dim = len(samples), max(n for n, _ in shapes), dims.pop()
-    dtype = torch.float16 if all(_sample_dtype(s) == torch.float16 for s in samples) else torch.float32
-    # numpy buffers (cheap slice assignment), each zero-filled once; frames are copied in
+    dtype = _batch_dtype(all(_sample_dtype(s) == torch.float16 for s in samples))
+    # numpy buffers (cheap slice assignment), each zero-filled once; frames are copied in.
+    # The tensors share their memory (sample dicts are written through them: torch casts any dtype).
     feats = np.zeros((b, NUM_MODALITIES, t, max_dim), dtype=_NUMPY_DTYPE[dtype])
     fmask = np.zeros((b, NUM_MODALITIES, t), dtype=bool)
     mmask = np.zeros((b, NUM_MODALITIES), dtype=bool)
+    feats_t, fmask_t, mmask_t = torch.from_numpy(feats), torch.from_numpy(fmask), torch.from_numpy(mmask)
     fields: list[Mapping[str, Any]] = []
     for i, s in enumerate(samples):
         if isinstance(s, PreparedSample):
@@ -327,14 +334,14 @@ def collate_hero(samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) ->
             fields.append(s.fields)
             continue
         n = shapes[i][0]
-        feats[i, :, :n] = s["video_features"].numpy()
-        fmask[i, :, :n] = torch.as_tensor(s["feature_mask"], dtype=torch.bool).numpy()
-        mmask[i] = torch.as_tensor(s["modality_mask"], dtype=torch.bool).numpy()
+        feats_t[i, :, :n] = s["video_features"]
+        fmask_t[i, :, :n] = s["feature_mask"]
+        mmask_t[i] = torch.as_tensor(s["modality_mask"], dtype=torch.bool)
         fields.append(s)
     return {
-        "video_features": torch.from_numpy(feats),
-        "feature_mask": torch.from_numpy(fmask),
-        "modality_mask": torch.from_numpy(mmask),
+        "video_features": feats_t,
+        "feature_mask": fmask_t,
+        "modality_mask": mmask_t,
         "video_id": [f["video_id"] for f in fields],
         "emotion": torch.tensor([int(f["emotion"]) for f in fields], dtype=torch.int64),
         "emotion_label": [f["emotion_label"] for f in fields],
