@@ -12,13 +12,9 @@ of 100k is found from the message alone.
 """
 from __future__ import annotations
 
-import functools
 import io
-import math
 import os
-import re
 import stat
-import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +22,8 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-try:  # ISA-L's CRC-32 is ~10x faster than zlib's; the check is the same (zip's CRC-32)
-    from isal.isal_zlib import crc32
-except ImportError:  # pragma: no cover - isal is in requirements.txt; zlib is the fallback
-    from zlib import crc32
-
 from minigpt4.common.atomic_io import atomic_open
+from minigpt4.datasets.npz_container import MemberCRCError, npz_members
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -237,98 +229,19 @@ def _is_string_key(key: str) -> bool:
     return key == TRANSCRIPT_KEY or key.startswith(META_PREFIX)
 
 
-# One .npy header as numpy.lib.format writes it (a dict literal), parsed without eval.
-_NPY_HEADER = re.compile(
-    r"^\{'descr': '([<>|=]?[a-zA-Z]\d*)', 'fortran_order': (False|True), 'shape': \(((?:\d+, ?)*\d*)\), \}\s*$"
-)
-_NPY_MAGIC = b"\x93NUMPY"
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
-_FAST_KINDS = frozenset("fiubU")
-
-
-@functools.lru_cache(maxsize=4096)
-def _npy_header(header: bytes) -> Optional[tuple[np.dtype, tuple[int, ...], int]]:
-    """(dtype, shape, element count) of a plain .npy header, None when numpy's general reader is
-    needed. Cached: a dataset repeats a few hundred distinct headers (one per dtype and shape)."""
-    m = _NPY_HEADER.match(header.decode("latin1"))
-    if m is None or m.group(2) == "True":
-        return None
-    dtype = np.dtype(m.group(1))
-    if dtype.kind not in _FAST_KINDS or dtype.hasobject:
-        return None
-    shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
-    return dtype, shape, math.prod(shape)
-
-
-def _parse_npy(buf: memoryview) -> Optional[np.ndarray]:
-    """Array view of one plain .npy member, or None when it needs numpy's general reader
-    (Fortran order, structured/object dtypes, an unusual header). Never unpickles."""
-    if len(buf) < 10 or buf[:6] != _NPY_MAGIC:
-        return None
-    major = buf[6]
-    if major == 1:
-        hlen, start = int.from_bytes(buf[8:10], "little"), 10
-    elif major in (2, 3):
-        hlen, start = int.from_bytes(buf[8:12], "little"), 12
-    else:
-        return None
-    parsed = _npy_header(bytes(buf[start : start + hlen]))
-    if parsed is None:
-        return None
-    dtype, shape, count = parsed
-    offset = start + hlen
-    if len(buf) - offset != count * dtype.itemsize:
-        return None
-    return np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
-
-
-def _fast_npz_members(path: PathLike, data: np.ndarray) -> Optional[dict[str, np.ndarray]]:
-    """All members of an uncompressed .npz held in `data`, as arrays viewing `data`.
-
-    numpy.savez stores members uncompressed, so each array is a slice of the file: this
-    skips np.load's per-member file objects and its eval-based header parsing (~4x faster
-    in total). CRCs are still checked. Returns None to fall back to np.load.
-    """
+def _read_npz(path: PathLike, data: np.ndarray, max_dim: int) -> FeatureRecord:
+    """`data`: the whole file as a writable uint8 buffer (the arrays view it); `path` names it
+    in errors. numpy's general reader is the fallback for what npz_members does not handle."""
     try:
-        zf = zipfile.ZipFile(io.BytesIO(memoryview(data)))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
-        return None
-    view = memoryview(data)
-    out: dict[str, np.ndarray] = {}
-    with zf:
-        for info in zf.infolist():
-            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or not info.filename.endswith(".npy"):
-                return None
-            off = info.header_offset
-            if off + _LOCAL_HEADER.size > len(data):
-                return None
-            sig, n_name, n_extra = _LOCAL_HEADER.unpack_from(data, off)
-            if sig != b"PK\x03\x04":
-                return None
-            begin = off + _LOCAL_HEADER.size + n_name + n_extra
-            end = begin + info.file_size
-            if end > len(data) or info.compress_size != info.file_size:
-                return None
-            member = view[begin:end]
-            if crc32(member) != info.CRC:
-                raise FeatureFileError(path, info.filename[:-4], "CRC mismatch (corrupted file)")
-            arr = _parse_npy(member)
-            if arr is None:
-                return None
-            out[info.filename[:-4]] = arr
-    return out
-
-
-def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
-    """`source` is a filesystem path or a binary file object; `path` names it in errors."""
-    data = _read_all(source)
-    members = _fast_npz_members(path, data) if data is not None else None
+        members = npz_members(data)
+    except MemberCRCError as exc:
+        raise FeatureFileError(path, exc.name, "CRC mismatch (corrupted file)") from exc
     if members is not None:
         raw = {k: v for k, v in members.items() if not _is_string_key(k)}
         strings = {k: v for k, v in members.items() if _is_string_key(k)}
         return _finish(path, raw, strings, max_dim)
     try:
-        npz = np.load(source, allow_pickle=False)
+        npz = np.load(io.BytesIO(memoryview(data)), allow_pickle=False)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
         raise FeatureFileError(path, None, f"unreadable .npz ({type(exc).__name__}: {exc})") from exc
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -349,23 +262,36 @@ def _read_npz(path: PathLike, source: Any, max_dim: int) -> FeatureRecord:
     return _finish(path, raw, strings, max_dim)
 
 
-def _read_all(source: Any) -> Optional[np.ndarray]:
-    """The whole file in one writable uint8 buffer (arrays then view it), or None if unreadable.
+def _read_file(path: Path) -> np.ndarray:
+    """The whole regular file in one writable uint8 buffer (arrays then view it in place).
 
-    np.empty + readinto: no zero-fill pass and no immutable bytes. (A copy-on-write mmap was
-    measured too: faster for 0.6 MB files, slower for 160 KB ones, and a file truncated in
-    place would raise SIGBUS instead of an error, so plain reads stay.)
+    One open + fstat: O_NONBLOCK so a FIFO in the folder is reported instead of blocking the
+    open (it has no effect on regular files). np.empty + readv: no zero-fill pass and no
+    immutable bytes. (A copy-on-write mmap was measured too: faster for 0.6 MB files, slower
+    for 160 KB ones, and a file truncated in place would raise SIGBUS instead of an error.)
     """
     try:
-        if isinstance(source, io.BytesIO):
-            return np.frombuffer(bytearray(source.getbuffer()), dtype=np.uint8)
-        with open(source, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            buf = np.empty(size, dtype=np.uint8)
-            n = fh.readinto(buf)
-        return buf if n == size else None
-    except OSError:
-        return None
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise FeatureFileError(path, None, f"cannot read file ({exc.strerror or exc})") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FeatureFileError(path, None, "not a regular file")
+        if st.st_size == 0:
+            raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
+        buf = np.empty(st.st_size, dtype=np.uint8)
+        done = 0
+        while done < st.st_size:
+            n = os.readv(fd, [memoryview(buf)[done:]])
+            if n == 0:
+                raise FeatureFileError(path, None, f"file shrank while reading ({done} of {st.st_size} bytes)")
+            done += n
+        return buf
+    except OSError as exc:
+        raise FeatureFileError(path, None, f"cannot read file ({exc.strerror or exc})") from exc
+    finally:
+        os.close(fd)
 
 
 def _safetensors_metadata(path: PathLike, data: bytes) -> dict[str, str]:
@@ -383,22 +309,13 @@ def _safetensors_metadata(path: PathLike, data: bytes) -> dict[str, str]:
     return dict(meta or {})
 
 
-def _read_safetensors(path: PathLike, data: Optional[bytes], max_dim: int) -> FeatureRecord:
-    """Read from `path`, or from `data` (the file's bytes) when given."""
-    raw: dict[str, Any] = {}
+def _read_safetensors(path: PathLike, data: bytes, max_dim: int) -> FeatureRecord:
+    """`data`: the file's bytes; `path` names it in errors."""
+    from safetensors.numpy import load
+
     try:
-        if data is None:
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="np") as fh:
-                metadata = dict(fh.metadata() or {})
-                for key in fh.keys():
-                    raw[key] = fh.get_tensor(key)
-        else:
-            from safetensors.numpy import load
-
-            metadata = _safetensors_metadata(path, data)
-            raw = dict(load(data))
+        metadata = _safetensors_metadata(path, data)
+        raw = dict(load(data))
     except FeatureFileError:
         raise
     except Exception as exc:  # safetensors raises its own SafetensorError / OSError types
@@ -454,23 +371,8 @@ def read_features(
     non-2-D array, D > max_dim or an object array.
     """
     path = Path(path)
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise FeatureFileError(path, None, f"cannot read file ({exc.strerror or exc})") from exc
-    if not stat.S_ISREG(st.st_mode):
-        raise FeatureFileError(path, None, "not a regular file")
-    if st.st_size == 0:
-        raise FeatureFileError(path, None, "zero-byte file (an interrupted write?)")
-    if path.suffix == NPZ_SUFFIX:
-        record = _read_npz(path, path, max_dim)
-    elif path.suffix == SAFETENSORS_SUFFIX:
-        record = _read_safetensors(path, None, max_dim)
-    elif path.suffix == LEGACY_SUFFIX:
-        record = _read_legacy(path, path, max_dim, allow_pickle)
-    else:
-        raise FeatureFileError(path, None, f"unsupported suffix {path.suffix!r}; expected one of {FEATURE_SUFFIXES}")
-    return _convert(path, record, dtype)
+    data = _read_file(path)
+    return _decode(path, data, path.suffix, max_dim, allow_pickle, dtype)
 
 
 def read_features_bytes(
@@ -483,15 +385,20 @@ def read_features_bytes(
     if not data:
         raise FeatureFileError(name, None, "zero-byte file (an interrupted write?)")
     suffix = suffix if suffix.startswith(".") else f".{suffix}"
+    return _decode(name, np.frombuffer(bytearray(data), dtype=np.uint8), suffix, max_dim, allow_pickle, dtype)
+
+
+def _decode(path: PathLike, data: np.ndarray, suffix: str, max_dim: int, allow_pickle: bool, dtype: Any) -> FeatureRecord:
+    """A feature file's contents (`data`: its bytes as a writable uint8 buffer) by format."""
     if suffix == NPZ_SUFFIX:
-        record = _read_npz(name, io.BytesIO(data), max_dim)
+        record = _read_npz(path, data, max_dim)
     elif suffix == SAFETENSORS_SUFFIX:
-        record = _read_safetensors(name, bytes(data), max_dim)
+        record = _read_safetensors(path, data.tobytes(), max_dim)
     elif suffix == LEGACY_SUFFIX:
-        record = _read_legacy(name, io.BytesIO(data), max_dim, allow_pickle)
+        record = _read_legacy(path, io.BytesIO(memoryview(data)), max_dim, allow_pickle)
     else:
-        raise FeatureFileError(name, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
-    return _convert(name, record, dtype)
+        raise FeatureFileError(path, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
+    return _convert(path, record, dtype)
 
 
 def find_feature_file(features_dir: PathLike, video_id: str) -> Optional[Path]:
