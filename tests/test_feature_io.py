@@ -174,6 +174,19 @@ def test_unreadable_zero_byte_missing_and_truncated_files(tmp_path: Path) -> Non
         read_features_bytes(b"", ".npz", "shard.tar:0001.npz")
 
 
+def test_non_regular_files_are_reported_not_waited_on(tmp_path: Path) -> None:
+    """A FIFO (or a folder) named like a feature file is an error; opening a FIFO for reading
+    would otherwise block until a writer appears, hanging the data loader."""
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(FeatureFileError, match="not a regular file"):
+        read_features(fifo)
+    folder = tmp_path / "dir.npz"
+    folder.mkdir()
+    with pytest.raises(FeatureFileError, match="not a regular file"):
+        read_features(folder)
+
+
 def test_safetensors_validation_names_key(tmp_path: Path) -> None:
     from safetensors.numpy import save_file
 
