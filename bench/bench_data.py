@@ -18,10 +18,12 @@ Goal (issue 3): >= 3x the naive samples/s and <= 1/4 of its bytes per sample.
 Length profiles (frames per modality, drawn uniformly per clip):
   capped: every modality <= 64 frames, the information the naive format can hold at all
   extractor: 2-10 s clips at the rates scripts/extract_features.py writes by default:
-          CLIP and AUs at 1 fps, VideoMAE 16-frame clips at 8 fps, HuBERT at its native 50 Hz
-          (HERODataset subsamples audio to max_len 64 when loading)
+          CLIP and AUs at 1 fps, VideoMAE 16-frame clips at 8 fps, HuBERT as 10 Hz window
+          means (audio.fps: 10)
+  extractor_50hz: the same with every 50 Hz HuBERT frame kept (audio.fps: null); HERODataset
+          subsamples audio to max_len 64 when loading
 
-Usage: python bench/bench_data.py [--num_samples 128] [--batch_size 8] [--profile capped extractor]
+Usage: python bench/bench_data.py [--num_samples 128] [--batch_size 8] [--profile capped extractor extractor_50hz]
 """
 from __future__ import annotations
 
@@ -47,7 +49,8 @@ from minigpt4.datasets.feature_io import write_features  # noqa: E402
 DIMS = {"motion": 768, "audio": 1024, "au": 35, "text": 768, "visual": 1024}
 PROFILES = {
     "capped": {"motion": (2, 16), "audio": (16, 64), "au": (16, 64), "text": (4, 48), "visual": (2, 16)},
-    "extractor": {"motion": (1, 5), "audio": (100, 500), "au": (2, 10), "text": (4, 48), "visual": (2, 10)},
+    "extractor": {"motion": (1, 5), "audio": (20, 100), "au": (2, 10), "text": (4, 48), "visual": (2, 10)},
+    "extractor_50hz": {"motion": (1, 5), "audio": (100, 500), "au": (2, 10), "text": (4, 48), "visual": (2, 10)},
 }
 MAX_LEN = {"motion": 32, "audio": 64, "au": 64, "text": 64, "visual": 32}
 NAIVE_T, NAIVE_D = 64, 1024
@@ -153,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num_samples", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--profile", nargs="+", default=["capped", "extractor"], choices=sorted(PROFILES))
+    p.add_argument("--profile", nargs="+", default=list(PROFILES), choices=sorted(PROFILES))
     p.add_argument("--cache", nargs="+", default=["warm", "cold"], choices=["warm", "cold"],
                    help="warm: files in the page cache; cold: evicted before every pass (read from disk)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (DataLoader workers use 1)")
@@ -162,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     print(f"{args.num_samples} clips, batch {args.batch_size}, dims {DIMS}, max_len {MAX_LEN}, "
           f"torch threads {args.threads}, best of {args.repeats} passes")
-    header = f"{'profile/cache':14} {'layout':30} {'samples/s':>10} {'per CPU-s':>10} {'KiB/sample':>11}"
+    header = f"{'profile/cache':20} {'layout':30} {'samples/s':>10} {'per CPU-s':>10} {'KiB/sample':>11}"
     for profile in args.profile:
         root = Path(tempfile.mkdtemp(prefix="hero_bench_"))
         try:
@@ -182,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         for cache, r in rates.items():
             tag = f"{profile}/{cache}"
             (wn, cn), (wo, co) = r["naive"], r["ours"]
-            print(f"{tag:14} {'naive pickled f32 [5,64,1024]':30} {wn:10.1f} {cn:10.1f} {b_naive / 1024:11.1f}")
-            print(f"{tag:14} {'ours float16 .npz':30} {wo:10.1f} {co:10.1f} {b_ours / 1024:11.1f}")
-            print(f"{tag:14} {'ratio ours/naive':30} {wo / wn:9.2f}x {co / cn:9.2f}x {b_ours / b_naive:10.3f}x")
+            print(f"{tag:20} {'naive pickled f32 [5,64,1024]':30} {wn:10.1f} {cn:10.1f} {b_naive / 1024:11.1f}")
+            print(f"{tag:20} {'ours float16 .npz':30} {wo:10.1f} {co:10.1f} {b_ours / 1024:11.1f}")
+            print(f"{tag:20} {'ratio ours/naive':30} {wo / wn:9.2f}x {co / cn:9.2f}x {b_ours / b_naive:10.3f}x")
     print("\ngoal (issue 3): >= 3x throughput, <= 0.25x bytes")
     return 0
 

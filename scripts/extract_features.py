@@ -408,6 +408,7 @@ class EncoderSet:
             self.queues["videomae"] = BatchQueue("videomae", self.videomae.encode, clips_per_batch)
         if "hubert" in modalities:
             self.hubert = fx.HuBERTEncoder(cfg.audio.path, device, precision, num_layers=int(cfg.audio.num_layers))
+        self.audio_fps = None if cfg.audio.get("fps") is None else float(cfg.audio.fps)
         if "transcript" in modalities or "bert" in modalities:
             w = cfg.text.whisper
             self.whisper = fx.WhisperTranscriber(
@@ -430,7 +431,10 @@ class EncoderSet:
             self.queues["videomae"].add(st, seg.get("videomae"))
         if self.hubert is not None and seg.get("hubert") is not None:
             # Segments differ in length and padding would change HuBERT's output: one forward each.
+            # The segment's audio starts where the previous ones' samples end (for pooling).
+            start = (st.audio_samples - int(seg.get("audio_samples", 0))) / self.hubert.sample_rate
             st.parts.setdefault("hubert", []).append(self.hubert.encode(seg["hubert"]))
+            st.parts.setdefault("hubert_start", []).append(start)
         if "whisper" in self.queues and seg.get("mel") is not None:
             st.windows += 1
             self.queues["whisper"].add(st, seg["mel"][None])
@@ -454,6 +458,13 @@ class EncoderSet:
                     arrays[key] = np.concatenate(st.parts[key]).astype(np.float32)
                 else:
                     absent.append(f"{key}: " + ("no audio track" if key == "hubert" else "no frames"))
+        if "hubert" in arrays and self.audio_fps is not None and self.audio_fps < self.hubert.frame_rate:
+            from minigpt4.models.hero.resample import window_means
+
+            rate = self.hubert.frame_rate
+            times = np.concatenate([s + np.arange(len(p)) / rate for p, s in zip(st.parts["hubert"], st.parts["hubert_start"])])
+            duration = float((st.info or {}).get("duration", 0.0)) or None
+            arrays["hubert"] = window_means(arrays["hubert"], times, self.audio_fps, duration)
         if "au" in self.modalities:
             if st.au is not None and len(st.au):
                 arrays["au"] = np.asarray(st.au, dtype=np.float32)
@@ -499,7 +510,8 @@ class EncoderSet:
             meta.update(videomae_model=str(cfg.motion.path), videomae_fps=str(cfg.motion.fps),
                         videomae_clip_len=str(self.videomae.clip_len))
         if self.hubert is not None:
-            meta.update(hubert_model=str(cfg.audio.path), hubert_layers=str(cfg.audio.num_layers))
+            fps = self.hubert.frame_rate if self.audio_fps is None else min(self.audio_fps, self.hubert.frame_rate)
+            meta.update(hubert_model=str(cfg.audio.path), hubert_layers=str(cfg.audio.num_layers), hubert_fps=f"{fps:g}")
         if self.whisper is not None:
             meta.update(whisper_model=str(cfg.text.whisper.path), language=str(cfg.text.language))
         if self.bert is not None:
@@ -544,6 +556,8 @@ def build_plan(cfg, modalities: Sequence[str]) -> tuple[DecodePlan, Preprocessor
     for key in ("visual", "motion"):
         if float(cfg[key].fps) <= 0:
             raise ValueError(f"{key}.fps must be > 0, got {cfg[key].fps}")
+    if cfg.audio.get("fps") is not None and float(cfg.audio.fps) <= 0:
+        raise ValueError(f"audio.fps must be > 0 or null, got {cfg.audio.fps}")
     au_fps = cfg.au.fps if cfg.au.fps is not None else cfg.visual.fps
     plan = DecodePlan(
         modalities=tuple(modalities),

@@ -8,6 +8,7 @@ real `from_pretrained` and preprocessing paths run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minigpt4.models.hero.resample import window_means
 from minigpt4.models.hero.video_io import VideoSource, frames_shown_at, read_audio, sample_times
 from scripts.extract_features import list_videos, main, stretch_to
 from tests.media_utils import (
@@ -178,7 +180,10 @@ def test_audio_edge_cases(extracted, encoders, video_dir):
     assert speech["bert"].shape == (n_tokens, DIMS["bert"])
     samples = min(len(read_audio(video_dir / "speech.mp4")), 3 * 16000)  # audio is cut to the video's 3 s
     model = HubertModel.from_pretrained(encoders["hubert"])
-    assert speech["hubert"].shape == (int(model._get_feat_extract_output_lengths(samples)), DIMS["hubert"])
+    native = int(model._get_feat_extract_output_lengths(samples))  # 50 Hz frames
+    # stored as 10 Hz window means (audio.fps, the default): 5 frames a window
+    assert speech["hubert"].shape == (math.ceil(native / 5), DIMS["hubert"])
+    assert str(speech["meta_hubert_fps"]) == "10"
 
 
 def test_features_equal_a_direct_forward_of_the_encoders(extracted, encoders, video_dir):
@@ -206,7 +211,32 @@ def test_features_equal_a_direct_forward_of_the_encoders(extracted, encoders, vi
         inp = AutoFeatureExtractor.from_pretrained(encoders["hubert"])(wave, sampling_rate=16000, return_tensors="pt")
         hs = HubertModel.from_pretrained(encoders["hubert"]).eval()(inp.input_values, output_hidden_states=True).hidden_states
         ref = torch.stack(hs[-3:]).mean(dim=0)[0].numpy()
+        # then the mean of each 0.1 s window (audio.fps 10) of the 50 Hz frames
+        ref = window_means(ref, np.arange(len(ref)) / 50.0, fps=10.0, duration=3.0)
         np.testing.assert_allclose(speech["hubert"].astype(np.float32), ref, atol=2e-2, rtol=1e-2)
+
+
+def test_hubert_window_means_follow_segment_times(encoders, video_dir, tmp_path, capsys):
+    """With 1 s segments, HuBERT gives 49 frames a segment (not 50), so frame i of segment k
+    sits at k + i/50 s: the 10 Hz windows must be built from those times, not frame counts."""
+    listing = tmp_path / "speech.txt"
+    listing.write_text(str(video_dir / "speech.mp4") + "\n")
+
+    def run(out: Path, fps: str) -> dict:
+        args = ["--video_list", str(listing)] + cli_args(
+            video_dir, out, encoders, "--num_workers", "0", "--modalities", "hubert",
+            options=("decode.segment_seconds=1", f"audio.fps={fps}"))[2:]
+        assert main(args) == 0, capsys.readouterr()
+        return load(out / "speech.npz")
+
+    native, pooled = run(tmp_path / "native", "null"), run(tmp_path / "pooled", "10")
+    assert native["hubert"].shape == (3 * 49, DIMS["hubert"]) and str(native["meta_hubert_fps"]) == "50"
+    times = np.concatenate([k + np.arange(49) / 50.0 for k in range(3)])
+    expected = window_means(native["hubert"].astype(np.float32), times, fps=10.0, duration=3.0)
+    assert pooled["hubert"].shape == expected.shape == (30, DIMS["hubert"])
+    np.testing.assert_allclose(pooled["hubert"].astype(np.float32), expected, atol=2e-3)
+    # window [1.0, 1.1) s holds frames 0-4 of the second segment (rows 49-53), not rows 50-54
+    np.testing.assert_allclose(expected[10], native["hubert"][49:54].astype(np.float32).mean(axis=0), atol=1e-6)
 
 
 def test_rerun_skips_everything(extracted, encoders, video_dir, tmp_path, capsys):

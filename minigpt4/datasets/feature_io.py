@@ -100,13 +100,17 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], 
 
 
 def _count_nonfinite(arr: np.ndarray) -> int:
-    """Number of NaN/Inf values. float16 is tested on its bits (all-ones exponent), which is
-    ~20x faster than numpy's float16 isfinite."""
+    """Number of NaN/Inf values.
+
+    float16 is tested on its bits (NaN/Inf: all-ones exponent) with two reductions and no
+    temporary array: as int16, +NaN/+Inf are the values >= 0x7C00; as uint16, -NaN/-Inf are
+    those >= 0xFC00. ~20x faster than numpy's float16 isfinite.
+    """
     if arr.dtype == np.float16:
-        bits = np.ascontiguousarray(arr).view(np.uint16) & 0x7FFF
-        if int(bits.max()) < 0x7C00:
+        bits = np.ascontiguousarray(arr).view(np.uint16)
+        if bits.max() < 0xFC00 and bits.view(np.int16).max() < 0x7C00:
             return 0
-        return int(np.count_nonzero(bits >= 0x7C00))
+        return int(np.count_nonzero((bits & 0x7FFF) >= 0x7C00))
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         return int((~np.isfinite(arr)).sum())
     return 0

@@ -17,7 +17,6 @@ the AU expert learns from. Without OpenFace output the `au` modality is absent.
 from __future__ import annotations
 
 import csv
-import math
 import os
 import shutil
 import subprocess
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
+
+from minigpt4.models.hero.resample import window_means
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -138,13 +139,7 @@ def resample_track(track: AUTrack, fps: Optional[float], duration: Optional[floa
         return track.values
     if fps <= 0:
         raise ValueError(f"au fps must be > 0, got {fps}")
-    end = duration if duration is not None else float(track.timestamps.max()) + 1e-6
-    n_windows = max(1, int(math.ceil(end * fps - 1e-6)))
-    win = np.clip(np.floor(track.timestamps * fps + 1e-9).astype(np.int64), 0, n_windows - 1)
-    out = []
-    for k in np.unique(win):
-        out.append(track.values[win == k].mean(axis=0))
-    return np.stack(out).astype(np.float32)
+    return window_means(track.values, track.timestamps, fps, duration)
 
 
 def find_openface_csv(openface_dir: PathLike, video_id: str) -> Optional[Path]:

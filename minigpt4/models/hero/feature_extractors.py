@@ -261,7 +261,8 @@ class VideoMAEClipEncoder(_Runner):
 
 
 class HuBERTEncoder(_Runner):
-    """HuBERT: frame-level speech states (50 Hz), the mean of the last `num_layers` hidden layers."""
+    """HuBERT: frame-level speech states (50 Hz), the mean of the last `num_layers` hidden layers.
+    The extraction script then pools them to `audio.fps` window means (`window_means`)."""
 
     key = "hubert"
 
@@ -275,6 +276,21 @@ class HuBERTEncoder(_Runner):
         if not 1 <= num_layers <= n_hidden:
             raise ValueError(f"hubert num_layers must be in 1..{n_hidden} for {path}, got {num_layers}")
         self.num_layers = num_layers
+
+    @property
+    def sample_rate(self) -> int:
+        """Input samples per second (the decoders resample audio to this rate)."""
+        from minigpt4.models.hero.video_io import AUDIO_SAMPLE_RATE
+
+        return AUDIO_SAMPLE_RATE
+
+    @property
+    def frame_rate(self) -> float:
+        """Output frames per second: the input rate over the feature encoder's total stride
+        (16 kHz / 320 samples = 50 Hz for HuBERT base/large)."""
+        import math
+
+        return self.sample_rate / math.prod(int(s) for s in self.model.config.conv_stride)
 
     def encode(self, input_values: np.ndarray) -> np.ndarray:
         """input_values float32 `[S]` (one segment, already normalised) -> `[T_a, D]`."""
