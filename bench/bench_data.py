@@ -8,8 +8,10 @@ Naive (the seed): one pickled float32 dict per clip with every modality padded t
 [64, 1024], i.e. a [5, 64, 1024] block, read with np.load(allow_pickle=True) (only because
 this script generated those files itself) and stacked to a fixed [B, 5, 64, 1024].
 
-Both go through a torch DataLoader (batch_size, num_workers=0: per-process cost); the best of
-`--repeats` alternating passes is reported, for two cache states:
+Both go through a torch DataLoader (batch_size, num_workers=0: per-process cost) in
+`--repeats` alternating passes. Reported: each loader's best pass, and the median over passes
+of the ratio of adjacent passes (the steadier number on a shared machine, where the naive
+loader alone varies ~2x between passes), for two cache states:
   warm: the files sit in the page cache (RAM-speed reads; the naive pickle is one memcpy)
   cold: each file is evicted (posix_fadvise DONTNEED) before every pass, so it is read from
         the disk, as for a dataset larger than RAM
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -128,12 +131,12 @@ def drop_cache(folder: Path) -> None:
 
 def compare(
     runs: dict[str, tuple[Callable[[], int], Path]], repeats: int, cold: bool
-) -> dict[str, tuple[float, float]]:
-    """Best (wall, CPU) samples/s of each loader. Passes alternate between loaders so load
-    from other processes on a shared machine hits both alike; the CPU-time rate (samples per
-    second of this process's CPU time) is the steadier number on a busy machine, the wall
-    rate includes waiting for the disk (cold)."""
-    best = {name: (0.0, 0.0) for name in runs}
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall, CPU) samples/s of each loader in every pass. Passes alternate between loaders,
+    so a pass of ours and the naive pass next to it see the same load from other processes
+    on a shared machine (their ratio is the steadiest number there); the CPU-time rate
+    (samples per second of this process's CPU time) excludes waiting for the disk (cold)."""
+    rates: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for fn, _ in runs.values():
         fn()  # warm-up (allocator, imports)
     for _ in range(repeats):
@@ -143,8 +146,17 @@ def compare(
             w0, c0 = time.perf_counter(), time.process_time()
             n = fn()
             wall, cpu = time.perf_counter() - w0, max(time.process_time() - c0, 1e-9)
-            best[name] = (max(best[name][0], n / wall), max(best[name][1], n / cpu))
-    return best
+            rates[name].append((n / wall, n / cpu))
+    return rates
+
+
+def summarize(rates: dict[str, list[tuple[float, float]]]) -> tuple[dict[str, tuple[float, float]], tuple[float, float]]:
+    """Best (wall, CPU) rate of each loader, and the median over passes of ours/naive for
+    adjacent passes (wall, CPU)."""
+    best = {name: (max(w for w, _ in r), max(c for _, c in r)) for name, r in rates.items()}
+    pairs = list(zip(rates["ours"], rates["naive"]))
+    paired = (statistics.median(o[0] / n[0] for o, n in pairs), statistics.median(o[1] / n[1] for o, n in pairs))
+    return best, paired
 
 
 def bytes_per_sample(folder: Path, n: int) -> float:
@@ -155,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num_samples", type=int, default=128)
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--profile", nargs="+", default=list(PROFILES), choices=sorted(PROFILES))
     p.add_argument("--cache", nargs="+", default=["warm", "cold"], choices=["warm", "cold"],
                    help="warm: files in the page cache; cold: evicted before every pass (read from disk)")
@@ -164,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"{args.num_samples} clips, batch {args.batch_size}, dims {DIMS}, max_len {MAX_LEN}, "
-          f"torch threads {args.threads}, best of {args.repeats} passes")
+          f"torch threads {args.threads}, {args.repeats} alternating passes each")
     header = f"{'profile/cache':20} {'layout':30} {'samples/s':>10} {'per CPU-s':>10} {'KiB/sample':>11}"
     for profile in args.profile:
         root = Path(tempfile.mkdtemp(prefix="hero_bench_"))
@@ -184,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print(header)
         for cache, r in rates.items():
             tag = f"{profile}/{cache}"
-            (wn, cn), (wo, co) = r["naive"], r["ours"]
+            best, (pw, pc) = summarize(r)
+            (wn, cn), (wo, co) = best["naive"], best["ours"]
             print(f"{tag:20} {'naive pickled f32 [5,64,1024]':30} {wn:10.1f} {cn:10.1f} {b_naive / 1024:11.1f}")
             print(f"{tag:20} {'ours float16 .npz':30} {wo:10.1f} {co:10.1f} {b_ours / 1024:11.1f}")
-            print(f"{tag:20} {'ratio ours/naive':30} {wo / wn:9.2f}x {co / cn:9.2f}x {b_ours / b_naive:10.3f}x")
+            print(f"{tag:20} {'ratio ours/naive (best/best)':30} {wo / wn:9.2f}x {co / cn:9.2f}x {b_ours / b_naive:10.3f}x")
+            print(f"{tag:20} {'ratio, median of paired passes':30} {pw:9.2f}x {pc:9.2f}x")
     print("\ngoal (issue 3): >= 3x throughput, <= 0.25x bytes")
     return 0
 

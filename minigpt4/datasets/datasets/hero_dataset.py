@@ -21,6 +21,7 @@ unlabeled `test` split may lack one (emotion -1, emotion_label "unknown", empty 
 """
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 import zlib
@@ -35,6 +36,7 @@ from torch.utils.data import Dataset
 from minigpt4.common import cot
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
 from minigpt4.datasets.annotations import Annotation, UNLABELED_SPLITS
+from minigpt4.datasets.buffer_pool import ZeroBufferPool
 from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_feature_file, read_features
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ logger = logging.getLogger(__name__)
 NUM_MODALITIES = len(STACK_ORDER)
 _FRAME_DTYPES = (np.dtype(np.float16), np.dtype(np.float32))  # what a batch holds as stored
 _NUMPY_DTYPE = {torch.float16: np.float16, torch.float32: np.float32}
+_FEATURE_BUFFERS = ZeroBufferPool()  # per process (DataLoader workers each get their own)
 
 
 def _batch_dtype(all_half: bool) -> torch.dtype:
@@ -78,15 +81,19 @@ def _per_modality(value: Any, name: str, default: Any) -> dict[str, Any]:
     return {m: value for m in STACK_ORDER}
 
 
+@functools.lru_cache(maxsize=4096)
 def uniform_indices(length: int, max_len: Optional[int]) -> Optional[np.ndarray]:
     """Indices of `max_len` frames spread evenly over `length` (first and last kept), or None
-    when no subsampling is needed."""
+    when no subsampling is needed. Cached (a dataset repeats a few hundred lengths), so the
+    array is read-only."""
     if max_len is None or length <= max_len:
         return None
     if max_len == 1:
-        return np.array([(length - 1) // 2], dtype=np.int64)
-    # floor(x + 0.5): round half up, monotone and strictly increasing for a step > 1
-    return np.floor(np.linspace(0.0, length - 1, num=max_len) + 0.5).astype(np.int64)
+        idx = np.array([(length - 1) // 2], dtype=np.int64)
+    else:  # floor(x + 0.5): round half up, monotone and strictly increasing for a step > 1
+        idx = np.floor(np.linspace(0.0, length - 1, num=max_len) + 0.5).astype(np.int64)
+    idx.setflags(write=False)
+    return idx
 
 
 def stable_hash(text: str) -> int:
@@ -323,7 +330,8 @@ def collate_hero(samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) ->
     dtype = _batch_dtype(all(_sample_dtype(s) == torch.float16 for s in samples))
     # numpy buffers (cheap slice assignment), each zero-filled once; frames are copied in.
     # The tensors share their memory (sample dicts are written through them: torch casts any dtype).
-    feats = np.zeros((b, NUM_MODALITIES, t, max_dim), dtype=_NUMPY_DTYPE[dtype])
+    # The big one comes from a pool: the tensor holds it, so it is reused only once the batch is gone.
+    feats = _FEATURE_BUFFERS.zeros((b, NUM_MODALITIES, t, max_dim), _NUMPY_DTYPE[dtype])
     fmask = np.zeros((b, NUM_MODALITIES, t), dtype=bool)
     mmask = np.zeros((b, NUM_MODALITIES), dtype=bool)
     feats_t, fmask_t, mmask_t = torch.from_numpy(feats), torch.from_numpy(fmask), torch.from_numpy(mmask)
