@@ -90,3 +90,28 @@ def test_collated_batches_are_not_overwritten_and_padding_is_zero(monkeypatch) -
     assert not feats[:, 2, :, 35:].any()  # feature padding of the narrow modality
     assert not feats[1, 2, 20:].any()  # frames past the AU track's length
     assert (feats[0, 0, :60] == 1.0).all() and (feats[1, 0, :40] == 1.0).all()
+
+
+def test_held_batches_stay_intact_in_process_and_through_workers(tmp_path) -> None:
+    """A DataLoader over pooled batches: every batch kept in a list still equals its fresh
+    rebuild at the end, with and without worker processes (shared-memory hand-off)."""
+    from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS
+    from minigpt4.datasets.annotations import parse_record
+    from minigpt4.datasets.datasets.hero_dataset import HERODataset
+    from minigpt4.datasets.feature_io import write_features
+
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(12):
+        arrays = {key: rng.standard_normal((int(rng.integers(8, 64)), 1024)).astype(np.float16)
+                  for key in DEFAULT_FEATURE_KEYS.values()}
+        write_features(tmp_path / f"c{i}.npz", arrays)
+        records.append(parse_record({"video_id": f"c{i}", "emotion": "happy", "split": "train"}, "mem", i))
+    ds = HERODataset(records, tmp_path, max_dim=1024, training=False)
+    expected = [collate_hero([ds[j] for j in range(i, i + 4)])["video_features"].clone() for i in range(0, 12, 4)]
+    for workers in (0, 2):
+        loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collater, num_workers=workers)
+        kept = [batch["video_features"] for batch in loader]  # every batch held
+        assert len(kept) == 3 and kept[0].nbytes > MB  # large enough to come from the pool
+        for got, want in zip(kept, expected):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)

@@ -27,9 +27,14 @@ import numpy as np
 
 class ZeroBufferPool:
     """Up to `slots` reusable buffers for zero-filled arrays of `min_bytes` to `max_bytes`;
-    other sizes (and requests while every slot is in use) get a plain `np.zeros`."""
+    other sizes (and requests while every slot is in use) get a plain `np.zeros`.
 
-    def __init__(self, slots: int = 4, min_bytes: int = 1 << 20, max_bytes: int = 1 << 28) -> None:
+    Three slots cover a training loop (the batch being built, the one the model holds, one
+    prefetched); in DataLoader workers a batch leaves for shared memory at once, so one is
+    reused. At most slots * max_bytes stay allocated (typical batches: 5 MB each).
+    """
+
+    def __init__(self, slots: int = 3, min_bytes: int = 1 << 20, max_bytes: int = 1 << 26) -> None:
         self.slots = int(slots)
         self.min_bytes = int(min_bytes)
         self.max_bytes = int(max_bytes)
