@@ -241,8 +241,9 @@ def _read_npz(path: PathLike, data: np.ndarray, max_dim: int) -> FeatureRecord:
     except MemberCRCError as exc:
         raise FeatureFileError(path, exc.name, "CRC mismatch (corrupted file)") from exc
     if members is not None:
-        raw = {k: v for k, v in members.items() if not _is_string_key(k)}
-        strings = {k: v for k, v in members.items() if _is_string_key(k)}
+        raw, strings = {}, {}
+        for key, value in members.items():
+            (strings if _is_string_key(key) else raw)[key] = value
         return _finish(path, raw, strings, max_dim)
     try:
         npz = np.load(io.BytesIO(memoryview(data)), allow_pickle=False)
@@ -374,7 +375,7 @@ def read_features(
     raises FeatureFileError on a missing, empty or unreadable file, a NaN/Inf value, a
     non-2-D array, D > max_dim or an object array.
     """
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)
     data = _read_file(path)
     return _decode(path, data, path.suffix, max_dim, allow_pickle, dtype)
 

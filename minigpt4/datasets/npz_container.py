@@ -69,7 +69,9 @@ def _members(data: memoryview) -> Optional[list[tuple[str, int, int, int]]]:
         if sig != _CENTRAL_SIG or method != 0 or flags & _FLAG_ENCRYPTED or csize != usize or _ZIP64_MARK in (usize, offset):
             return None
         name_end = pos + _CENTRAL.size + n_name
-        name = str(data[pos + _CENTRAL.size : name_end], "utf-8" if flags & _FLAG_UTF8 else "cp437")
+        raw = bytes(data[pos + _CENTRAL.size : name_end])
+        # ASCII (numpy's names) reads the same in both encodings, and skips cp437's Python codec
+        name = raw.decode("ascii") if raw.isascii() else raw.decode("utf-8" if flags & _FLAG_UTF8 else "cp437")
         pos = name_end + n_extra + n_comment
         if offset + _LOCAL.size > cd_offset:
             return None
