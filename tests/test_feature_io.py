@@ -331,3 +331,27 @@ def test_stored_dtype_reads_and_float64_overflow(tmp_path: Path) -> None:
     _raw_npz(nan16, au=np.array([[np.nan, np.inf, -np.inf, 1.0, 65504.0]], dtype=np.float16))
     with pytest.raises(FeatureFileError, match="3 NaN/Inf"):
         read_features(nan16, dtype=None)
+
+
+def test_prefetch_hints_each_file_and_never_fails(tmp_path: Path, monkeypatch) -> None:
+    """prefetch asks the kernel for every readable file (POSIX_FADV_WILLNEED) and leaves every
+    problem (missing file, FIFO, folder) to the read that reports it: it must not raise or block."""
+    from minigpt4.datasets import feature_io
+
+    good = tmp_path / "good.npz"
+    write_features(good, {"au": np.ones((3, 35))})
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    folder = tmp_path / "dir.npz"
+    folder.mkdir()
+    hinted = []
+    real = os.posix_fadvise
+
+    def record(fd, offset, length, advice):
+        hinted.append((os.fstat(fd).st_ino, advice))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    feature_io.prefetch([tmp_path / "missing.npz", fifo, folder, good])
+    assert (good.stat().st_ino, os.POSIX_FADV_WILLNEED) in hinted
+    assert read_features(good).arrays["au"].shape == (3, 35)

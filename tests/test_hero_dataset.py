@@ -357,13 +357,19 @@ def test_builder_per_split_files_and_config_errors(corpus, tmp_path: Path) -> No
         HEROBuilder(_cfg(build_info={"annotations": {"storage": str(tr)}})).build_datasets()
 
 
-def test_batched_fetch_equals_per_item_path(corpus) -> None:
-    """DataLoader's __getitems__ route (pad once into the batch) == collating __getitem__ samples."""
+def test_batched_fetch_equals_per_item_path(corpus, monkeypatch) -> None:
+    """DataLoader's __getitems__ route (pad once into the batch) == collating __getitem__ samples;
+    it first hints the kernel to read all of the batch's files (prefetch)."""
+    from minigpt4.datasets.datasets import hero_dataset
+
+    hinted: list = []
+    monkeypatch.setattr(hero_dataset, "prefetch", hinted.append)
     for kw in ({"training": False}, {"modality_dropout": 0.5, "seed": 11}):
         ds = _dataset(corpus, **kw)
         ds.set_epoch(2)
         idx = [5, 1, 4, 0]
         a = ds.collater(ds.__getitems__(idx))
+        assert hinted[-1] == [ds.paths[i] for i in idx]
         b = ds.collater([ds[i] for i in idx])
         mixed = ds.collater([ds.__getitems__([5])[0], ds[1], ds.__getitems__([4])[0], ds[0]])
         for other in (b, mixed):

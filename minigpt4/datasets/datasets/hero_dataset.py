@@ -37,7 +37,7 @@ from minigpt4.common import cot
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
 from minigpt4.datasets.annotations import Annotation, UNLABELED_SPLITS
 from minigpt4.datasets.buffer_pool import ZeroBufferPool
-from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_feature_file, read_features
+from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_feature_file, prefetch, read_features
 
 logger = logging.getLogger(__name__)
 
@@ -474,7 +474,9 @@ class HERODataset(Dataset):
     def __getitems__(self, indices: Sequence[int]) -> list[PreparedSample]:
         """What a DataLoader fetches for one batch: unpadded samples for `collater`, which
         pads them once into the batch (use `collater` as the DataLoader's collate_fn)."""
-        return [self.prepare(int(i)) for i in indices]
+        indices = [int(i) for i in indices]
+        prefetch([self.paths[i] for i in indices])
+        return [self.prepare(i) for i in indices]
 
     def collater(self, samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) -> dict[str, Any]:
         return collate_hero(samples)
