@@ -390,17 +390,22 @@ def read_features_bytes(
     if not data:
         raise FeatureFileError(name, None, "zero-byte file (an interrupted write?)")
     suffix = suffix if suffix.startswith(".") else f".{suffix}"
-    return _decode(name, np.frombuffer(bytearray(data), dtype=np.uint8), suffix, max_dim, allow_pickle, dtype)
+    return _decode(name, data, suffix, max_dim, allow_pickle, dtype)
 
 
-def _decode(path: PathLike, data: np.ndarray, suffix: str, max_dim: int, allow_pickle: bool, dtype: Any) -> FeatureRecord:
-    """A feature file's contents (`data`: its bytes as a writable uint8 buffer) by format."""
+def _decode(
+    path: PathLike, data: Union[bytes, np.ndarray], suffix: str, max_dim: int, allow_pickle: bool, dtype: Any
+) -> FeatureRecord:
+    """A feature file's contents by format. `data`: its bytes, or (from `_read_file`) a writable
+    uint8 buffer; each format copies only what it needs (the .npz arrays view a writable buffer,
+    safetensors wants `bytes`)."""
     if suffix == NPZ_SUFFIX:
-        record = _read_npz(path, data, max_dim)
+        buf = data if isinstance(data, np.ndarray) else np.frombuffer(bytearray(data), dtype=np.uint8)
+        record = _read_npz(path, buf, max_dim)
     elif suffix == SAFETENSORS_SUFFIX:
-        record = _read_safetensors(path, data.tobytes(), max_dim)
+        record = _read_safetensors(path, bytes(data), max_dim)
     elif suffix == LEGACY_SUFFIX:
-        record = _read_legacy(path, io.BytesIO(memoryview(data)), max_dim, allow_pickle)
+        record = _read_legacy(path, io.BytesIO(data), max_dim, allow_pickle)
     else:
         raise FeatureFileError(path, None, f"unsupported suffix {suffix!r}; expected one of {FEATURE_SUFFIXES}")
     return _convert(path, record, dtype)
