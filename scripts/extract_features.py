@@ -419,6 +419,13 @@ class EncoderSet:
         if "bert" in modalities:
             self.bert = fx.BertTextEncoder(bert_path(cfg), device, precision, batch_size, max_length=int(cfg.text.bert.max_length))
 
+    @property
+    def hubert_fps(self) -> float:
+        """The stored HuBERT rate: `audio.fps` window means, or HuBERT's own rate when that is
+        null or no lower (frames are never upsampled)."""
+        rate = self.hubert.frame_rate
+        return rate if self.audio_fps is None else min(self.audio_fps, rate)
+
     def consume(self, st: VideoState, seg: dict) -> None:
         """Queue a segment's inputs (CLIP, VideoMAE, Whisper) and run HuBERT on its audio."""
         if "info" in seg:
@@ -458,13 +465,13 @@ class EncoderSet:
                     arrays[key] = np.concatenate(st.parts[key]).astype(np.float32)
                 else:
                     absent.append(f"{key}: " + ("no audio track" if key == "hubert" else "no frames"))
-        if "hubert" in arrays and self.audio_fps is not None and self.audio_fps < self.hubert.frame_rate:
+        if "hubert" in arrays and self.hubert_fps < self.hubert.frame_rate:
             from minigpt4.models.hero.resample import window_means
 
             rate = self.hubert.frame_rate
             times = np.concatenate([s + np.arange(len(p)) / rate for p, s in zip(st.parts["hubert"], st.parts["hubert_start"])])
             duration = float((st.info or {}).get("duration", 0.0)) or None
-            arrays["hubert"] = window_means(arrays["hubert"], times, self.audio_fps, duration)
+            arrays["hubert"] = window_means(arrays["hubert"], times, self.hubert_fps, duration)
         if "au" in self.modalities:
             if st.au is not None and len(st.au):
                 arrays["au"] = np.asarray(st.au, dtype=np.float32)
@@ -510,8 +517,8 @@ class EncoderSet:
             meta.update(videomae_model=str(cfg.motion.path), videomae_fps=str(cfg.motion.fps),
                         videomae_clip_len=str(self.videomae.clip_len))
         if self.hubert is not None:
-            fps = self.hubert.frame_rate if self.audio_fps is None else min(self.audio_fps, self.hubert.frame_rate)
-            meta.update(hubert_model=str(cfg.audio.path), hubert_layers=str(cfg.audio.num_layers), hubert_fps=f"{fps:g}")
+            meta.update(hubert_model=str(cfg.audio.path), hubert_layers=str(cfg.audio.num_layers),
+                        hubert_fps=f"{self.hubert_fps:g}")
         if self.whisper is not None:
             meta.update(whisper_model=str(cfg.text.whisper.path), language=str(cfg.text.language))
         if self.bert is not None:
