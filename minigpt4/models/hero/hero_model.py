@@ -234,9 +234,13 @@ class HEROModel(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         use_cot: bool = True,
+        brief: Optional[bool] = None,
         **gen_kwargs: Any,
     ) -> list[dict[str, Any]]:
         """CoT reports for a batch (left padding + KV cache), parsed; one dict per clip.
+
+        `brief`: put the evidence brief in the prompt (None: as configured, i.e. unless
+        `brief_source` is `none`); False measures what the integrated context alone carries.
 
         Keys: report, emotion, confidence, format_ok, evidence (expert -> generated sentence),
         modality_weights (expert -> float), synergy_score (float), video_id (when given).
@@ -246,7 +250,8 @@ class HEROModel(nn.Module):
         batch = self._batch_size(samples)
         output = self.evidence_stack(samples, None, compute_losses=False)
         evidence = self.generated_evidence(output)
-        brief_sentences = evidence if self.brief_source != "none" else [{} for _ in range(batch)]
+        use_brief = self.brief_source != "none" if brief is None else bool(brief)
+        brief_sentences = evidence if use_brief else [{} for _ in range(batch)]
         instruction = cot.build_instruction(self.label_names, use_cot)
         turns = self._user_turns([instruction] * batch, brief_sentences, output)
         reports = self.reasoner.generate(output.context, turns, max_new_tokens=max_new_tokens, num_beams=num_beams,
