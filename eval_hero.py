@@ -53,13 +53,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
     parser.add_argument("--out", default=None,
                         help="output folder (default: <run_dir>/eval_<split>, with a suffix for "
-                             "--missing/--no_cot/--use_cls_head)")
+                             "--missing/--no_cot/--use_cls_head/--no_brief)")
     parser.add_argument("--missing", default=None, metavar="MOD[,MOD]",
                         help=f"also evaluate with these modalities removed ({', '.join(STACK_ORDER)}) and "
                              "report the drop")
     parser.add_argument("--no_cot", action="store_true", help="label-only instruction instead of the CoT report")
     parser.add_argument("--use_cls_head", action="store_true",
                         help="predict with the model's classification head instead of parsing a report")
+    parser.add_argument("--no_brief", action="store_true",
+                        help="leave the evidence brief out of the prompt: the LLM reads only the integrated "
+                             "video context and the instruction (what the context alone carries)")
     parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
@@ -68,6 +71,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.no_cot and args.use_cls_head:
         parser.error("--no_cot and --use_cls_head exclude each other (the classification head writes no text)")
+    if args.no_brief and args.use_cls_head:
+        parser.error("--no_brief and --use_cls_head exclude each other (the classification head reads no prompt)")
     for name in ("batch_size", "max_new_tokens", "num_beams"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -119,11 +124,13 @@ def predict_shard(
     use_cot: bool = True,
     gen_kwargs: Optional[Mapping[str, Any]] = None,
     autocast: Any = None,
+    brief: Optional[bool] = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """Predictions for this rank's batches: `{"full": records}` plus `{"missing": records}` with `missing`.
 
     The missing-modality run sees `drop_modalities(batch, missing)`: the same clips with those
-    modalities zeroed and their feature and modality masks False.
+    modalities zeroed and their feature and modality masks False. `brief` reaches
+    `model.generate` only when set (None: the model's configured default).
     """
     import contextlib
 
@@ -142,7 +149,8 @@ def predict_shard(
                 if use_cls_head:
                     outputs = classify_batch(model, seen)
                 else:
-                    outputs = model.generate(seen, use_cot=use_cot, **dict(gen_kwargs or {}))
+                    extra = {} if brief is None else {"brief": bool(brief)}
+                    outputs = model.generate(seen, use_cot=use_cot, **extra, **dict(gen_kwargs or {}))
             records[cond].extend(records_from_batch(seen, outputs, source, label_names, use_cot))
     return records
 
@@ -239,7 +247,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     missing = parse_modalities(args.missing, STACK_ORDER)
     ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
-                                                             args.use_cls_head)
+                                                             args.use_cls_head, args.no_brief)
     minigpt4.setup_registry()
     for module in cfg.run.get("imports") or []:
         importlib.import_module(str(module))
@@ -290,7 +298,9 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                 "classification head" if args.use_cls_head else f"reports ({'CoT' if use_cot else 'label only'})")
     batches = iter_batches_with_progress(loader, total, is_main and bool(cfg.run.get("progress_bar", True)),
                                          f"eval {args.split}")
-    records = predict_shard(model, batches, labels, missing, args.use_cls_head, use_cot, gen_kwargs, autocast)
+    brief = False if args.no_brief else None
+    records = predict_shard(model, batches, labels, missing, args.use_cls_head, use_cot, gen_kwargs, autocast,
+                            brief=brief)
     gathered = {cond: gather_records(recs) for cond, recs in records.items()}
     result = None
     if is_main:
@@ -298,6 +308,9 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
             "split": args.split, "checkpoint": str(ckpt_path), "config": str(args.cfg_path),
             "world_size": dist_info.world_size, "prediction_source": "cls_head" if args.use_cls_head else "report",
             "use_cot": None if args.use_cls_head else use_cot,
+            # was the evidence brief in the prompt: false with --no_brief, else as the model is configured
+            "brief": None if args.use_cls_head else (brief if brief is not None else (
+                None if getattr(model, "brief_source", None) is None else model.brief_source != "none")),
             "generation": None if args.use_cls_head else gen_kwargs,
             "batch_size": batch_size,
         }, t0)
@@ -314,9 +327,11 @@ def write_outputs(
     meta: Mapping[str, Any],
     t0: float,
 ) -> dict[str, Any]:
-    """Merge the ranks' records, score them, write predictions / metrics / plots; print the summary."""
+    """Merge the ranks' records, score them, write predictions / metrics / plots; print the summary
+    line, the evidence exact-match line (with golden evidence) and each collapse warning
+    (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
     from minigpt4.common import eval_utils as eu
-    from minigpt4.common.metrics import compute_metrics, metric_drop, summary_line
+    from minigpt4.common.metrics import evidence_summary_line, metric_drop, metrics_from_records, summary_line
     from minigpt4.common.plots import plot_confusion_matrix, plot_modality_weights
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -327,10 +342,7 @@ def write_outputs(
         recs, n_drop = eu.merge_records(per_rank, expected_ids)
         dropped += n_drop
         suffix = "" if (cond == "missing" or not missing) else "_full"
-        fmt = [r["format_ok"] for r in recs]
-        m = compute_metrics([r["gold_emotion"] for r in recs], [r["pred_emotion"] for r in recs], labels,
-                            format_ok=fmt if any(f is not None for f in fmt) else None,
-                            modality_weights=[r["modality_weights"] for r in recs], experts=EXPERT_ORDER)
+        m = metrics_from_records(recs, labels, EXPERT_ORDER)
         scored[cond] = m
         what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
         eu.write_jsonl(out_dir / f"predictions{suffix}.jsonl", recs)
@@ -364,6 +376,15 @@ def write_outputs(
                  f"drop {'n/a' if drop is None else f'{drop:+.4f}'}")
     line += f" -> {out_dir}"
     print(line, flush=True)
+    evidence_line = evidence_summary_line(main.get("evidence") or {})
+    if evidence_line:
+        print(evidence_line, flush=True)
+    warnings = list(main["collapse_warnings"])
+    if missing:
+        warnings += [f"(all modalities) {w}" for w in scored["full"]["collapse_warnings"]]
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+        logger.warning("collapse check: %s", warning)
     return metrics
 
 

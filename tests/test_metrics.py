@@ -13,10 +13,16 @@ from minigpt4.common.metrics import (
     classification_metrics,
     compute_metrics,
     encode_labels,
+    evidence_metrics,
+    evidence_summary_line,
     format_compliance,
+    majority_baseline,
     mean_modality_weights,
     metric_drop,
+    metrics_from_records,
+    pred_distribution,
     summary_line,
+    token_f1,
 )
 
 LABELS = ["neutral", "angry", "happy", "sad", "surprise"]  # `surprise`: no gold clip, never predicted
@@ -152,6 +158,7 @@ def test_metric_drop_and_summary_line():
     full["format_compliance"] = 1.0
     reduced = classification_metrics(["happy", "sad", "sad", "angry"], ["happy", "sad", "happy", "unknown"], LABELS)
     reduced["format_compliance"] = 0.75
+    reduced["majority_baseline"] = majority_baseline(["happy", "sad", "sad", "angry"], LABELS)
     drop = metric_drop(full, reduced)
     assert drop["accuracy"] == pytest.approx(0.5)
     assert drop["uar"] == pytest.approx(1.0 - (1 + 0.5 + 0) / 3)
@@ -159,8 +166,9 @@ def test_metric_drop_and_summary_line():
     assert drop["per_class_recall"]["sad"] == pytest.approx(0.5)
     assert drop["per_class_recall"]["neutral"] is None
     line = summary_line(reduced)
-    assert line.startswith("accuracy 0.5000 | W-F1 ") and "UAR 0.5000" in line and line.endswith("format 0.7500")
+    assert line.startswith("accuracy 0.5000 | W-F1 ") and "UAR 0.5000" in line and line.endswith("format 0.7500 | majority 0.5000")
     assert summary_line({"accuracy": None}).startswith("accuracy n/a")
+    assert summary_line({"accuracy": None}).endswith("majority n/a")
 
 
 def test_bad_inputs_are_clear_errors():
@@ -172,3 +180,64 @@ def test_bad_inputs_are_clear_errors():
         classification_metrics(["happy"], ["happy"], ["happy", "unknown"])
     with pytest.raises(ValueError, match="unique"):
         classification_metrics(["happy"], ["happy"], ["happy", "Happy"])
+
+
+# ------------------------------------------------------- distribution, baseline, evidence
+def test_pred_distribution_and_majority_baseline_by_hand():
+    p = parsed()
+    m = compute_metrics(GOLD, [x.emotion for x in p], LABELS, format_ok=[x.format_ok for x in p])
+    # 11 predictions (the unlabeled clip counts): happy 3, sad 2, neutral 2, angry 1, unknown 3
+    assert m["pred_distribution"] == pytest.approx(
+        {"neutral": 2 / 11, "angry": 1 / 11, "happy": 3 / 11, "sad": 2 / 11, "surprise": 0.0, "unknown": 3 / 11})
+    assert list(m["pred_distribution"]) == LABELS + ["unknown"]
+    assert m["max_pred_class"] == "happy" and m["max_pred_share"] == pytest.approx(3 / 11)  # unknown excluded
+    # gold (10 labelled): happy 3, neutral 3 -> tie, first in label-set order wins
+    assert m["majority_baseline"] == {"class": "neutral", "accuracy": pytest.approx(0.3)}
+    assert pred_distribution([], LABELS) is None and majority_baseline([None, "unknown"], LABELS) is None
+    json.dumps(m, allow_nan=False)
+
+
+def test_token_f1_against_hand_computed_values():
+    assert token_f1("The voice sounds angry.", "the voice sounds angry") == 1.0  # case, punctuation
+    # pred tokens [a, loud, voice], gold [the, voice, is, loud]: common 2 -> P 2/3, R 1/2, F1 4/7
+    assert token_f1("A loud voice!", "The voice is loud.") == pytest.approx(4 / 7)
+    # bag of tokens: "sad sad face" vs "sad face": common 2 (sad once, face) -> P 2/3, R 1 -> 0.8
+    assert token_f1("sad sad face", "sad face") == pytest.approx(0.8)
+    assert token_f1("smiling", "frowning") == 0.0
+    assert token_f1(None, "a frown") == 0.0 and token_f1("", "") == 1.0 and token_f1("...", "") == 1.0
+
+
+def test_evidence_metrics_by_hand():
+    generated = [{"audio": "A loud voice!", "visual": "a frown"}, {"audio": "a  LOUD voice!"}, {}, {"audio": "quiet"}]
+    golden = [{"audio": "The voice is loud.", "visual": "A frown"}, {"audio": "A loud voice!"}, {"audio": "x y"}, {}]
+    ev = evidence_metrics(generated, golden, ["audio", "visual", "text"])
+    # audio: 3 sentences, 2 distinct after whitespace/case folding ("a loud voice!", "quiet")
+    assert ev["audio"]["n_sentences"] == 3 and ev["audio"]["n_distinct"] == 2
+    # golden audio on clips 0-2: F1 4/7, exact 1.0, missing sentence 0
+    assert ev["audio"]["n_golden"] == 3 and ev["audio"]["exact_match"] == pytest.approx(1 / 3)
+    assert ev["audio"]["token_f1"] == pytest.approx((4 / 7 + 1.0 + 0.0) / 3)
+    assert ev["visual"] == {"n_sentences": 1, "n_distinct": 1, "n_golden": 1, "exact_match": 1.0, "token_f1": 1.0}
+    assert ev["text"] == {"n_sentences": 0, "n_distinct": 0}  # no golden text: no EM / F1 keys
+    assert evidence_summary_line(ev) == "evidence exact match: audio 0.33 | visual 1.00"
+    assert evidence_summary_line({"text": ev["text"]}) is None
+
+
+def test_metrics_from_records_adds_evidence_and_warnings_on_hand_built_records():
+    records = [
+        {"gold_emotion": "happy", "pred_emotion": "happy", "format_ok": True, "modality_weights": None,
+         "evidence": {"audio": "a laugh"}, "golden_evidence": {"audio": " A  LAUGH"}},
+        {"gold_emotion": "sad", "pred_emotion": "happy", "format_ok": True, "modality_weights": None,
+         "evidence": {"audio": "a sigh"}, "golden_evidence": {}},
+        {"gold_emotion": "sad", "pred_emotion": "sad", "format_ok": False, "modality_weights": None,
+         "evidence": {}},  # an older record without golden_evidence
+    ]
+    m = metrics_from_records(records, LABELS, ["audio", "visual"])
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["format_compliance"] == pytest.approx(2 / 3)
+    assert m["majority_baseline"] == {"class": "sad", "accuracy": pytest.approx(2 / 3)}
+    assert m["max_pred_class"] == "happy" and m["max_pred_share"] == pytest.approx(2 / 3)
+    assert m["evidence"]["audio"] == {"n_sentences": 2, "n_distinct": 2, "n_golden": 1, "exact_match": 1.0,
+                                      "token_f1": 1.0}
+    assert m["evidence"]["visual"] == {"n_sentences": 0, "n_distinct": 0}
+    # accuracy equals the majority baseline, happy takes 67% of predictions: two warnings
+    assert len(m["collapse_warnings"]) == 2
+    assert "majority baseline" in m["collapse_warnings"][0] and "'happy'" in m["collapse_warnings"][1]

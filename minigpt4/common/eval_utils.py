@@ -27,7 +27,7 @@ WEIGHTS_PNG = "modality_weights.png"
 # The keys of one line of predictions.jsonl, in the order they are written.
 RECORD_KEYS: tuple[str, ...] = (
     "video_id", "gold_emotion", "pred_emotion", "correct", "confidence", "format_ok", "parse_error",
-    "prediction_source", "report", "evidence", "modality_weights", "synergy_score",
+    "prediction_source", "report", "evidence", "modality_weights", "synergy_score", "golden_evidence",
 )
 
 
@@ -57,11 +57,14 @@ def make_record(
     output: Mapping[str, Any],
     prediction_source: str = "report",
     parse_error: Optional[str] = None,
+    golden_evidence: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """One predictions.jsonl line from one item of `model.generate` (or the classifier path).
 
     `output` holds report, emotion, confidence, format_ok, evidence, modality_weights and
     synergy_score (docs/ARCHITECTURE.md); absent optional fields become null.
+    `golden_evidence` is the annotation's sentence per expert (`{}` if none), kept next to the
+    generated `evidence` so the evidence decoder can be scored from the file alone.
     """
     if "emotion" not in output:
         raise KeyError(f"prediction for {video_id!r} has no 'emotion' (keys: {sorted(output)})")
@@ -82,6 +85,7 @@ def make_record(
         "evidence": dict(output.get("evidence") or {}),
         "modality_weights": None if weights is None else {str(k): float(v) for k, v in weights.items()},
         "synergy_score": _float_or_none(output.get("synergy_score")),
+        "golden_evidence": {str(k): str(v) for k, v in (golden_evidence or {}).items() if v is not None},
     }
     return record
 
@@ -95,14 +99,18 @@ def records_from_batch(
 ) -> list[dict[str, Any]]:
     """Pair a collated batch with the model's per-clip outputs (checked: same clips, same order).
 
-    For reports that failed to parse, the parser's reason is recorded in `parse_error`.
+    For reports that failed to parse, the parser's reason is recorded in `parse_error`; the
+    batch's `evidence` (golden sentences) goes to `golden_evidence`.
     """
     ids = list(batch["video_id"])
     if len(outputs) != len(ids):
         raise ValueError(f"the model returned {len(outputs)} predictions for a batch of {len(ids)} clips")
     golds = list(batch.get("emotion_label") or [None] * len(ids))
+    goldens = list(batch.get("evidence") or [None] * len(ids))
+    if len(goldens) != len(ids):
+        raise ValueError(f"the batch has {len(goldens)} evidence entries for {len(ids)} clips")
     records = []
-    for vid, gold, out in zip(ids, golds, outputs):
+    for vid, gold, golden, out in zip(ids, golds, goldens, outputs):
         if "video_id" in out and str(out["video_id"]) != str(vid):
             raise ValueError(f"prediction for {out['video_id']!r} came back in the slot of {vid!r}")
         error = None
@@ -110,7 +118,7 @@ def records_from_batch(
             from minigpt4.common.cot import parse_report
 
             error = parse_report(out["report"], label_names, require_header=use_cot).error
-        records.append(make_record(vid, gold, out, prediction_source, error))
+        records.append(make_record(vid, gold, out, prediction_source, error, golden))
     return records
 
 
@@ -259,8 +267,10 @@ def run_dir_of(checkpoint: PathLike) -> Path:
     return folder
 
 
-def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False) -> str:
-    """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead'."""
+def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False,
+                  no_brief: bool = False) -> str:
+    """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead',
+    '_nobrief' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
     tag = ""
     if missing:
         tag += "_missing-" + "+".join(missing)
@@ -268,13 +278,15 @@ def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_hea
         tag += "_clshead"
     elif no_cot:
         tag += "_nocot"
+    if no_brief and not use_cls_head:  # the classification head reads no brief
+        tag += "_nobrief"
     return tag
 
 
 def default_out_dir(checkpoint: PathLike, split: str, missing: Sequence[str] = (), no_cot: bool = False,
-                    use_cls_head: bool = False) -> Path:
+                    use_cls_head: bool = False, no_brief: bool = False) -> Path:
     """`<run_dir>/eval_<split><variant>/`, so variants of one run never overwrite each other."""
-    return run_dir_of(checkpoint) / f"eval_{split}{condition_tag(missing, no_cot, use_cls_head)}"
+    return run_dir_of(checkpoint) / f"eval_{split}{condition_tag(missing, no_cot, use_cls_head, no_brief)}"
 
 
 def parse_modalities(text: Optional[str], valid: Sequence[str]) -> list[str]:

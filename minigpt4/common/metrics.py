@@ -16,10 +16,19 @@ Conventions, fixed here so every report reads the same way:
   scikit-learn's default label set minus `unknown`.
 - Precision of a class never predicted is 0 (scikit-learn's `zero_division=0`); `pred_count`
   says when that happened.
+- `pred_distribution` is over *all* clips (labeled or not: it describes the model), the gold
+  shares (`per_class` support / `n_labeled`) and `majority_baseline` over the labeled ones.
+- Collapse checks (`collapse_warnings`) exist because a model can collapse to one class and
+  one sentence per expert while the headline numbers still look like numbers; their
+  thresholds are the constants below, nowhere else.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
+
+import re
+import unicodedata
+from collections import Counter
 
 import numpy as np
 from sklearn.metrics import (
@@ -33,6 +42,21 @@ from sklearn.metrics import (
 UNKNOWN = "unknown"
 # metrics.json keys whose difference between two runs is reported by `metric_drop`
 HEADLINE_KEYS: tuple[str, ...] = ("accuracy", "weighted_f1", "macro_f1", "uar", "war", "format_compliance")
+
+# Collapse thresholds (used by `collapse_warnings` only).
+# Accuracy at most this far above the majority-class baseline (or below it) is a warning.
+MAJORITY_MARGIN = 0.05
+# One class taking more than this share of all predictions is a warning ...
+MAX_PRED_SHARE = 0.5
+# ... and so is taking more than this many times its gold share (when the gold is known) ...
+GOLD_SHARE_RATIO = 2.0
+# ... provided the class takes at least this share (so a rare class predicted 3 times, not
+# once, raises nothing).
+MIN_SHARE_FOR_RATIO = 0.25
+# An expert with at least this many generated sentences ...
+MIN_SENTENCES_FOR_DIVERSITY = 10
+# ... and at most this many distinct ones has a collapsed evidence decoder.
+MAX_DISTINCT_COLLAPSED = 2
 
 
 def _norm(label: Any) -> str:
@@ -158,6 +182,40 @@ def classification_metrics(gold: Sequence[Any], pred: Sequence[Any], label_names
     return out
 
 
+def pred_distribution(pred: Sequence[Any], label_names: Sequence[str]) -> Optional[dict[str, float]]:
+    """Share of all predictions per class (label-set order) plus `unknown`; None without clips.
+
+    The first thing to look at when a model collapses onto one class.
+    """
+    names = _check_label_names(label_names)
+    if not len(pred):
+        return None
+    counts = np.bincount(encode_labels(pred, names), minlength=len(names) + 1)
+    return {n: float(c) / len(pred) for n, c in zip(names + [UNKNOWN], counts.tolist())}
+
+
+def max_pred_class(distribution: Optional[Mapping[str, float]]) -> tuple[Optional[str], Optional[float]]:
+    """(class, share) of the most predicted class, `unknown` excluded (that is format failure,
+    reported by format_compliance); ties go to the first in label-set order."""
+    if not distribution:
+        return None, None
+    shares = [(c, s) for c, s in distribution.items() if c != UNKNOWN]
+    best = max(shares, key=lambda cs: cs[1])  # max keeps the first of equal shares
+    return (best[0] if best[1] > 0 else None), float(best[1])
+
+
+def majority_baseline(gold: Sequence[Any], label_names: Sequence[str]) -> Optional[dict[str, Any]]:
+    """`{"class", "accuracy"}` of always predicting the most frequent gold class (ties: first in
+    label-set order); None without labeled clips. A model must beat this to have learned anything."""
+    names = _check_label_names(label_names)
+    mask = _labeled(gold, names)
+    if not mask.any():
+        return None
+    counts = np.bincount(encode_labels([g for g, m in zip(gold, mask) if m], names), minlength=len(names))
+    best = int(np.argmax(counts))
+    return {"class": names[best], "accuracy": float(counts[best]) / int(mask.sum())}
+
+
 def compute_metrics(
     gold: Sequence[Any],
     pred: Sequence[Any],
@@ -166,9 +224,14 @@ def compute_metrics(
     modality_weights: Optional[Sequence[Optional[Mapping[str, float]]]] = None,
     experts: Optional[Sequence[str]] = None,
 ) -> dict[str, Any]:
-    """Everything metrics.json reports for one condition of an eval run."""
+    """Everything metrics.json reports for one condition of an eval run, evidence aside
+    (`metrics_from_records` adds that and the collapse warnings)."""
     out = classification_metrics(gold, pred, label_names)
     out["format_compliance"] = format_compliance(format_ok) if format_ok is not None else None
+    dist = pred_distribution(pred, label_names)
+    out["pred_distribution"] = dist
+    out["max_pred_class"], out["max_pred_share"] = max_pred_class(dist)
+    out["majority_baseline"] = majority_baseline(gold, label_names)
     if modality_weights is not None:
         if experts is None:
             from minigpt4.common.modalities import EXPERT_ORDER
@@ -176,6 +239,157 @@ def compute_metrics(
             experts = EXPERT_ORDER
         out["modality_weights_per_class"] = mean_modality_weights(gold, modality_weights, label_names, experts)
     return out
+
+
+# ------------------------------------------------------------------------ evidence
+_SPACES = re.compile(r"\s+")
+
+
+def normalize_sentence(text: Optional[str]) -> str:
+    """Whitespace collapsed and case folded: what `exact_match` and `n_distinct` compare."""
+    return _SPACES.sub(" ", str(text or "")).strip().casefold()
+
+
+def _tokens(text: Optional[str]) -> list[str]:
+    """SQuAD-style tokens: lowercased, punctuation (any Unicode `P*` character) removed, split
+    on whitespace. Articles are kept: these are sentences, not short answers."""
+    text = "".join(ch for ch in str(text or "").lower() if not unicodedata.category(ch).startswith("P"))
+    return text.split()
+
+
+def token_f1(prediction: Optional[str], reference: Optional[str]) -> float:
+    """Bag-of-tokens F1 of two sentences (SQuAD's `f1_score`); 1.0 if both have no token, 0.0 if one."""
+    pred, ref = _tokens(prediction), _tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def evidence_metrics(
+    generated: Sequence[Optional[Mapping[str, str]]],
+    golden: Sequence[Optional[Mapping[str, str]]],
+    experts: Sequence[str],
+) -> dict[str, dict[str, Any]]:
+    """Per expert: `n_sentences` (clips with a generated sentence), `n_distinct` (distinct
+    sentences after `normalize_sentence`), and where any clip has a golden sentence for that
+    expert `n_golden`, `exact_match` and mean `token_f1` over those clips (a clip without a
+    generated sentence scores 0). One sentence repeated for every clip means a collapsed decoder.
+    """
+    if len(generated) != len(golden):
+        raise ValueError(f"{len(generated)} generated evidence dicts but {len(golden)} golden ones")
+    out: dict[str, dict[str, Any]] = {}
+    for expert in experts:
+        sentences = [normalize_sentence((g or {}).get(expert)) for g in generated]
+        made = [s for s in sentences if s]
+        entry: dict[str, Any] = {"n_sentences": len(made), "n_distinct": len(set(made))}
+        pairs = [((gen or {}).get(expert), ref[expert]) for gen, ref in zip(generated, golden)
+                 if ref and normalize_sentence(ref.get(expert))]
+        if pairs:
+            entry["n_golden"] = len(pairs)
+            entry["exact_match"] = sum(normalize_sentence(p) == normalize_sentence(r) for p, r in pairs) / len(pairs)
+            entry["token_f1"] = sum(token_f1(p, r) for p, r in pairs) / len(pairs)
+        out[expert] = entry
+    return out
+
+
+# ------------------------------------------------------------------------ collapse
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def collapse_warnings(metrics: Mapping[str, Any]) -> list[str]:
+    """Human-readable signs that the model collapsed (thresholds: the module constants).
+
+    - accuracy within MAJORITY_MARGIN of the majority-class baseline, or below it;
+    - a class with more than MAX_PRED_SHARE of all predictions, or (gold share known) more than
+      GOLD_SHARE_RATIO times its gold share while taking at least MIN_SHARE_FOR_RATIO;
+    - an expert with >= MIN_SENTENCES_FOR_DIVERSITY generated sentences of which at most
+      MAX_DISTINCT_COLLAPSED are distinct.
+    Missing keys (an older metrics.json, no labels, no evidence) just skip their check.
+    """
+    warnings: list[str] = []
+    acc, base = metrics.get("accuracy"), metrics.get("majority_baseline")
+    if acc is not None and base:
+        if acc <= base["accuracy"] + MAJORITY_MARGIN:
+            where = "below" if acc < base["accuracy"] else f"within {MAJORITY_MARGIN:g} of"
+            warnings.append(f"accuracy {acc:.4f} is {where} the majority baseline {base['accuracy']:.4f} "
+                            f"(always predicting {base['class']!r}): no better than guessing the most frequent class")
+    dist = metrics.get("pred_distribution") or {}
+    n_labeled = metrics.get("n_labeled") or 0
+    per_class = metrics.get("per_class") or {}
+    for cls, share in dist.items():
+        if cls == UNKNOWN or not share:
+            continue
+        support = (per_class.get(cls) or {}).get("support")
+        gold_share = support / n_labeled if n_labeled and support is not None else None
+        gold_txt = "" if gold_share is None else f" (gold share {_pct(gold_share)})"
+        if share > MAX_PRED_SHARE:
+            warnings.append(f"class {cls!r} takes {_pct(share)} of the predictions{gold_txt}, more than "
+                            f"{_pct(MAX_PRED_SHARE)}: the model may have collapsed onto one class")
+        elif gold_share is not None and share >= MIN_SHARE_FOR_RATIO and share > GOLD_SHARE_RATIO * gold_share:
+            warnings.append(f"class {cls!r} takes {_pct(share)} of the predictions, more than "
+                            f"{GOLD_SHARE_RATIO:g}x its gold share {_pct(gold_share)}: the model over-predicts it")
+    for expert, ev in (metrics.get("evidence") or {}).items():
+        n, distinct = ev.get("n_sentences", 0), ev.get("n_distinct", 0)
+        if n >= MIN_SENTENCES_FOR_DIVERSITY and distinct <= MAX_DISTINCT_COLLAPSED:
+            warnings.append(f"expert {expert!r}: {n} generated evidence sentences but only {distinct} distinct: "
+                            "its evidence decoder writes the same sentence whatever the clip")
+    return warnings
+
+
+def metrics_from_records(
+    records: Sequence[Mapping[str, Any]],
+    label_names: Sequence[str],
+    experts: Optional[Sequence[str]] = None,
+) -> dict[str, Any]:
+    """metrics.json's content for one condition, from predictions.jsonl-style records:
+    `compute_metrics` plus `evidence` (generated vs `golden_evidence`) and `collapse_warnings`."""
+    if experts is None:
+        from minigpt4.common.modalities import EXPERT_ORDER
+
+        experts = EXPERT_ORDER
+    fmt = [r.get("format_ok") for r in records]
+    weights = [r.get("modality_weights") for r in records]
+    out = compute_metrics([r.get("gold_emotion") for r in records], [r.get("pred_emotion") for r in records],
+                          label_names, format_ok=fmt if any(f is not None for f in fmt) else None,
+                          modality_weights=weights, experts=experts)
+    out["evidence"] = evidence_metrics([r.get("evidence") for r in records],
+                                       [r.get("golden_evidence") for r in records], experts)
+    out["collapse_warnings"] = collapse_warnings(out)
+    return out
+
+
+def generation_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, Any]:
+    """The few numbers a training loop needs to validate by generating (plain JSON values).
+
+    accuracy, weighted_f1, uar, format_compliance, majority_baseline (its accuracy),
+    max_pred_share, max_pred_class, n_distinct evidence per expert, collapse_warnings.
+    """
+    m = metrics_from_records(records, label_names)
+    base = m.get("majority_baseline")
+    return {
+        "n_clips": m["n_clips"],
+        "accuracy": m["accuracy"],
+        "weighted_f1": m["weighted_f1"],
+        "uar": m["uar"],
+        "format_compliance": m["format_compliance"],
+        "majority_baseline": None if base is None else base["accuracy"],
+        "max_pred_share": m["max_pred_share"],
+        "max_pred_class": m["max_pred_class"],
+        "n_distinct_evidence": {e: v["n_distinct"] for e, v in m["evidence"].items()},
+        "collapse_warnings": m["collapse_warnings"],
+    }
+
+
+def evidence_summary_line(evidence: Mapping[str, Mapping[str, Any]]) -> Optional[str]:
+    """`evidence exact match: motion 0.53 | audio 0.10 | ...` over experts with golden
+    sentences; None when there are none."""
+    parts = [f"{e} {v['exact_match']:.2f}" for e, v in evidence.items() if v.get("exact_match") is not None]
+    return "evidence exact match: " + " | ".join(parts) if parts else None
 
 
 def metric_drop(full: Mapping[str, Any], reduced: Mapping[str, Any],
@@ -198,9 +412,12 @@ def metric_drop(full: Mapping[str, Any], reduced: Mapping[str, Any],
 
 
 def summary_line(metrics: Mapping[str, Any]) -> str:
-    """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000` (n/a where undefined)."""
+    """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000 | majority 0.3000`
+    (n/a where undefined; `majority` is the majority-class baseline's accuracy)."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.4f}"
 
+    base = metrics.get("majority_baseline")
     return (f"accuracy {fmt(metrics.get('accuracy'))} | W-F1 {fmt(metrics.get('weighted_f1'))} | "
-            f"UAR {fmt(metrics.get('uar'))} | format {fmt(metrics.get('format_compliance'))}")
+            f"UAR {fmt(metrics.get('uar'))} | format {fmt(metrics.get('format_compliance'))} | "
+            f"majority {fmt(base.get('accuracy') if base else None)}")
