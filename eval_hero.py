@@ -4,7 +4,8 @@
         [--missing MOD[,MOD]] [--no_cot] [--use_cls_head] [--batch_size N]
         [--max_new_tokens N] [--num_beams N]
 
-`CKPT` is a checkpoint folder, a `.safetensors` file or a run folder (its latest checkpoint).
+`CKPT` is a checkpoint folder, a `.safetensors` file or a run folder (its best checkpoint by
+validation, as `checkpoints/best.json` records it; the latest when there is none).
 DDP: `torchrun --nproc_per_node N eval_hero.py ...`: rank r evaluates clips r, r+N, ...; rank 0
 gathers every prediction (each clip exactly once) and writes, into DIR (default
 `<run_dir>/eval_<split>[_missing-<mods>][_nocot|_clshead]/`):
@@ -49,7 +50,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         description="Evaluate a HERO checkpoint on a split: predictions.jsonl, metrics.json and plots.")
     add_config_args(parser)
     parser.add_argument("--ckpt", required=True,
-                        help="checkpoint folder, model .safetensors file, or run folder (its latest checkpoint)")
+                        help="checkpoint folder, model .safetensors file, or run folder (its best checkpoint by "
+                             "validation, else its latest)")
     parser.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
     parser.add_argument("--out", default=None,
                         help="output folder (default: <run_dir>/eval_<split>, with a suffix for "
@@ -245,7 +247,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
 
     t0 = time.time()
     missing = parse_modalities(args.missing, STACK_ORDER)
-    ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt)
+    ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt, prefer_best=True)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
                                                              args.use_cls_head, args.no_brief)
     minigpt4.setup_registry()

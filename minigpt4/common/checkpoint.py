@@ -112,10 +112,12 @@ def find_best_checkpoint(run_dir: PathLike) -> Optional[str]:
     return str(path) if is_complete_checkpoint(path) else None
 
 
-def resolve_checkpoint(path: PathLike) -> Path:
+def resolve_checkpoint(path: PathLike, prefer_best: bool = False) -> Path:
     """A checkpoint dir, a `.safetensors` file, or a run dir (its latest checkpoint) -> checkpoint path.
 
-    Returns the `.safetensors` file for file inputs and the checkpoint folder otherwise.
+    Returns the `.safetensors` file for file inputs and the checkpoint folder otherwise. With
+    `prefer_best` a run dir resolves to the checkpoint of `best.json` when it still exists
+    (evaluation wants the validated best; resuming wants the latest).
     """
     path = Path(path)
     if path.is_file():
@@ -128,6 +130,9 @@ def resolve_checkpoint(path: PathLike) -> Path:
         return path
     if (path / MODEL_FILE).is_file():  # weights-only folder (e.g. exported)
         return path
+    best = find_best_checkpoint(path) if prefer_best else None
+    if best is not None:
+        return Path(best)
     latest = find_latest_checkpoint(path)
     if latest is None:
         raise FileNotFoundError(f"{path}: no {MODEL_FILE} and no complete checkpoint under {_ckpt_root(path)}")

@@ -59,8 +59,10 @@ RUN_DEFAULTS: dict[str, Any] = {
     "save_freq": 0,  # optimiser steps between checkpoints (0: only at epoch ends)
     "save_every_epoch": True,
     "keep_last_k": 3,
-    "best_metric": "loss",  # validation term that picks the best checkpoint
-    "best_mode": "min",  # min | max
+    "best_metric": "auto",  # validation term that picks the best checkpoint; auto: gen_accuracy if generated, else loss
+    "best_mode": "auto",  # min | max | auto (max for accuracy/f1/uar/agreement terms, else min)
+    "val_generate": True,  # validate by generating reports on the val split (gen_* terms), when the task can
+    "val_max_new_tokens": 300,  # generation budget of that validation
     "resume_ckpt_path": None,  # checkpoint dir or run dir (its latest checkpoint)
     "evaluate": False,  # only run validation
     "train_splits": ["train"],

@@ -28,6 +28,7 @@ WEIGHTS_PNG = "modality_weights.png"
 RECORD_KEYS: tuple[str, ...] = (
     "video_id", "gold_emotion", "pred_emotion", "correct", "confidence", "format_ok", "parse_error",
     "prediction_source", "report", "evidence", "modality_weights", "synergy_score", "golden_evidence",
+    "head_emotion", "head_confidence",
 )
 
 
@@ -86,6 +87,8 @@ def make_record(
         "modality_weights": None if weights is None else {str(k): float(v) for k, v in weights.items()},
         "synergy_score": _float_or_none(output.get("synergy_score")),
         "golden_evidence": {str(k): str(v) for k, v in (golden_evidence or {}).items() if v is not None},
+        "head_emotion": None if output.get("head_emotion") is None else str(output["head_emotion"]),
+        "head_confidence": _float_or_none(output.get("head_confidence")),
     }
     return record
 

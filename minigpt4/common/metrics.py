@@ -359,15 +359,39 @@ def metrics_from_records(
                           modality_weights=weights, experts=experts)
     out["evidence"] = evidence_metrics([r.get("evidence") for r in records],
                                        [r.get("golden_evidence") for r in records], experts)
+    out["head"] = head_metrics(records, label_names)
     out["collapse_warnings"] = collapse_warnings(out)
     return out
+
+
+def head_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> Optional[dict[str, Any]]:
+    """The classification head's own accuracy and how often the report agrees with it.
+
+    None when no record carries `head_emotion` (no head). `agreement` is over all clips with a
+    head reading: the share whose report label equals the head's label (a report that failed
+    to parse disagrees). A low agreement means the report does not follow what the features say.
+    """
+    rows = [r for r in records if r.get("head_emotion") is not None]
+    if not rows:
+        return None
+    names = _check_label_names(label_names)
+    head = encode_labels([r["head_emotion"] for r in rows], names)
+    report = encode_labels([r.get("pred_emotion") for r in rows], names)
+    gold_mask = _labeled([r.get("gold_emotion") for r in rows], names)
+    gold = encode_labels([r.get("gold_emotion") for r in rows], names)
+    return {
+        "accuracy": float((head[gold_mask] == gold[gold_mask]).mean()) if gold_mask.any() else None,
+        "agreement": float((head == report).mean()),
+        "n_clips": len(rows),
+    }
 
 
 def generation_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, Any]:
     """The few numbers a training loop needs to validate by generating (plain JSON values).
 
     accuracy, weighted_f1, uar, format_compliance, majority_baseline (its accuracy),
-    max_pred_share, max_pred_class, n_distinct evidence per expert, collapse_warnings.
+    max_pred_share, max_pred_class, n_distinct evidence per expert, head_accuracy and
+    head_agreement (None without a classification head), collapse_warnings.
     """
     m = metrics_from_records(records, label_names)
     base = m.get("majority_baseline")
@@ -381,6 +405,8 @@ def generation_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequen
         "max_pred_share": m["max_pred_share"],
         "max_pred_class": m["max_pred_class"],
         "n_distinct_evidence": {e: v["n_distinct"] for e, v in m["evidence"].items()},
+        "head_accuracy": None if m["head"] is None else m["head"]["accuracy"],
+        "head_agreement": None if m["head"] is None else m["head"]["agreement"],
         "collapse_warnings": m["collapse_warnings"],
     }
 

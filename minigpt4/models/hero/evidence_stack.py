@@ -11,8 +11,10 @@ and lambda-weighted in `loss_aux`:
                   (visual <-> text summaries of the same clip when the batch has no golden evidence);
 - `loss_synergy`  BCE of the "is this audio from this clip?" match head;
 - `loss_evidence` teacher-forced cross-entropy of the shared evidence decoder;
-- `loss_cls`, `loss_kl` the optional robustness terms (classification head on the pooled
-                  context; KL from the full view to a modality-dropped view).
+- `loss_cls`       cross-entropy of the classification head on the pooled integrated context:
+                  on by default, so the features must carry the emotion whatever the
+                  annotations say (HEROModel also writes its reading into the brief);
+- `loss_kl`       the optional robustness term (KL from the full view to a modality-dropped view).
 
 A term is present in `losses` only when it is switched on (its lambda > 0) *and* the batch can
 form it (e.g. two clips with both audio and text for STMIL). The vCLUB q-network's own NLL is
@@ -23,7 +25,7 @@ Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
   hidden_dim [768] num_queries [32] num_qformer_layers [2] num_output_queries [64]
   include_synergy [true] integration_strategy [audio | dynamic | concat]
   lambda_stmil [0.1] lambda_sccl [0.1] lambda_synergy [0.1] lambda_evidence [0.5]
-  lambda_cls [0] lambda_kl [0] use_cls_head [on iff lambda_cls or lambda_kl > 0]
+  lambda_cls [1.0] lambda_kl [0] use_cls_head [on iff lambda_cls or lambda_kl > 0]
   num_classes [len(label_names)] kl_drop_prob [0.5] kl_temperature [1.0]
   num_heads [8] dropout [0.1] ffn_ratio [4] temporal_position [true]
   sccl_temperature [0.07] sccl_dim [256]
@@ -108,7 +110,7 @@ class HEROEvidenceStack(nn.Module):
             "sccl": float(get("lambda_sccl", 0.1)),
             "synergy": float(get("lambda_synergy", 0.1)) if self.include_synergy else 0.0,
             "evidence": float(get("lambda_evidence", 0.5)),
-            "cls": float(get("lambda_cls", 0.0)),
+            "cls": float(get("lambda_cls", 1.0)),
             "kl": float(get("lambda_kl", 0.0)),
         }
         for name, value in self.lambdas.items():

@@ -8,19 +8,26 @@ the instruction, and writes the CoT report.
 
 Where the brief's sentences come from (`model.brief_source`). At inference the brief always
 holds the decoder's generated sentence of every present expert; at training:
-- `golden` (default): the annotation's golden sentence for each present expert that has one,
-  the decoder's generated sentence (greedy, no gradient) for the other present experts. So
-  the brief has the same shape as at inference (one line per present expert, synergy
-  included, which annotations never cover) while the LLM learns from clean evidence where it
-  exists, and decoding is spent only on the experts without a golden sentence. The remaining
-  train/test gap is the decoder's error on annotated experts, which `loss_evidence` shrinks.
-  (Golden lines *only*, leaving unannotated experts out, was measured to break exact
-  reproduction: at inference the extra generated lines form prompts never seen in training.)
-- `generated`: the decoder's sentences for every present expert, exactly as at inference: no
-  gap at all, at the cost of decoding every step and noisy briefs early in training.
+- `generated` (default): the decoder's sentences for every present expert (greedy, no
+  gradient), exactly as at inference. The LLM learns from the brief it will be given, so it
+  cannot learn to read the label off annotated sentences. Golden sentences still train the
+  decoder (`loss_evidence`) and SCCL, and remain the CoT target's evidence section.
+- `golden`: the annotation's golden sentence for each present expert that has one, generated
+  ones for the rest. Kept for ablation only: real annotations nearly state the answer ("a
+  harsh, raised voice"), so the LLM learns to read the label off the brief, a shortcut that is
+  never there at inference (measured: a collapse to one class on a corpus with such sentences).
 - `none`: no brief at training or inference (context + instruction only), an ablation.
-Absent experts (modality missing or dropped) never get a line: their golden sentences would
-describe evidence the model cannot see.
+Absent experts (modality missing or dropped) never get a line.
+
+`model.brief_dropout` (default 0) drops the whole brief of a training clip with that
+probability, so the LLM must also write its evidence from the integrated context.
+
+The decision line (`model.decision_brief`, on by default whenever the classification head
+is): the head on the integrated context reads the emotion from the features
+(`loss_cls`); its two most probable classes go first in the brief as `[fused] ...`, at training
+(detached, from the head in training mode) and inference alike. The report's label is then
+learned as a function of what the features say, and the head and the report agree by
+construction rather than by chance.
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ from minigpt4.common.registry import registry
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
 from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, cfg_get, compose_user_turn
 
-BRIEF_SOURCES = ("golden", "generated", "none")
+BRIEF_SOURCES = ("generated", "golden", "none")
+DECISION_TAG = "fused"
 _TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
 
 
@@ -54,9 +62,12 @@ class HEROModel(nn.Module):
         self.label_names: tuple[str, ...] = tuple(str(x) for x in labels)
         if not self.label_names:
             raise ValueError("model.label_names must list at least one emotion")
-        self.brief_source = str(cfg_get(cfg_model, "brief_source", "golden")).lower()
+        self.brief_source = str(cfg_get(cfg_model, "brief_source", "generated")).lower()
         if self.brief_source not in BRIEF_SOURCES:
             raise ValueError(f"model.brief_source must be one of {', '.join(BRIEF_SOURCES)}, got {self.brief_source!r}")
+        self.brief_dropout = float(cfg_get(cfg_model, "brief_dropout", 0.0))
+        if not 0.0 <= self.brief_dropout < 1.0:
+            raise ValueError(f"model.brief_dropout must be in [0, 1), got {self.brief_dropout}")
         self.evidence_max_len = int(cfg_get(cfg_model, "evidence_max_len", 32))
         stmil = cfg_get(cfg_model, "stmil", {})
         lr = cfg_get(stmil, "lr", None)
@@ -74,6 +85,11 @@ class HEROModel(nn.Module):
             eos_token_id=int(tok.eos_token_id),
             pad_token_id=int(tok.pad_token_id),
         )
+        decision = cfg_get(cfg_model, "decision_brief", None)
+        self.decision_brief = self.evidence_stack.use_cls_head if decision is None else bool(decision)
+        if self.decision_brief and not self.evidence_stack.use_cls_head:
+            raise ValueError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
+                             "model.use_cls_head: true)")
         decoder_max = int(self.evidence_stack.decoder.max_len)
         if not 1 <= self.evidence_max_len <= decoder_max - 1:
             raise ValueError(f"model.evidence_max_len must be in [1, model.evidence_decoder.max_len - 1 = "
@@ -164,20 +180,52 @@ class HEROModel(nn.Module):
             result.append(clip)
         return result
 
-    def training_brief(self, samples: Mapping[str, Any], output: Any) -> list[dict[str, str]]:
-        """Brief sentences at training, per `brief_source` (see the module docstring)."""
+    def training_brief(self, samples: Mapping[str, Any], output: Any) -> list[Optional[dict[str, str]]]:
+        """Brief sentences at training, per `brief_source` and `brief_dropout` (module docstring).
+
+        None for a clip means no brief at all (no decision line either).
+        """
         batch = self._batch_size(samples)
         if self.brief_source == "none":
-            return [{} for _ in range(batch)]
+            return [None] * batch
         if self.brief_source == "generated":
             with torch.no_grad():
-                return self.generated_evidence(output)
-        golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
-                  for ev in (samples.get("evidence") or [{} for _ in range(batch)])]
-        missing = torch.tensor([[name not in ev for name in EXPERT_ORDER] for ev in golden], dtype=torch.bool)
-        with torch.no_grad():
-            generated = self.generated_evidence(output, which=missing)
-        return [{**gen, **gold} for gen, gold in zip(generated, golden)]
+                sentences = self.generated_evidence(output)
+        else:
+            golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
+                      for ev in (samples.get("evidence") or [{} for _ in range(batch)])]
+            missing = torch.tensor([[name not in ev for name in EXPERT_ORDER] for ev in golden], dtype=torch.bool)
+            with torch.no_grad():
+                generated = self.generated_evidence(output, which=missing)
+            sentences = [{**gen, **gold} for gen, gold in zip(generated, golden)]
+        if self.brief_dropout > 0:
+            keep = (torch.rand(batch) >= self.brief_dropout).tolist()
+            return [s if k else None for s, k in zip(sentences, keep)]
+        return sentences
+
+    def decision_lines(self, output: Any) -> list[Optional[str]]:
+        """The `[fused]` brief line per clip: the head's two most probable classes, or None when off.
+
+        Shape of the text: "most likely angry (0.81), then worried (0.12)". Probabilities come
+        from the head on the integrated context (detached); no head, no line.
+        """
+        if not self.decision_brief or output.cls_logits is None:
+            return [None] * int(output.context.shape[0])
+        probs = torch.softmax(output.cls_logits.detach().float(), dim=-1)
+        top = probs.topk(min(2, probs.shape[-1]), dim=-1)
+        lines = []
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            first = f"most likely {self.label_names[i[0]]} ({p[0]:.2f})"
+            lines.append(first if len(i) < 2 else f"{first}, then {self.label_names[i[1]]} ({p[1]:.2f})")
+        return lines
+
+    def classify(self, output: Any) -> Optional[list[tuple[str, float]]]:
+        """(label, probability) of the classification head per clip, or None without a head."""
+        if output.cls_logits is None:
+            return None
+        probs = torch.softmax(output.cls_logits.detach().float(), dim=-1)
+        conf, idx = probs.max(dim=-1)
+        return [(self.label_names[int(i)], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
 
     @staticmethod
     def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool]) -> list[tuple[str, str]]:
@@ -190,11 +238,22 @@ class HEROModel(nn.Module):
         items.sort(key=lambda x: (-x[2], x[3]))
         return [(name, sentence) for name, sentence, _, _ in items]
 
-    def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Mapping[str, str]], output: Any) -> list[str]:
+    def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
+                    output: Any) -> list[str]:
+        """The user turn per clip; a clip whose sentences are None gets no brief (no decision line)."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
-        return [compose_user_turn(instr, self.order_brief(sent, w, p))
-                for instr, sent, w, p in zip(instructions, sentences, weights, present)]
+        decisions = self.decision_lines(output)
+        turns = []
+        for instr, sent, w, p, decision in zip(instructions, sentences, weights, present, decisions):
+            if sent is None:
+                turns.append(compose_user_turn(instr, []))
+                continue
+            brief = self.order_brief(sent, w, p)
+            if decision is not None:
+                brief = [(DECISION_TAG, decision)] + brief
+            turns.append(compose_user_turn(instr, brief))
+        return turns
 
     # ------------------------------------------------------------------ training
     def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
@@ -243,7 +302,9 @@ class HEROModel(nn.Module):
         `brief_source` is `none`); False measures what the integrated context alone carries.
 
         Keys: report, emotion, confidence, format_ok, evidence (expert -> generated sentence),
-        modality_weights (expert -> float), synergy_score (float), video_id (when given).
+        modality_weights (expert -> float), synergy_score (float), head_emotion /
+        head_confidence (the classification head's reading; None without a head), video_id
+        (when given).
         The instruction is `cot.build_instruction(label_names, use_cot)`.
         """
         samples = self._on_device(samples)
@@ -251,13 +312,14 @@ class HEROModel(nn.Module):
         output = self.evidence_stack(samples, None, compute_losses=False)
         evidence = self.generated_evidence(output)
         use_brief = self.brief_source != "none" if brief is None else bool(brief)
-        brief_sentences = evidence if use_brief else [{} for _ in range(batch)]
+        brief_sentences = evidence if use_brief else [None] * batch
         instruction = cot.build_instruction(self.label_names, use_cot)
         turns = self._user_turns([instruction] * batch, brief_sentences, output)
         reports = self.reasoner.generate(output.context, turns, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                          do_sample=do_sample, temperature=temperature, top_p=top_p, **gen_kwargs)
         weights = output.modality_weights.detach().float().cpu().tolist()
         synergy = output.synergy_score.detach().float().cpu().tolist()
+        head = self.classify(output)
         ids = samples.get("video_id")
         results = []
         for b, report in enumerate(reports):
@@ -270,6 +332,8 @@ class HEROModel(nn.Module):
                 "evidence": evidence[b],
                 "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
                 "synergy_score": float(synergy[b]),
+                "head_emotion": None if head is None else head[b][0],
+                "head_confidence": None if head is None else head[b][1],
             }
             if ids is not None:
                 item["video_id"] = ids[b]
