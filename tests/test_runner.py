@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 import train_hero
-from minigpt4.common.checkpoint import find_latest_checkpoint, load_model_weights, load_training_state
+from minigpt4.common.checkpoint import find_latest_checkpoint, load_model_weights, load_training_state, resolve_checkpoint
 from minigpt4.common.config import load_config
 from minigpt4.common.logger import read_log
 from minigpt4.runners.runner_base import batch_size_of, move_to_device, resolve_amp
@@ -196,3 +196,29 @@ def test_batch_helpers():
 def test_train_splits_must_exist(tmp_path: Path):
     with pytest.raises(ValueError, match=r"no dataset has a split in run.train_splits=\['training'\]"):
         train(tmp_path, run={"train_splits": ["training"]})
+
+
+def test_validation_by_generation_picks_the_best_checkpoint(tmp_path: Path):
+    """The val loss keeps falling, but the reports collapse after epoch 1: the best checkpoint is
+    epoch 1's by gen_accuracy, and evaluation of the run folder resolves to it."""
+    model = {"arch": "toy_reporter", "gen_schedule": [False, True, False, False]}
+    runner = train(tmp_path, run={"max_epoch": 4, "keep_last_k": 1}, model=model)
+    out = tmp_path / "run"
+    vals = val_records(out)
+    steps = sorted(vals)
+    assert [vals[s]["val_gen_accuracy"] for s in steps][1] == 1.0
+    assert all(vals[s]["val_gen_max_pred_share"] == 1.0 for s in (steps[0], steps[2], steps[3]))  # all "low"
+    assert vals[steps[3]]["val_loss"] < vals[steps[1]]["val_loss"]  # the loss alone would pick the last epoch
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert (best["metric"], best["mode"], best["step"]) == ("gen_accuracy", "max", steps[1])
+    assert runner.summary["best"]["step"] == steps[1]
+    assert resolve_checkpoint(out, prefer_best=True).name == f"ckpt_{steps[1]:08d}"
+    assert resolve_checkpoint(out).name == f"ckpt_{steps[3]:08d}"  # resume still takes the latest
+
+
+def test_validation_generation_can_be_turned_off(tmp_path: Path):
+    train(tmp_path, run={"max_epoch": 1, "val_generate": False}, model={"arch": "toy_reporter"})
+    vals = val_records(tmp_path / "run")
+    assert vals and not any(k.startswith("val_gen_") for v in vals.values() for k in v)
+    best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
+    assert (best["metric"], best["mode"]) == ("loss", "min")

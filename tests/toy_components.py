@@ -9,7 +9,7 @@ detached weights (the STMIL pattern).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +76,45 @@ class ToyRegressor(nn.Module):
         return out
 
 
+@registry.register_model("toy_reporter")
+class ToyReporter(ToyRegressor):
+    """ToyRegressor that also "writes reports": its k-th validation pass by generation is right
+    on every clip when `gen_schedule[k]` is true, else says `low` for all (a collapse).
+
+    Lets a test script what generation-based validation sees, whatever the loss does.
+    """
+
+    label_names = ("low", "high")
+
+    def __init__(self, gen_schedule: Sequence[bool] = (True,), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gen_schedule = [bool(g) for g in gen_schedule]
+        self.current_pass = -1  # validation passes so far (each starts by switching to eval mode)
+
+    @staticmethod
+    def label_of(y: torch.Tensor) -> str:
+        return "high" if float(y) > 0 else "low"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> "ToyReporter":
+        keys = ("in_dim", "hidden", "dropout", "aux", "aux_lr", "crash_after_calls", "freeze_head_bias")
+        return cls(gen_schedule=list(cfg.get("gen_schedule", [True])), **{k: cfg[k] for k in keys if k in cfg})
+
+    def train(self, mode: bool = True) -> "ToyReporter":
+        if not mode:  # each switch to eval mode starts a new validation pass
+            self.current_pass += 1
+        return super().train(mode)
+
+    def generate(self, samples: Mapping[str, Any], max_new_tokens: int = 300, **kwargs: Any) -> list[Dict[str, Any]]:
+        right = self.gen_schedule[min(self.current_pass, len(self.gen_schedule) - 1)]
+        out = []
+        for y in samples["y"]:
+            label = self.label_of(y) if right else "low"
+            out.append({"report": f'### Prediction\n{{"emotion": "{label}"}}', "emotion": label, "confidence": None,
+                        "format_ok": True, "evidence": {}, "modality_weights": None, "synergy_score": None})
+        return out
+
+
 def make_regression(n: int, in_dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [n, in_dim] ~ N(0, 1), y [n] = tanh(x @ w) + 0.05 noise (fixed by `seed`)."""
     g = torch.Generator().manual_seed(seed)
@@ -86,8 +125,9 @@ def make_regression(n: int, in_dim: int, seed: int) -> tuple[torch.Tensor, torch
 
 
 def collate_toy(samples: list[Dict[str, Any]]) -> Dict[str, Any]:
+    ids = [s["id"] for s in samples]
     return {"x": torch.stack([s["x"] for s in samples]), "y": torch.stack([s["y"] for s in samples]),
-            "id": [s["id"] for s in samples]}
+            "id": ids, "video_id": list(ids), "emotion_label": [ToyReporter.label_of(s["y"]) for s in samples]}
 
 
 class ToyDataset(Dataset):

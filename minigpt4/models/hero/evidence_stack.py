@@ -26,6 +26,7 @@ Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
   include_synergy [true] integration_strategy [audio | dynamic | concat]
   lambda_stmil [0.1] lambda_sccl [0.1] lambda_synergy [0.1] lambda_evidence [0.5]
   lambda_cls [1.0] lambda_kl [0] use_cls_head [on iff lambda_cls or lambda_kl > 0]
+  lambda_expert_cls [0] (a linear emotion read-out on every expert summary)
   num_classes [len(label_names)] kl_drop_prob [0.5] kl_temperature [1.0]
   num_heads [8] dropout [0.1] ffn_ratio [4] temporal_position [true]
   sccl_temperature [0.07] sccl_dim [256]
@@ -112,6 +113,7 @@ class HEROEvidenceStack(nn.Module):
             "evidence": float(get("lambda_evidence", 0.5)),
             "cls": float(get("lambda_cls", 1.0)),
             "kl": float(get("lambda_kl", 0.0)),
+            "expert_cls": float(get("lambda_expert_cls", 0.0)),
         }
         for name, value in self.lambdas.items():
             if value < 0:
@@ -156,9 +158,13 @@ class HEROEvidenceStack(nn.Module):
             sccl_dim = int(get("sccl_dim", 256))
             self.sccl_summary_proj = nn.Linear(h, sccl_dim)
             self.sccl_text_proj = nn.Linear(int(llm_dim), sccl_dim)
-        if self.use_cls_head:
+        if self.use_cls_head or self.lambdas["expert_cls"] > 0:
             self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
+        if self.use_cls_head:
             self.cls_head = nn.Sequential(nn.LayerNorm(int(llm_dim)), nn.Linear(int(llm_dim), self.num_classes))
+        if self.lambdas["expert_cls"] > 0:
+            # one linear read-out per expert summary: every expert must find the emotion in its own modality
+            self.expert_cls_heads = nn.ModuleList(nn.Linear(h, self.num_classes) for _ in range(NUM_EXPERTS))
 
     # ------------------------------------------------------------------ public API
     def estimator_parameters(self) -> list[nn.Parameter]:
@@ -268,6 +274,10 @@ class HEROEvidenceStack(nn.Module):
                 kl = self._kl_loss(out)
                 if kl is not None:
                     losses["loss_kl"] = kl
+        if self.lambdas["expert_cls"] > 0:
+            expert_cls = self._expert_cls_loss(summ, present, samples.get("emotion"))
+            if expert_cls is not None:
+                losses["loss_expert_cls"] = expert_cls
         total = torch.zeros((), device=out.context.device)
         for key, value in losses.items():
             total = total + self.lambdas[key[len("loss_"):]] * value.float()
@@ -335,6 +345,19 @@ class HEROEvidenceStack(nn.Module):
         if int(labels.max()) >= self.num_classes:
             raise ValueError(f"emotion index {int(labels.max())} >= model.num_classes {self.num_classes}")
         return F.cross_entropy(logits[valid].float(), labels[valid])
+
+    def _expert_cls_loss(self, summ: Tensor, present: Tensor, emotion: Any) -> Optional[Tensor]:
+        """Mean cross-entropy of each present expert's own read-out of the emotion (deep supervision)."""
+        if not isinstance(emotion, Tensor):
+            return None
+        labels = emotion.to(summ.device).long()
+        terms = []
+        for e, head in enumerate(self.expert_cls_heads):
+            idx = present[:, e] & (labels >= 0)
+            if bool(idx.any()):
+                terms.append(F.cross_entropy(head(summ[idx, e]).float(), labels[idx], reduction="sum"))
+        count = int((present & (labels >= 0)[:, None]).sum())
+        return torch.stack(terms).sum() / count if terms else None
 
     def _kl_loss(self, out: EvidenceOutput) -> Optional[Tensor]:
         """KL(full view || modality-dropped view) of the class distributions; teacher detached.
