@@ -106,7 +106,8 @@ def test_thresholds_at_their_edges():
 def test_generation_metrics_is_the_short_plain_summary():
     g = generation_metrics(collapsed_records(), LABELS)
     assert set(g) == {"n_clips", "accuracy", "weighted_f1", "uar", "format_compliance", "majority_baseline",
-                      "max_pred_share", "max_pred_class", "n_distinct_evidence", "collapse_warnings"}
+                      "max_pred_share", "max_pred_class", "n_distinct_evidence", "head_accuracy", "head_agreement",
+                      "collapse_warnings"}
     assert g["accuracy"] == pytest.approx(0.1) and g["majority_baseline"] == pytest.approx(0.25)
     assert g["max_pred_class"] == "surprise" and g["format_compliance"] == 1.0
     assert g["n_distinct_evidence"] == {"motion": 0, "audio": 1, "au": 0, "text": 0, "visual": N, "synergy": 0}
@@ -122,7 +123,9 @@ def test_records_carry_the_batch_golden_evidence():
     outputs = [{"emotion": "happy", "evidence": {"audio": "a laugh"}}, {"emotion": "sad"}]
     recs = eu.records_from_batch(batch, outputs, label_names=LABELS)
     assert [r["golden_evidence"] for r in recs] == [{"audio": "A laugh."}, {}]
-    assert list(recs[0]) == list(eu.RECORD_KEYS) and eu.RECORD_KEYS[-1] == "golden_evidence"
+    assert list(recs[0]) == list(eu.RECORD_KEYS)
+    assert eu.RECORD_KEYS[-3:] == ("golden_evidence", "head_emotion", "head_confidence")
+    assert [r["head_emotion"] for r in recs] == [None, None]  # no classification head in these outputs
     no_evidence = eu.records_from_batch({"video_id": ["c"]}, [{"emotion": "sad"}])
     assert no_evidence[0]["golden_evidence"] == {}
 
@@ -183,3 +186,15 @@ def test_write_outputs_prints_the_summary_then_loud_warnings(tmp_path: Path, cap
     eval_hero.write_outputs(tmp_path / "ok", {"full": [healthy_records()]}, None, LABELS, [], meta, time.time())
     captured = capsys.readouterr()
     assert "WARNING" not in captured.err and "| majority 0.2500" in captured.out
+
+
+def test_head_metrics_accuracy_and_agreement():
+    from minigpt4.common.metrics import head_metrics
+
+    recs = [{"gold_emotion": "happy", "pred_emotion": "happy", "head_emotion": "happy"},
+            {"gold_emotion": "sad", "pred_emotion": "happy", "head_emotion": "sad"},
+            {"gold_emotion": None, "pred_emotion": "unknown", "head_emotion": "sad"},  # unlabeled, unparsed
+            {"gold_emotion": "sad", "pred_emotion": "sad", "head_emotion": "happy"}]
+    h = head_metrics(recs, LABELS)
+    assert h == {"accuracy": 2 / 3, "agreement": 1 / 4, "n_clips": 4}
+    assert head_metrics([{"gold_emotion": "sad", "pred_emotion": "sad", "head_emotion": None}], LABELS) is None

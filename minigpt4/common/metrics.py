@@ -55,8 +55,10 @@ GOLD_SHARE_RATIO = 2.0
 MIN_SHARE_FOR_RATIO = 0.25
 # An expert with at least this many generated sentences ...
 MIN_SENTENCES_FOR_DIVERSITY = 10
-# ... and at most this many distinct ones has a collapsed evidence decoder.
-MAX_DISTINCT_COLLAPSED = 2
+# ... and at most this many distinct ones has a collapsed evidence decoder. One: corpora whose
+# annotations use two or three levels per expert legitimately give two or three sentences
+# under greedy decoding; a single sentence for every clip is a decoder that ignores its input.
+MAX_DISTINCT_COLLAPSED = 1
 
 
 def _norm(label: Any) -> str:
