@@ -86,11 +86,13 @@ def test_forward_shapes_and_loss_terms(strategy):
 def test_defaults_switch_optional_terms_off_and_losses_can_be_skipped():
     stack = _stack().train()
     out = stack(_batch(), None)
-    assert set(out.losses) == {"loss_stmil", "loss_sccl", "loss_synergy"}  # no golden evidence, no cls/kl
-    assert out.cls_logits is None
+    # no golden evidence, no kl; the classification head is on by default (lambda_cls 1.0)
+    assert set(out.losses) == {"loss_stmil", "loss_sccl", "loss_synergy", "loss_cls"}
+    assert out.cls_logits.shape == (5, 6) and out.expert_logits is None and stack.decoder.condition_proj is None
+    assert _stack(lambda_cls=0.0).eval()(_batch(), None).cls_logits is None
     quiet = stack(_batch(), _targets(), compute_losses=False)
     assert quiet.losses == {} and float(quiet.loss_aux) == 0.0 and quiet.estimator_loss is None
-    off = _stack(lambda_stmil=0.0, lambda_sccl=0.0, include_synergy=False).train()
+    off = _stack(lambda_stmil=0.0, lambda_sccl=0.0, include_synergy=False, lambda_cls=0.0).train()
     out = off(_batch(), None)
     assert out.losses == {} and out.estimator_loss is None and off.estimator_parameters() == []
     assert not out.expert_present[:, SYNERGY].any() and torch.equal(out.synergy_score, torch.full((5,), 0.5))
@@ -281,7 +283,8 @@ def test_paper_dims_build_and_run():
     with torch.no_grad():
         out = stack(_batch(b=2, t=6, max_dim=1024, dims=paper), None)
     assert out.context.shape == (2, 64, 256) and out.expert_tokens.shape == (2, 6, 32, 768)
-    assert set(out.losses) == {"loss_sccl"}  # clip 1 has no audio: STMIL and synergy need two pairs
+    # clip 1 has no audio: STMIL and synergy need two pairs; the default head has no labels here
+    assert set(out.losses) <= {"loss_sccl", "loss_cls"} and "loss_sccl" in out.losses
     torch.testing.assert_close(out.modality_weights.sum(-1), torch.ones(2))
 
 
@@ -293,3 +296,28 @@ def test_bf16_autocast_runs_and_stays_finite():
     total.backward()
     assert torch.isfinite(total) and torch.isfinite(out.modality_weights).all()
     assert all(torch.isfinite(p.grad).all() for p in stack.parameters() if p.grad is not None)
+
+
+def test_expert_readouts_train_and_condition_the_decoder():
+    """lambda_expert_cls > 0: one read-out per expert, its CE over present experts of labelled clips,
+    and its class probabilities as an extra decoder memory token (which changes what it writes)."""
+    stack = _stack(lambda_expert_cls=0.5).train()
+    batch = _batch()
+    out = stack(batch, _targets())
+    assert out.expert_logits.shape == (5, 6, 6) and "loss_expert_cls" in out.losses
+    rows = (out.expert_present & (batch["emotion"] >= 0)[:, None]).nonzero()
+    expected = torch.nn.functional.cross_entropy(out.expert_logits[rows[:, 0], rows[:, 1]], batch["emotion"][rows[:, 0]])
+    torch.testing.assert_close(out.losses["loss_expert_cls"], expected)
+    assert stack.decoder.condition_proj is not None
+    out.losses["loss_evidence"].backward()
+    assert stack.decoder.condition_proj.weight.grad.abs().sum() > 0  # the decoder reads the read-out
+    assert all(p.grad is None for p in stack.expert_cls_heads.parameters())  # ...detached: trained by its own CE
+    memory, index = torch.randn(3, 4, stack.hidden_dim), torch.tensor([0, 1, 2])
+    cond = torch.eye(6)[:3]
+    with pytest.raises(ValueError, match="conditioned"):
+        stack.decoder.hidden(memory, index, torch.ones(3, 2, dtype=torch.long))
+    a = stack.decoder.eval().hidden(memory, index, torch.ones(3, 2, dtype=torch.long), cond)
+    b = stack.decoder.hidden(memory, index, torch.ones(3, 2, dtype=torch.long), cond.flip(0))
+    assert not torch.allclose(a, b)
+    off = _stack(lambda_expert_cls=0.5, evidence_decoder={"condition_on_readout": False})
+    assert off.decoder.condition_proj is None

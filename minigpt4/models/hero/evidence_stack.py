@@ -31,7 +31,9 @@ Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
   num_heads [8] dropout [0.1] ffn_ratio [4] temporal_position [true]
   sccl_temperature [0.07] sccl_dim [256]
   stmil: {hidden_dim [256], num_negatives [1], logvar_bound [5.0], lr (read by HEROModel)}
-  evidence_decoder: {embed_dim [256], num_layers [2], num_heads [4], max_len [64], dropout [= dropout]}
+  evidence_decoder: {embed_dim [256], num_layers [2], num_heads [4], max_len [64], dropout [= dropout],
+                     condition_on_readout [true: with lambda_expert_cls > 0 the decoder also reads
+                     the expert's class probabilities]}
 """
 from __future__ import annotations
 
@@ -87,6 +89,7 @@ class EvidenceOutput:
     loss_aux: Optional[Tensor] = None  # scalar, sum of lambda_* x term (0 when no term is active)
     estimator_loss: Optional[Tensor] = None  # scalar vCLUB q-network NLL (detached inputs) or None
     cls_logits: Optional[Tensor] = None  # [B, num_classes] when the classification head is on
+    expert_logits: Optional[Tensor] = None  # [B, 6, num_classes] per-expert read-outs (lambda_expert_cls > 0)
 
 
 class HEROEvidenceStack(nn.Module):
@@ -113,7 +116,6 @@ class HEROEvidenceStack(nn.Module):
             "evidence": float(get("lambda_evidence", 0.5)),
             "cls": float(get("lambda_cls", 1.0)),
             "kl": float(get("lambda_kl", 0.0)),
-            "expert_cls": float(get("lambda_expert_cls", 0.0)),
         }
         for name, value in self.lambdas.items():
             if value < 0:
@@ -141,11 +143,18 @@ class HEROEvidenceStack(nn.Module):
             str(get("integration_strategy", "audio")), ffn_ratio,
         )
         dec = get("evidence_decoder", {})
+        self.lambdas["expert_cls"] = float(get("lambda_expert_cls", 0.0))
+        if self.lambdas["expert_cls"] < 0:
+            raise ValueError(f"model.lambda_expert_cls must be >= 0, got {self.lambdas['expert_cls']}")
+        self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
+        # the decoder writes from the expert's own read-out too, when there is one
+        conditioned = bool(cfg_value(dec, "condition_on_readout", True)) and self.lambdas["expert_cls"] > 0
         self.decoder = EvidenceDecoder(
             int(vocab_size), h, bos_token_id, eos_token_id, pad_token_id, NUM_EXPERTS,
             embed_dim=int(cfg_value(dec, "embed_dim", 256)), num_layers=int(cfg_value(dec, "num_layers", 2)),
             num_heads=int(cfg_value(dec, "num_heads", 4)), max_len=int(cfg_value(dec, "max_len", 64)),
             dropout=float(cfg_value(dec, "dropout", dropout)), ffn_ratio=ffn_ratio,
+            num_conditions=self.num_classes if conditioned else 0,
         )
         self.pad_token_id = int(pad_token_id)
         stmil = get("stmil", {})
@@ -158,8 +167,6 @@ class HEROEvidenceStack(nn.Module):
             sccl_dim = int(get("sccl_dim", 256))
             self.sccl_summary_proj = nn.Linear(h, sccl_dim)
             self.sccl_text_proj = nn.Linear(int(llm_dim), sccl_dim)
-        if self.use_cls_head or self.lambdas["expert_cls"] > 0:
-            self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
         if self.use_cls_head:
             self.cls_head = nn.Sequential(nn.LayerNorm(int(llm_dim)), nn.Linear(int(llm_dim), self.num_classes))
         if self.lambdas["expert_cls"] > 0:
@@ -209,9 +216,12 @@ class HEROEvidenceStack(nn.Module):
         present_t = torch.stack(present, dim=1)  # [B, 6]
         integ = self.integration(tokens_t, summaries_t, present_t)
         cls_logits = self._classify(integ.context) if self.use_cls_head else None
+        expert_logits = None
+        if self.lambdas["expert_cls"] > 0:
+            expert_logits = torch.stack([head(summaries_t[:, e]) for e, head in enumerate(self.expert_cls_heads)], 1)
         out = EvidenceOutput(context=integ.context, modality_weights=integ.modality_weights, expert_present=present_t,
                              summaries=summaries_t, synergy_score=synergy_score.float(), expert_tokens=tokens_t,
-                             cls_logits=cls_logits)
+                             cls_logits=cls_logits, expert_logits=expert_logits)
         if compute_losses:
             self._losses(out, samples, targets, syn_loss)
         else:
@@ -231,7 +241,8 @@ class HEROEvidenceStack(nn.Module):
         was_training = self.decoder.training
         self.decoder.eval()
         try:
-            ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens)
+            ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens,
+                                        self._decoder_condition(output, rows[:, 0], rows[:, 1]))
         finally:
             self.decoder.train(was_training)
         length = max(1, ids.shape[1])
@@ -275,7 +286,7 @@ class HEROEvidenceStack(nn.Module):
                 if kl is not None:
                     losses["loss_kl"] = kl
         if self.lambdas["expert_cls"] > 0:
-            expert_cls = self._expert_cls_loss(summ, present, samples.get("emotion"))
+            expert_cls = self._expert_cls_loss(out.expert_logits, present, samples.get("emotion"))
             if expert_cls is not None:
                 losses["loss_expert_cls"] = expert_cls
         total = torch.zeros((), device=out.context.device)
@@ -333,7 +344,15 @@ class HEROEvidenceStack(nn.Module):
         if ids.shape[1] + 1 > self.decoder.max_len:
             raise ValueError(f"golden evidence of {ids.shape[1]} tokens (+ EOS) exceeds model.evidence_decoder.max_len "
                              f"{self.decoder.max_len}; raise it or truncate the targets")
-        return self.decoder.loss(out.expert_tokens[b_idx, e_idx], e_idx, ids, mask)
+        return self.decoder.loss(out.expert_tokens[b_idx, e_idx], e_idx, ids, mask,
+                                 self._decoder_condition(out, b_idx, e_idx))
+
+    def _decoder_condition(self, out: EvidenceOutput, b_idx: Tensor, e_idx: Tensor) -> Optional[Tensor]:
+        """The expert read-out's class probabilities [N, C] for the decoder's rows (detached: the
+        read-out is trained by its own cross-entropy, the decoder only reads it); None if unconditioned."""
+        if self.decoder.condition_proj is None:
+            return None
+        return torch.softmax(out.expert_logits[b_idx, e_idx].detach().float(), dim=-1)
 
     def _cls_loss(self, logits: Tensor, emotion: Any) -> Optional[Tensor]:
         if not isinstance(emotion, Tensor):
@@ -346,18 +365,19 @@ class HEROEvidenceStack(nn.Module):
             raise ValueError(f"emotion index {int(labels.max())} >= model.num_classes {self.num_classes}")
         return F.cross_entropy(logits[valid].float(), labels[valid])
 
-    def _expert_cls_loss(self, summ: Tensor, present: Tensor, emotion: Any) -> Optional[Tensor]:
-        """Mean cross-entropy of each present expert's own read-out of the emotion (deep supervision)."""
+    def _expert_cls_loss(self, logits: Tensor, present: Tensor, emotion: Any) -> Optional[Tensor]:
+        """Mean cross-entropy of each present expert's own read-out of the emotion (deep supervision).
+
+        logits [B, 6, C]; absent experts and unlabelled clips are left out.
+        """
         if not isinstance(emotion, Tensor):
             return None
-        labels = emotion.to(summ.device).long()
-        terms = []
-        for e, head in enumerate(self.expert_cls_heads):
-            idx = present[:, e] & (labels >= 0)
-            if bool(idx.any()):
-                terms.append(F.cross_entropy(head(summ[idx, e]).float(), labels[idx], reduction="sum"))
-        count = int((present & (labels >= 0)[:, None]).sum())
-        return torch.stack(terms).sum() / count if terms else None
+        labels = emotion.to(logits.device).long()
+        valid = present & (labels >= 0)[:, None]
+        if not bool(valid.any()):
+            return None
+        rows = valid.nonzero(as_tuple=False)
+        return F.cross_entropy(logits[rows[:, 0], rows[:, 1]].float(), labels[rows[:, 0]])
 
     def _kl_loss(self, out: EvidenceOutput) -> Optional[Tensor]:
         """KL(full view || modality-dropped view) of the class distributions; teacher detached.

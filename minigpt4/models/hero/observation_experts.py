@@ -320,11 +320,16 @@ class EvidenceDecoder(nn.Module):
     own small embedding table (`embed_dim`, tied with the output projection) to stay light with a
     ~50k vocabulary. Conditioning: a learned task token per expert is prepended to the expert's
     tokens (projected to `embed_dim`) as the cross-attention memory, and added to the BOS input.
+    With `num_conditions` > 0 a condition vector per row (the expert's own emotion read-out, a
+    probability vector) becomes one more memory token: the decoder then has an explicit,
+    already discriminative signal to write from, instead of falling back to the most frequent
+    sentence when the expert tokens are hard to read (a collapse seen on a corpus whose
+    evidence names the emotion).
     """
 
     def __init__(self, vocab_size: int, memory_dim: int, bos_token_id: int, eos_token_id: int, pad_token_id: int,
                  num_experts: int = 6, embed_dim: int = 256, num_layers: int = 2, num_heads: int = 4,
-                 max_len: int = 64, dropout: float = 0.1, ffn_ratio: float = 4.0) -> None:
+                 max_len: int = 64, dropout: float = 0.1, ffn_ratio: float = 4.0, num_conditions: int = 0) -> None:
         super().__init__()
         for name, tok in (("bos", bos_token_id), ("eos", eos_token_id), ("pad", pad_token_id)):
             if not 0 <= int(tok) < vocab_size:
@@ -343,19 +348,28 @@ class EvidenceDecoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(embed_dim, num_heads, dropout, ffn_ratio) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(embed_dim)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
+        self.num_conditions = int(num_conditions)
+        self.condition_proj = nn.Linear(self.num_conditions, embed_dim) if self.num_conditions > 0 else None
 
-    def _memory(self, memory: Tensor, expert_index: Tensor) -> Tensor:
-        """[N, Q, memory_dim] + expert index [N] -> [N, 1 + Q, embed_dim]."""
+    def _memory(self, memory: Tensor, expert_index: Tensor, condition: Optional[Tensor] = None) -> Tensor:
+        """[N, Q, memory_dim] + expert index [N] (+ condition [N, C]) -> [N, 1 (+1) + Q, embed_dim]."""
         task = self.task_tokens[expert_index]
         mem = self.memory_proj(self.memory_norm(memory))
-        return torch.cat([task[:, None].to(mem.dtype), mem], dim=1)
+        parts = [task[:, None].to(mem.dtype)]
+        if self.condition_proj is not None:
+            if condition is None or condition.shape != (memory.shape[0], self.num_conditions):
+                got = None if condition is None else tuple(condition.shape)
+                raise ValueError(f"this evidence decoder is conditioned: expected a condition "
+                                 f"[{memory.shape[0]}, {self.num_conditions}], got {got}")
+            parts.append(self.condition_proj(condition.to(mem.dtype))[:, None])
+        return torch.cat(parts + [mem], dim=1)
 
-    def hidden(self, memory: Tensor, expert_index: Tensor, inputs: Tensor) -> Tensor:
+    def hidden(self, memory: Tensor, expert_index: Tensor, inputs: Tensor, condition: Optional[Tensor] = None) -> Tensor:
         """Decoder states [N, S, embed_dim] for input ids [N, S] (inputs[:, 0] is the BOS slot)."""
         s = inputs.shape[1]
         if s > self.max_len:
             raise ValueError(f"evidence sequence of {s} tokens exceeds evidence_decoder.max_len {self.max_len}")
-        mem = self._memory(memory, expert_index)
+        mem = self._memory(memory, expert_index, condition)
         x = self.embed(inputs) + self.positions[:s]
         x = torch.cat([x[:, :1] + self.task_tokens[expert_index][:, None], x[:, 1:]], dim=1).to(mem.dtype)
         for layer in self.layers:
@@ -366,7 +380,8 @@ class EvidenceDecoder(nn.Module):
         """Tied output projection in float32: [..., embed_dim] -> [..., vocab]."""
         return F.linear(h.float(), self.embed.weight.float(), self.output_bias.float())
 
-    def loss(self, memory: Tensor, expert_index: Tensor, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    def loss(self, memory: Tensor, expert_index: Tensor, input_ids: Tensor, attention_mask: Tensor,
+             condition: Optional[Tensor] = None) -> Tensor:
         """Teacher-forced mean token cross-entropy of sentences [N, L] (left-aligned, no BOS/EOS) + EOS.
 
         Input [BOS, t1..tn], labels [t1..tn, EOS]; positions past EOS are ignored.
@@ -379,12 +394,13 @@ class EvidenceDecoder(nn.Module):
         labels = torch.cat([input_ids.long(), torch.full_like(bos, self.pad_token_id)], dim=1)
         labels = torch.where(pos == lengths[:, None], torch.full_like(labels, self.eos_token_id), labels)
         valid = pos <= lengths[:, None]
-        h = self.hidden(memory, expert_index, inputs)
+        h = self.hidden(memory, expert_index, inputs, condition)
         logits = self.project(h[valid])  # [M, V]
         return F.cross_entropy(logits, labels[valid])
 
     @torch.no_grad()
-    def generate(self, memory: Tensor, expert_index: Tensor, max_new_tokens: int) -> Tensor:
+    def generate(self, memory: Tensor, expert_index: Tensor, max_new_tokens: int,
+                 condition: Optional[Tensor] = None) -> Tensor:
         """Greedy decoding until EOS or `max_new_tokens` (capped at max_len - 1) -> [N, L] ids.
 
         EOS itself is not returned; every position after a row's end is `pad_token_id`.
@@ -397,7 +413,7 @@ class EvidenceDecoder(nn.Module):
         for _ in range(steps):
             if n_rows == 0 or bool(done.all()):
                 break
-            nxt = self.project(self.hidden(memory, expert_index, seq)[:, -1]).argmax(-1)
+            nxt = self.project(self.hidden(memory, expert_index, seq, condition)[:, -1]).argmax(-1)
             done = done | (nxt == self.eos_token_id)
             out.append(torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt))
             seq = torch.cat([seq, nxt[:, None]], dim=1)
