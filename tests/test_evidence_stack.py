@@ -301,7 +301,8 @@ def test_bf16_autocast_runs_and_stays_finite():
 def test_expert_readouts_train_and_condition_the_decoder():
     """lambda_expert_cls > 0: one read-out per expert, its CE over present experts of labelled clips,
     and its class probabilities as an extra decoder memory token (which changes what it writes)."""
-    stack = _stack(lambda_expert_cls=0.5).train()
+    dec = {"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16, "condition_on_readout": True}
+    stack = _stack(lambda_expert_cls=0.5, evidence_decoder=dec).train()
     batch = _batch()
     out = stack(batch, _targets())
     assert out.expert_logits.shape == (5, 6, 6) and "loss_expert_cls" in out.losses
@@ -319,5 +320,6 @@ def test_expert_readouts_train_and_condition_the_decoder():
     a = stack.decoder.eval().hidden(memory, index, torch.ones(3, 2, dtype=torch.long), cond)
     b = stack.decoder.hidden(memory, index, torch.ones(3, 2, dtype=torch.long), cond.flip(0))
     assert not torch.allclose(a, b)
-    off = _stack(lambda_expert_cls=0.5, evidence_decoder={"condition_on_readout": False})
-    assert off.decoder.condition_proj is None
+    assert _stack(lambda_expert_cls=0.5).decoder.condition_proj is None  # off unless asked
+    with pytest.raises(ValueError, match="lambda_expert_cls"):
+        _stack(evidence_decoder=dec)

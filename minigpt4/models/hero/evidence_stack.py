@@ -32,8 +32,8 @@ Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
   sccl_temperature [0.07] sccl_dim [256]
   stmil: {hidden_dim [256], num_negatives [1], logvar_bound [5.0], lr (read by HEROModel)}
   evidence_decoder: {embed_dim [256], num_layers [2], num_heads [4], max_len [64], dropout [= dropout],
-                     condition_on_readout [true: with lambda_expert_cls > 0 the decoder also reads
-                     the expert's class probabilities]}
+                     condition_on_readout [false; true: the decoder also reads the expert's class
+                     probabilities, needs lambda_expert_cls > 0]}
 """
 from __future__ import annotations
 
@@ -148,7 +148,10 @@ class HEROEvidenceStack(nn.Module):
             raise ValueError(f"model.lambda_expert_cls must be >= 0, got {self.lambdas['expert_cls']}")
         self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
         # the decoder writes from the expert's own read-out too, when there is one
-        conditioned = bool(cfg_value(dec, "condition_on_readout", True)) and self.lambdas["expert_cls"] > 0
+        conditioned = bool(cfg_value(dec, "condition_on_readout", False))
+        if conditioned and self.lambdas["expert_cls"] <= 0:
+            raise ValueError("model.evidence_decoder.condition_on_readout needs the expert read-outs "
+                             "(model.lambda_expert_cls > 0)")
         self.decoder = EvidenceDecoder(
             int(vocab_size), h, bos_token_id, eos_token_id, pad_token_id, NUM_EXPERTS,
             embed_dim=int(cfg_value(dec, "embed_dim", 256)), num_layers=int(cfg_value(dec, "num_layers", 2)),
