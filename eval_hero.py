@@ -105,16 +105,15 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
         output = stack(_tensors_to(samples, device), None, compute_losses=False)
         if output.cls_logits is None:
             raise EvalError("--use_cls_head: the evidence stack returned no cls_logits")
-        probs = torch.softmax(output.cls_logits.float(), dim=-1)
-        conf, idx = probs.max(dim=-1)
+        readings = model.classify(output)
         evidence = model.generated_evidence(output)
-    labels = list(model.label_names)
     weights = output.modality_weights.detach().float().cpu().tolist()
     synergy = output.synergy_score.detach().float().cpu().tolist()
-    return [{"report": None, "emotion": labels[int(i)], "confidence": float(c), "format_ok": None,
+    return [{"report": None, "emotion": label, "confidence": conf, "format_ok": None,
              "evidence": evidence[b], "synergy_score": float(synergy[b]),
-             "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)}}
-            for b, (i, c) in enumerate(zip(idx.tolist(), conf.tolist()))]
+             "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
+             "head_emotion": label, "head_confidence": conf}
+            for b, (label, conf) in enumerate(readings)]
 
 
 def predict_shard(
