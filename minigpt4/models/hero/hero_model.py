@@ -209,9 +209,9 @@ class HEROModel(nn.Module):
         Shape of the text: "most likely angry (0.81), then worried (0.12)". Probabilities come
         from the head on the integrated context (detached); no head, no line.
         """
-        if not self.decision_brief or output.cls_logits is None:
+        probs = self.head_probs(output) if self.decision_brief else None
+        if probs is None:
             return [None] * int(output.context.shape[0])
-        probs = torch.softmax(output.cls_logits.detach().float(), dim=-1)
         top = probs.topk(min(2, probs.shape[-1]), dim=-1)
         lines = []
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
@@ -219,11 +219,18 @@ class HEROModel(nn.Module):
             lines.append(first if len(i) < 2 else f"{first}, then {self.label_names[i[1]]} ({p[1]:.2f})")
         return lines
 
-    def classify(self, output: Any) -> Optional[list[tuple[str, float]]]:
-        """(label, probability) of the classification head per clip, or None without a head."""
+    @staticmethod
+    def head_probs(output: Any) -> Optional[Tensor]:
+        """The classification head's class probabilities [B, C] (detached, float32), or None without a head."""
         if output.cls_logits is None:
             return None
-        probs = torch.softmax(output.cls_logits.detach().float(), dim=-1)
+        return torch.softmax(output.cls_logits.detach().float(), dim=-1)
+
+    def classify(self, output: Any) -> Optional[list[tuple[str, float]]]:
+        """(label, probability) of the classification head per clip, or None without a head."""
+        probs = self.head_probs(output)
+        if probs is None:
+            return None
         conf, idx = probs.max(dim=-1)
         return [(self.label_names[int(i)], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
 
