@@ -86,7 +86,7 @@ def load_extract_config(path: str, options: Sequence[str] = ()):
 
 def list_videos(video_dir: Optional[str] = None, video_list: Optional[str] = None) -> list[tuple[str, Path]]:
     """(video_id, path) pairs, sorted by id; duplicate ids are an error (they would overwrite each other)."""
-    from minigpt4.models.hero.video_io import VIDEO_EXTENSIONS
+    from minigpt4.extraction.video_io import VIDEO_EXTENSIONS
 
     if video_dir is not None:
         root = Path(video_dir)
@@ -162,7 +162,7 @@ def openface_aus(video_id: str, path: Path, plan: DecodePlan, duration: float) -
     import shutil
     import tempfile
 
-    from minigpt4.models.hero.action_units import (
+    from minigpt4.extraction.action_units import (
         BUILTIN_ESTIMATOR_NOTE,
         find_openface_csv,
         read_openface_csv,
@@ -211,9 +211,9 @@ def decode_video(
     `has_audio`; on the last segment `au`, `au_source`, `au_note`. A problem yields a single
     dict with `error` (and last=True) instead, so the main process records it and goes on.
     """
-    from minigpt4.models.hero.action_units import OpenFaceError
-    from minigpt4.models.hero.feature_extractors import is_silent
-    from minigpt4.models.hero.video_io import VideoDecodeError, VideoSource, sample_times
+    from minigpt4.extraction.action_units import OpenFaceError
+    from minigpt4.extraction.encoders import is_silent
+    from minigpt4.extraction.video_io import VideoDecodeError, VideoSource, sample_times
 
     base = {"video_id": video_id, "path": str(path)}
     mods = plan.modalities
@@ -393,7 +393,7 @@ class EncoderSet:
     """The encoders for the requested modalities, loaded once per process, fed through BatchQueues."""
 
     def __init__(self, cfg, modalities: Sequence[str], device: str, precision: str, batch_size: int) -> None:
-        from minigpt4.models.hero import feature_extractors as fx
+        from minigpt4.extraction import encoders as fx
 
         self.cfg = cfg
         self.modalities = tuple(modalities)
@@ -466,7 +466,7 @@ class EncoderSet:
                 else:
                     absent.append(f"{key}: " + ("no audio track" if key == "hubert" else "no frames"))
         if "hubert" in arrays and self.hubert_fps < self.hubert.frame_rate:
-            from minigpt4.models.hero.resample import window_means
+            from minigpt4.extraction.resample import window_means
 
             rate = self.hubert.frame_rate
             times = np.concatenate([s + np.arange(len(p)) / rate for p, s in zip(st.parts["hubert"], st.parts["hubert_start"])])
@@ -539,7 +539,7 @@ def build_plan(cfg, modalities: Sequence[str]) -> tuple[DecodePlan, Preprocessor
     """Decode settings and the models' preprocessors (light: no weights are loaded here)."""
     from transformers import AutoConfig
 
-    from minigpt4.models.hero import feature_extractors as fx
+    from minigpt4.extraction import encoders as fx
 
     pre = Preprocessors()
     sides = []
@@ -674,7 +674,7 @@ def run(args: argparse.Namespace) -> int:
         transformers.logging.disable_progress_bar()
 
         from minigpt4.datasets.feature_io import write_features
-        from minigpt4.models.hero.feature_extractors import resolve_device
+        from minigpt4.extraction.encoders import resolve_device
 
         if num_workers > 0 and resolve_device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # Leave the decoding workers their cores: an oversubscribed OpenMP pool spins and

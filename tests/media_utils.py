@@ -273,7 +273,7 @@ def tiny_options(paths: dict[str, Path]) -> list[str]:
 
 def openface_header() -> list[str]:
     """The column layout of OpenFace 2.0 FeatureExtraction (gaze, pose, 2D landmarks, AUs)."""
-    from minigpt4.models.hero.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
+    from minigpt4.extraction.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
 
     cols = ["frame", "face_id", "timestamp", "confidence", "success"]
     cols += [f"gaze_{e}_{a}" for e in (0, 1) for a in "xyz"] + ["gaze_angle_x", "gaze_angle_y"]
@@ -285,7 +285,7 @@ def openface_header() -> list[str]:
 
 def write_openface_csv(path: Path, rows: list[dict]) -> Path:
     """Rows give frame/face_id/timestamp/confidence/success and optional `aus` [35]; the rest is filler."""
-    from minigpt4.models.hero.action_units import AU_COLUMNS, AU_DIM
+    from minigpt4.extraction.action_units import AU_COLUMNS, AU_DIM
 
     header = openface_header()
     lines = [", ".join(header)]  # OpenFace separates with ", "

@@ -1,4 +1,4 @@
-"""OpenFace 2.0 AU CSV reader, resampling and binary runner (minigpt4/models/hero/action_units.py)."""
+"""OpenFace 2.0 AU CSV reader, resampling and binary runner (minigpt4/extraction/action_units.py)."""
 from __future__ import annotations
 
 import stat
@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt4.models.hero.action_units import (
+from minigpt4.extraction.action_units import (
     AU_COLUMNS,
     AU_DIM,
     AU_INTENSITY_COLUMNS,

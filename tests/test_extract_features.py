@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt4.models.hero.resample import window_means
-from minigpt4.models.hero.video_io import VideoSource, frames_shown_at, read_audio, sample_times
+from minigpt4.extraction.resample import window_means
+from minigpt4.extraction.video_io import VideoSource, frames_shown_at, read_audio, sample_times
 from scripts.extract_features import list_videos, main, stretch_to
 from tests.media_utils import (
     make_frames,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from minigpt4.models.hero.resample import window_means
+from minigpt4.extraction.resample import window_means
 
 
 def test_matches_a_direct_loop_for_unsorted_timestamps() -> None:

@@ -45,7 +45,7 @@ import numpy as np
 from minigpt4.common.atomic_io import atomic_write_json
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, DIM_KEYS, STACK_ORDER
 from minigpt4.datasets import demo_data as dd
-from minigpt4.models.hero.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
+from minigpt4.extraction.action_units import AU_INTENSITY_COLUMNS, AU_PRESENCE_COLUMNS
 
 PathLike = Union[str, "os.PathLike[str]"]
 

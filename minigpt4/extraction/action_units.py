@@ -27,7 +27,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from minigpt4.models.hero.resample import window_means
+from minigpt4.extraction.resample import window_means
 
 PathLike = Union[str, "os.PathLike[str]"]
 
