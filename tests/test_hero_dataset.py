@@ -351,10 +351,43 @@ def test_builder_per_split_files_and_config_errors(corpus, tmp_path: Path) -> No
         HEROBuilder(_cfg(max_dims=3))
     with pytest.raises(KeyError, match="did you mean 'build_info.images.storage'"):
         HEROBuilder(OmegaConf.create({"build_info": {"images": {"storag": "x"}}}))
+    # the dataset config defaults to the demo's paths; an explicit null is "no data set"
     with pytest.raises(ValueError, match="annotations.storage"):
-        HEROBuilder(_cfg()).build_datasets()
+        HEROBuilder(_cfg(build_info={"annotations": {"storage": None}})).build_datasets()
     with pytest.raises(ValueError, match="images.storage"):
-        HEROBuilder(_cfg(build_info={"annotations": {"storage": str(tr)}})).build_datasets()
+        HEROBuilder(_cfg(build_info={"images": {"storage": None}, "annotations": {"storage": str(tr)}})).build_datasets()
+
+
+def test_the_dataset_config_is_where_the_data_paths_live(corpus, tmp_path: Path) -> None:
+    """Editing build_info storage in configs/datasets/hero_dataset.yaml changes what the shipped
+    model configs train on: no model config shadows it."""
+    import shutil
+
+    import minigpt4
+    from minigpt4.common.config import REPO_ROOT, load_config
+    from minigpt4.tasks.hero_task import HeroTask
+
+    feats, labels, _ = corpus
+    shipped = OmegaConf.load(REPO_ROOT / "configs/datasets/hero_dataset.yaml").datasets.hero_dataset.build_info
+    for name in ("hero.yaml", "hero_paper.yaml"):
+        cfg = load_config(REPO_ROOT / "configs/models" / name)
+        assert cfg.datasets.hero_dataset.build_info == shipped, name
+    # a copy of the two shipped files, the dataset config edited as a user would
+    (tmp_path / "configs/datasets").mkdir(parents=True)
+    (tmp_path / "configs/models").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "configs/models/hero.yaml", tmp_path / "configs/models/hero.yaml")
+    text = (REPO_ROOT / "configs/datasets/hero_dataset.yaml").read_text()
+    text = text.replace(f"storage: {shipped.images.storage}", f"storage: {feats}")
+    text = text.replace(f"storage: {shipped.annotations.storage}", f"storage: {labels}")
+    (tmp_path / "configs/datasets/hero_dataset.yaml").write_text(text)
+    model_cfg = tmp_path / "configs/models/hero.yaml"
+    model_cfg.write_text(model_cfg.read_text().replace("  - configs/datasets/hero_dataset.yaml",
+                                                       f"  - {tmp_path / 'configs/datasets/hero_dataset.yaml'}"))
+    dims = [f"model.{'video' if m == 'motion' else m}_dim={d}" for m, d in DIMS.items()]
+    cfg = load_config(model_cfg, dims + [f"datasets.hero_dataset.max_dim={MAX_DIM}"])
+    minigpt4.setup_registry()
+    train = HeroTask(cfg).build_datasets(cfg)["hero_dataset"]["train"]
+    assert train.features_dir == feats and len(train) == 6
 
 
 def test_batched_fetch_equals_per_item_path(corpus, monkeypatch) -> None:
@@ -381,3 +414,48 @@ def test_batched_fetch_equals_per_item_path(corpus, monkeypatch) -> None:
                     assert a[key] == other[key], key
         loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=ds.collater)
         assert torch.equal(next(iter(loader))["video_features"], ds.collater([ds[i] for i in range(4)])["video_features"])
+
+
+@pytest.mark.parametrize("width", [DIMS["audio"] + 8, DIMS["audio"] - 8])
+def test_feature_width_other_than_the_model_dim_names_file_key_and_both_widths(corpus, width: int) -> None:
+    """A too-wide file would be cut to model.audio_dim columns, a too-narrow one read with its
+    zero padding as features: both fail, at build time for the first file."""
+    feats, labels, arrays = corpus
+    bad = dict(arrays["clip_000"])
+    bad["hubert"] = np.zeros((4, width), np.float32)
+    write_features(feats / "clip_000.npz", bad)
+    ds = _dataset(corpus)
+    with pytest.raises(FeatureFileError) as err:
+        ds.expect_dims(DIMS)
+    text = str(err.value)
+    assert "clip_000.npz" in text and "'hubert'" in text
+    assert f"{width} wide" in text and f"model.audio_dim = {DIMS['audio']}" in text
+
+
+def test_a_later_file_of_another_width_fails_when_read(corpus) -> None:
+    feats, labels, arrays = corpus
+    bad = dict(arrays["clip_003"])
+    bad["au"] = np.zeros((2, 17), np.float32)
+    write_features(feats / "clip_003.npz", bad)
+    ds = _dataset(corpus)
+    ds.expect_dims(DIMS)  # the first file is fine
+    ds[0]
+    with pytest.raises(FeatureFileError, match=r"clip_003\.npz.*17 wide, narrower than model\.au_dim = 35"):
+        ds[3]
+
+
+def test_hero_task_checks_the_files_against_the_model_dims(corpus) -> None:
+    import minigpt4
+    from minigpt4.tasks.hero_task import HeroTask
+
+    feats, labels, _ = corpus
+    minigpt4.setup_registry()
+    cfg = OmegaConf.create({
+        "model": {"arch": "hero", **{f"{'video' if m == 'motion' else m}_dim": d for m, d in DIMS.items()}},
+        "datasets": {"hero_dataset": {"max_dim": MAX_DIM, "build_info": {
+            "images": {"storage": str(feats)}, "annotations": {"storage": str(labels)}}}},
+    })
+    assert HeroTask(cfg).build_datasets(cfg)["hero_dataset"]["train"].builder.expected_dims == DIMS
+    cfg.model.audio_dim = DIMS["audio"] + 4
+    with pytest.raises(FeatureFileError, match=r"audio features are 32 wide, narrower than model\.audio_dim = 36"):
+        HeroTask(cfg).build_datasets(cfg)

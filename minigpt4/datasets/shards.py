@@ -101,6 +101,10 @@ class HEROShardDataset(IterableDataset):
         self.world_size = world_size
         self.epoch = 0
 
+    def expect_dims(self, dims: Mapping[str, int]) -> None:
+        """Check every clip against the model's widths (`SampleBuilder.expect_dims`) as it streams."""
+        self.builder.expect_dims(dims)
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 
 from minigpt4.common.eval_utils import records_from_batch
 from minigpt4.common.metrics import generation_metrics
+from minigpt4.common.modalities import STACK_ORDER
 from minigpt4.common.registry import registry
+from minigpt4.models.hero.observation_experts import modality_dims
 from minigpt4.tasks.base_task import BaseTask
 
 
@@ -33,6 +35,12 @@ class HeroTask(BaseTask):
         if len(distinct) > 1:
             detail = "; ".join(f"{n}: {list(v)}" for n, v in label_sets.items())
             raise ValueError(f"datasets disagree on label_names ({detail}); use one label set per run")
+        # every file must be exactly as wide as the model reads each modality (model.*_dim)
+        dims = dict(zip(STACK_ORDER, modality_dims(cfg.get("model"))))
+        for splits in datasets.values():
+            for ds in splits.values():
+                if hasattr(ds, "expect_dims"):
+                    ds.expect_dims(dims)
         return datasets
 
     def valid_generate(self, model: Any, samples: Mapping[str, Any], max_new_tokens: int) -> list[dict[str, Any]]:

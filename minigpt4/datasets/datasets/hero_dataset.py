@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import Dataset
 
 from minigpt4.common import cot
-from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, DIM_KEYS, STACK_ORDER
 from minigpt4.datasets.annotations import Annotation, UNLABELED_SPLITS
 from minigpt4.datasets.buffer_pool import ZeroBufferPool
 from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord, find_feature_file, prefetch, read_features
@@ -105,7 +105,10 @@ class SampleBuilder:
     """Turns one (annotation, feature file) pair into a sample dict with the batch keys.
 
     Also checks that each modality's feature dim is the same in every file it reads (the
-    first file seen fixes it), because a mixed folder would be silently un-padded wrongly.
+    first file seen fixes it), because a mixed folder would be silently un-padded wrongly,
+    and, once `expect_dims` has named the model's widths, that it is exactly that width: the
+    model cuts each modality to its `model.*_dim` columns, so a wider file would lose columns
+    and a narrower one would be read with zero padding as features, both without a sound.
     """
 
     def __init__(
@@ -152,6 +155,19 @@ class SampleBuilder:
         self.seed = int(seed)
         self.instruction = cot.build_instruction(self.label_names, self.use_cot)
         self._dims: dict[str, tuple[int, str]] = {}
+        self.expected_dims: dict[str, int] = {}
+
+    def expect_dims(self, dims: Mapping[str, int]) -> None:
+        """The model's feature width per modality (`model.*_dim`); a file of another width is an error."""
+        unknown = sorted(set(dims) - set(STACK_ORDER))
+        if unknown:
+            raise ValueError(f"expected dims for unknown modality name(s) {unknown}; expected {list(STACK_ORDER)}")
+        for m, d in dims.items():
+            if int(d) < 1:
+                raise ValueError(f"model.{DIM_KEYS[m]} must be >= 1, got {d}")
+            if int(d) > self.max_dim:
+                raise ValueError(f"model.{DIM_KEYS[m]} = {d} exceeds the dataset's max_dim {self.max_dim}")
+        self.expected_dims = {m: int(d) for m, d in dims.items()}
 
     # ------------------------------------------------------------ labels / text
     def check_annotation(self, rec: Annotation) -> None:
@@ -193,6 +209,12 @@ class SampleBuilder:
                 d = arr.shape[1]
                 if d > self.max_dim:
                     raise FeatureFileError(source, key, f"feature dim {d} is larger than max_dim {self.max_dim}")
+                want = self.expected_dims.get(m)
+                if want is not None and d != want:
+                    side = "wider" if d > want else "narrower"
+                    raise FeatureFileError(
+                        source, key, f"{m} features are {d} wide, {side} than model.{DIM_KEYS[m]} = {want} "
+                        f"(set model.{DIM_KEYS[m]}={d} if these are the right features)")
                 first = self._dims.get(m)
                 if first is None:
                     self._dims[m] = (d, source)
@@ -452,6 +474,13 @@ class HERODataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.annotations)
+
+    def expect_dims(self, dims: Mapping[str, int]) -> None:
+        """Check every file against the model's widths (`SampleBuilder.expect_dims`), the first one now,
+        so a wrong `model.*_dim` fails before training starts rather than at the first batch."""
+        self.builder.expect_dims(dims)
+        if self.paths:
+            self.builder.select(self.load_features(0), str(self.paths[0]))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
