@@ -1,4 +1,5 @@
-"""scripts/extract_features.py end to end on small real videos and tiny saved encoders.
+"""Feature extraction (minigpt4/extraction, run as scripts/extract_features.py) end to end on
+small real videos and tiny saved encoders.
 
 Videos are written by OpenCV (frames) and PyAV (audio: espeak-ng speech where installed, a
 tone otherwise; a variable-frame-rate file with explicit timestamps). Encoders are tiny
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minigpt4.extraction.cli import main
+from minigpt4.extraction.decode import stretch_to
+from minigpt4.extraction.jobs import list_videos
 from minigpt4.extraction.resample import window_means
 from minigpt4.extraction.video_io import VideoSource, frames_shown_at, read_audio, sample_times
-from scripts.extract_features import list_videos, main, stretch_to
 from tests.media_utils import (
     make_frames,
     make_tiny_encoders,
