@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark scripts/extract_features.py: videos/s, and total time against pure decoding.
+"""Benchmark feature extraction (minigpt4/extraction, behind scripts/extract_features.py):
+videos/s, and total time against pure decoding.
 
 Goal (issue 6): with the tiny encoders on CPU, the whole extraction takes <= 1.5x the time
 of just decoding the same videos the same way (same sampled frames, same audio), i.e. the
@@ -19,13 +20,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+if TYPE_CHECKING:
+    from minigpt4.extraction.decode import DecodePlan
+
 
 def make_videos(folder: Path, n: int, seconds: float) -> None:
-    from tests.media_utils import make_video
+    """`n` synthetic 640x360 clips cycling through speech, tone and no audio track."""
+    from minigpt4.extraction.synthetic import make_video
 
     for i in range(n):
         audio = ("speech", "tone", None)[i % 3]
@@ -33,9 +39,9 @@ def make_videos(folder: Path, n: int, seconds: float) -> None:
                    text="this is a short benchmark sentence")
 
 
-def pure_decode(jobs, plan) -> float:
+def pure_decode(jobs: list[tuple[str, Path]], plan: "DecodePlan") -> float:
     """Seconds to decode every video exactly as the extractor does (frames + audio), no models."""
-    from scripts.extract_features import decode_video
+    from minigpt4.extraction.decode import decode_video
 
     start = time.perf_counter()
     for vid, path in jobs:
@@ -46,6 +52,7 @@ def pure_decode(jobs, plan) -> float:
 
 
 def main() -> int:
+    """Time pure decoding, then whole extractions per worker count; print a verdict on the 1.5x goal."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video_dir", help="benchmark these videos instead of generated ones")
     ap.add_argument("--config", help="extraction config (default: the tiny encoders)")
@@ -60,9 +67,11 @@ def main() -> int:
 
     import torch
 
-    from scripts.extract_features import DEFAULT_CONFIG, build_plan, list_videos, load_extract_config
-    from scripts.extract_features import main as extract_main
-    from tests.media_utils import make_tiny_encoders, tiny_options
+    from minigpt4.extraction.cli import main as extract_main
+    from minigpt4.extraction.config import DEFAULT_CONFIG, load_extract_config
+    from minigpt4.extraction.decode import build_plan
+    from minigpt4.extraction.jobs import list_videos
+    from minigpt4.extraction.synthetic import make_tiny_encoders, tiny_options
 
     with tempfile.TemporaryDirectory(prefix="bench_extract_") as tmp:
         tmp = Path(tmp)

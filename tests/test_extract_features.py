@@ -22,15 +22,9 @@ from minigpt4.extraction.cli import main
 from minigpt4.extraction.decode import stretch_to
 from minigpt4.extraction.jobs import list_videos
 from minigpt4.extraction.resample import window_means
+from minigpt4.extraction.synthetic import make_frames, make_tiny_encoders, make_video, tiny_options
 from minigpt4.extraction.video_io import VideoSource, frames_shown_at, read_audio, sample_times
-from tests.media_utils import (
-    make_frames,
-    make_tiny_encoders,
-    make_video,
-    tiny_options,
-    write_openface_csv,
-    write_vfr_video,
-)
+from tests.media_utils import write_openface_csv, write_vfr_video
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "extract_features.py"
