@@ -1,4 +1,4 @@
-"""The offline encoders of HERO's extraction step (DESIGN.md 2.1), one small class each.
+"""The offline encoders of HERO's extraction step, one small class each.
 
 Each encoder wraps a Hugging Face model loaded once with `from_pretrained(path_or_id)` (a hub
 id or a local folder) and turns preprocessed inputs into a float32 numpy array:
@@ -16,8 +16,8 @@ CPU work (decode, resize, normalise, log-mel) is what has to be spread over proc
 
 Choices (state them in meta, keep them stable):
 - CLIP: `output="pooled"` (default) is the vision tower's pooled output (post-layernorm CLS,
-  1024-d for ViT-L/14), which is the `clip [N, 1024]` of the design; `output="image_embeds"`
-  is the projected joint-space embedding (768-d for ViT-L/14).
+  1024-d for ViT-L/14), the `clip [N, 1024]` that configs/models/hero_paper.yaml expects;
+  `output="image_embeds"` is the projected joint-space embedding (768-d for ViT-L/14).
 - VideoMAE: the mean over all tokens of the last hidden state, one vector per clip.
 - HuBERT: the mean of the last `num_layers` (3) entries of `hidden_states`.
 - BERT: the last hidden state of every token, [CLS] and [SEP] included; texts longer than

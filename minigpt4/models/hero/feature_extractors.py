@@ -1,5 +1,5 @@
 """Re-export of the offline encoders, whose code lives in `minigpt4/extraction/encoders.py`."""
-from minigpt4.extraction.encoders import (  # noqa: F401
+from minigpt4.extraction.encoders import (
     PRECISIONS,
     BertTextEncoder,
     ClipPreprocessor,
@@ -14,3 +14,9 @@ from minigpt4.extraction.encoders import (  # noqa: F401
     is_silent,
     resolve_device,
 )
+
+__all__ = [
+    "PRECISIONS", "BertTextEncoder", "ClipPreprocessor", "CLIPFrameEncoder", "HuBERTEncoder", "ImagePreprocessor",
+    "LogMelPreprocessor", "VideoMAEClipEncoder", "WaveformPreprocessor", "WhisperTranscriber", "autocast_dtype",
+    "is_silent", "resolve_device",
+]
