@@ -102,8 +102,11 @@ def test_bad_overrides(cfg_file: Path):
 
 
 def test_keys_below_a_null_are_open_slots(cfg_file: Path):
-    cfg = load_config(cfg_file, ["datasets.hero_dataset.build_info.annotations.storage.train=a.json",
-                                 "datasets.hero_dataset.build_info.annotations.storage.val=b.json"])
+    cfg = load_config(cfg_file, ["datasets.hero_dataset.build_info.shards.train=a.tar",
+                                 "datasets.hero_dataset.build_info.shards.val=b.tar"])
+    assert dict(cfg.datasets.hero_dataset.build_info.shards) == {"train": "a.tar", "val": "b.tar"}
+    # a path may be replaced by a split -> file mapping
+    cfg = load_config(cfg_file, ["datasets.hero_dataset.build_info.annotations.storage={train: a.json, val: b.json}"])
     assert dict(cfg.datasets.hero_dataset.build_info.annotations.storage) == {"train": "a.json", "val": "b.json"}
 
 
@@ -131,10 +134,77 @@ def test_cli_helper_and_config_wrapper(cfg_file: Path):
     assert apply_options(conf.config, ["run.seed=2"]).run.seed == 2
 
 
-def test_train_hero_rejects_unknown_option(tmp_path: Path):
-    import train_hero
+def test_hero_train_rejects_unknown_option(tmp_path: Path):
+    from minigpt4.cli.train import run as train_run
     from tests.toy_components import write_toy_config
 
     path = write_toy_config(tmp_path)
     with pytest.raises(ConfigError, match="did you mean 'run.batch_size_train'"):
-        train_hero.main(["--cfg-path", str(path), "--options", "run.batch_size_trian=4"])
+        train_run(["--cfg-path", str(path), "--options", "run.batch_size_trian=4"])
+
+
+def test_unknown_key_in_a_yaml_file_names_the_file_and_the_nearest_key(cfg_file: Path, tmp_path: Path):
+    """A misspelled key in a file (not only in --options) is an error, wherever it sits."""
+    for text, key, near in [("model:\n  lambda_stmill: 0.5\n", "model.lambda_stmill", "model.lambda_stmil"),
+                            ("model:\n  llm: {lora_rr: 4}\n", "model.llm.lora_rr", "model.llm.lora_r"),
+                            ("run:\n  max_epochs: 2\n", "run.max_epochs", "run.max_epoch")]:
+        bad = write(tmp_path / "parts" / "typo.yaml", text)
+        main = write(tmp_path / "typo_main.yaml", f"includes: [{cfg_file}, {bad}]\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(main)
+        msg = str(err.value)
+        assert str(bad) in msg and repr(key) in msg and f"did you mean {near!r}" in msg, msg
+
+
+@pytest.mark.parametrize("text, pattern", [
+    ("model:\n  hidden_dim: wide\n", r"model\.hidden_dim must be an integer"),
+    ("model:\n  video_dim: 0\n", r"model\.video_dim must be > 0"),
+    ("model:\n  dropout: 1.5\n", r"model\.dropout must be in \[0, 1\)"),
+    ("model:\n  include_synergy: 3\n", r"model\.include_synergy must be true or false"),
+    ("model:\n  brief_source: answers\n", r"model\.brief_source must be one of generated, golden, none"),
+    ("model:\n  evidence_decoder: {num_heads: 0}\n", r"model\.evidence_decoder\.num_heads must be > 0"),
+    ("run:\n  batch_size_train: -2\n", r"run\.batch_size_train must be > 0"),
+    ("run:\n  amp: fp8\n", r"run\.amp must be one of"),
+])
+def test_wrong_types_and_impossible_values_name_the_key(cfg_file: Path, tmp_path: Path, text: str, pattern: str):
+    main = write(tmp_path / "bad_main.yaml", f"includes: [{cfg_file}]\n{text}")
+    with pytest.raises(ConfigError, match=pattern):
+        load_config(main)
+
+
+def test_schema_defaults_fill_the_model_section_and_are_what_the_model_reads(cfg_file: Path):
+    """Each default is written once (schema.ModelConfig); load_config puts it under the file's keys, so
+    every key can be overridden and config.yaml records what the run used."""
+    from minigpt4.common.schema import ModelConfig, model_config
+
+    cfg = load_config(cfg_file, ["model.frame_encoder_layers=1"])
+    assert cfg.model.hidden_dim == 128 and cfg.model.num_queries == 4  # the files' own values win
+    assert cfg.model.sccl_temperature == ModelConfig.sccl_temperature  # a default from the schema
+    typed = model_config(cfg.model)
+    assert typed.frame_encoder_layers == 1 and typed.llm.lora_r == 8 and typed.llm.lora_alpha == 16
+    assert model_config({"label_names": "a, b"}).label_names == ["a", "b"]
+
+
+def test_readme_config_table_gives_the_schema_defaults():
+    """README's table states defaults in prose; each number there must be the schema's default (one
+    source of truth: schema.ModelConfig), and both shipped configs pass the schema."""
+    import re
+
+    from minigpt4.common.config import REPO_ROOT
+    from minigpt4.common.schema import ModelConfig
+
+    checked = 0
+    for line in (REPO_ROOT / "README.md").read_text().splitlines():
+        if not line.startswith("| `model."):
+            continue
+        keys_cell, text_cell = line.split("|")[1:3]
+        keys = [k.removeprefix("model.") for k in re.findall(r"`([\w.]+)`", keys_cell)]
+        numbers = [float(n) for n in re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)(?![\w.])", text_cell)]
+        if len(numbers) < len(keys) or any(not hasattr(ModelConfig, k) for k in keys):
+            continue
+        for key, number in zip(keys, numbers):
+            assert float(getattr(ModelConfig, key)) == number, (key, line)
+            checked += 1
+    assert checked >= 12
+    for name in ("hero.yaml", "hero_paper.yaml"):
+        load_config(REPO_ROOT / "configs/models" / name)

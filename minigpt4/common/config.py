@@ -17,6 +17,7 @@ Values are parsed as YAML scalars (ints, floats such as `1e-4`, bools, null, `[l
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import re
 from pathlib import Path
@@ -26,55 +27,14 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minigpt4.common.atomic_io import atomic_write_text
+from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, RunConfig, build, check_keys, run_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("model", "datasets", "run")
 
-# Every run key the runner reads, with its default. Listed here so `--options run.<key>=...`
-# can be checked against it even when a config file does not spell the key out.
-RUN_DEFAULTS: dict[str, Any] = {
-    "task": "hero",
-    "runner": "runner_base",
-    "output_dir": "output/hero_pretrain",
-    "seed": 42,
-    "device": "auto",  # cpu | cuda | cuda:N | auto
-    "max_epoch": 10,
-    "iters_per_epoch": None,  # cap on batches per epoch (required for datasets without len())
-    "batch_size_train": 8,
-    "batch_size_eval": 8,
-    "num_workers": 0,
-    "drop_last": True,  # train loader: full batches only
-    "lr_sched": "linear_warmup_cosine_lr",  # or constant_lr
-    "init_lr": 1.0e-4,
-    "min_lr": 1.0e-6,
-    "warmup_lr": 1.0e-6,
-    "warmup_steps": 0,  # optimiser steps
-    "weight_decay": 0.05,
-    "beta1": 0.9,
-    "beta2": 0.999,
-    "accum_grad_iters": 1,
-    "max_grad_norm": 1.0,  # null or <= 0: no clipping
-    "amp": "auto",  # auto | bf16 | fp16 | none (auto: bf16/fp16 on CUDA, fp32 on CPU)
-    "log_freq": 10,  # optimiser steps between log lines
-    "save_freq": 0,  # optimiser steps between checkpoints (0: only at epoch ends)
-    "save_every_epoch": True,
-    "keep_last_k": 3,
-    "best_metric": "auto",  # validation term that picks the best checkpoint; auto: gen_accuracy if generated, else loss
-    "best_mode": "auto",  # min | max | auto (max for accuracy/f1/uar/agreement terms, else min)
-    "val_generate": True,  # validate by generating reports on the val split (gen_* terms), when the task can
-    "val_max_new_tokens": 300,  # generation budget of that validation
-    "resume_ckpt_path": None,  # checkpoint dir or run dir (its latest checkpoint)
-    "evaluate": False,  # only run validation
-    "train_splits": ["train"],
-    "valid_splits": ["val"],
-    "find_unused_parameters": True,  # DDP: modality dropout leaves some experts unused
-    "progress_bar": True,
-    "imports": [],  # extra modules to import so they can register models/builders/tasks
-}
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file or key."""
+# Every run key the runner reads, with its default (written once, in schema.RunConfig). Listed
+# here so `--options run.<key>=...` can be checked against it even when a file leaves it out.
+RUN_DEFAULTS: dict[str, Any] = run_defaults()
 
 
 # ------------------------------------------------------------------------------ loading
@@ -101,8 +61,12 @@ def _resolve_include(name: str, including: Path) -> Path:
     raise ConfigError(f"{including}: included file {name!r} not found (tried {tried})")
 
 
-def load_yaml_with_includes(path: Union[str, Path], _stack: Tuple[Path, ...] = ()) -> DictConfig:
-    """One YAML file with its `includes:` merged underneath it (recursively, cycles rejected)."""
+def load_yaml_with_includes(path: Union[str, Path], _stack: Tuple[Path, ...] = (),
+                            files: Optional[List[Tuple[Path, DictConfig]]] = None) -> DictConfig:
+    """One YAML file with its `includes:` merged underneath it (recursively, cycles rejected).
+
+    `files`, when given, collects every file read with its own keys (for errors that name the file).
+    """
     path = Path(path).resolve()
     if path in _stack:
         chain = " -> ".join(str(p) for p in _stack + (path,))
@@ -115,20 +79,43 @@ def load_yaml_with_includes(path: Union[str, Path], _stack: Tuple[Path, ...] = (
         includes = [includes]
     if not isinstance(includes, (list, ListConfig)):
         raise ConfigError(f"{path}: `includes` must be a list of file paths")
-    parts = [load_yaml_with_includes(_resolve_include(str(inc), path), _stack + (path,)) for inc in includes]
+    parts = [load_yaml_with_includes(_resolve_include(str(inc), path), _stack + (path,), files) for inc in includes]
+    if files is not None:
+        files.append((path, node))
     return OmegaConf.merge(*parts, node) if parts else node
 
 
 def load_config(cfg_path: Union[str, Path], options: Optional[Sequence[str]] = None) -> DictConfig:
-    """Load a run config (includes, run defaults, then `options` overrides) -> DictConfig."""
-    cfg = load_yaml_with_includes(cfg_path)
+    """Load a run config -> DictConfig: includes, then schema defaults under what the files leave
+    unset, then `options` overrides; every file's keys and the final values are checked
+    against the schema (`minigpt4/common/schema.py`)."""
+    files: List[Tuple[Path, DictConfig]] = []
+    cfg = load_yaml_with_includes(cfg_path, files=files)
     for section in SECTIONS:
         if section in cfg and cfg[section] is not None and not isinstance(cfg[section], DictConfig):
             raise ConfigError(f"{cfg_path}: section `{section}` must be a mapping")
+    model = cfg.get("model")
+    schema = MODEL_SCHEMAS.get(str(model.get("arch"))) if isinstance(model, DictConfig) else None
+    for path, node in files:  # a misspelled key in a file is an error naming that file
+        check_keys(node.get("run"), RunConfig, str(path), "run.")
+        if schema is not None:
+            check_keys(node.get("model"), schema, str(path), "model.")
     run = cfg.get("run") or {}
     cfg["run"] = OmegaConf.merge(OmegaConf.create(RUN_DEFAULTS), run)
+    if schema is not None:
+        cfg["model"] = OmegaConf.merge(OmegaConf.create(dataclasses.asdict(schema())), model)
     apply_options(cfg, options or [], source=str(cfg_path))
+    check_config(cfg, str(cfg_path))
     return cfg
+
+
+def check_config(cfg: DictConfig, where: str = "config") -> None:
+    """Types and values of the `run` section and of a model section with a schema (errors name the key)."""
+    build(RunConfig, cfg.get("run"), "run.", where)
+    model = cfg.get("model")
+    schema = MODEL_SCHEMAS.get(str(model.get("arch"))) if isinstance(model, DictConfig) else None
+    if schema is not None:
+        build(schema, model, "model.", where)
 
 
 # ---------------------------------------------------------------------------- overrides

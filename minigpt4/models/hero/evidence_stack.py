@@ -20,20 +20,7 @@ A term is present in `losses` only when it is switched on (its lambda > 0) *and*
 form it (e.g. two clips with both audio and text for STMIL). The vCLUB q-network's own NLL is
 `estimator_loss`; its parameters (`estimator_parameters()`) are trained only by it.
 
-Model-config keys read here (defaults in brackets; DESIGN.md 6 names first):
-  visual_dim [1024] video_dim [768] audio_dim [1024] au_dim [35] text_dim [768]
-  hidden_dim [768] num_queries [32] num_qformer_layers [2] num_output_queries [64]
-  include_synergy [true] integration_strategy [audio | dynamic | concat]
-  lambda_stmil [0.1] lambda_sccl [0.1] lambda_synergy [0.1] lambda_evidence [0.5]
-  lambda_cls [1.0] lambda_kl [0] use_cls_head [on iff lambda_cls or lambda_kl > 0]
-  lambda_expert_cls [0] (a linear emotion read-out on every expert summary)
-  num_classes [len(label_names)] kl_drop_prob [0.5] kl_temperature [1.0]
-  num_heads [8] dropout [0.1] ffn_ratio [4] temporal_position [true]
-  sccl_temperature [0.07] sccl_dim [256]
-  stmil: {hidden_dim [256], num_negatives [1], logvar_bound [5.0], lr (read by HEROModel)}
-  evidence_decoder: {embed_dim [256], num_layers [2], num_heads [4], max_len [64], dropout [= dropout],
-                     condition_on_readout [false; true: the decoder also reads the expert's class
-                     probabilities, needs lambda_expert_cls > 0]}
+Model-config keys and their defaults: `ModelConfig` in minigpt4/common/schema.py.
 """
 from __future__ import annotations
 
@@ -44,14 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from minigpt4.common.modalities import AUDIO, DEFAULT_EMOTIONS, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
+from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
+from minigpt4.common.schema import model_config
 from minigpt4.models.hero.hero_loss import VCLUBEstimator, distillation_kl, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
     EvidenceDecoder,
     ModalityQFormer,
     SynergyExpert,
-    cfg_value,
     modality_dims,
     slice_modalities,
 )
@@ -98,78 +85,59 @@ class HEROEvidenceStack(nn.Module):
     def __init__(self, cfg_model: Any, llm_dim: int, vocab_size: int, bos_token_id: int,
                  eos_token_id: int, pad_token_id: int) -> None:
         super().__init__()
-        get = lambda key, default: cfg_value(cfg_model, key, default)  # noqa: E731
-        self.dims = modality_dims(cfg_model)
-        self.hidden_dim = h = int(get("hidden_dim", 768))
-        self.num_queries = int(get("num_queries", 32))
-        num_layers = int(get("num_qformer_layers", 2))
-        num_heads = int(get("num_heads", 8))
-        dropout = float(get("dropout", 0.1))
-        ffn_ratio = float(get("ffn_ratio", 4.0))
-        if h % num_heads:
-            raise ValueError(f"model.hidden_dim ({h}) must be divisible by model.num_heads ({num_heads})")
-        self.include_synergy = bool(get("include_synergy", True))
+        c = model_config(cfg_model)
+        self.dims = modality_dims(c)
+        self.hidden_dim = h = c.hidden_dim
+        self.num_queries = c.num_queries
+        num_layers, num_heads, dropout, ffn_ratio = c.num_qformer_layers, c.num_heads, c.dropout, c.ffn_ratio
+        self.include_synergy = c.include_synergy
         self.lambdas = {
-            "stmil": float(get("lambda_stmil", 0.1)),
-            "sccl": float(get("lambda_sccl", 0.1)),
-            "synergy": float(get("lambda_synergy", 0.1)) if self.include_synergy else 0.0,
-            "evidence": float(get("lambda_evidence", 0.5)),
-            "cls": float(get("lambda_cls", 1.0)),
-            "kl": float(get("lambda_kl", 0.0)),
+            "stmil": c.lambda_stmil,
+            "sccl": c.lambda_sccl,
+            "synergy": c.lambda_synergy if self.include_synergy else 0.0,
+            "evidence": c.lambda_evidence,
+            "cls": c.lambda_cls,
+            "kl": c.lambda_kl,
+            "expert_cls": c.lambda_expert_cls,
         }
-        for name, value in self.lambdas.items():
-            if value < 0:
-                raise ValueError(f"model.lambda_{name} must be >= 0, got {value}")
-        self.use_cls_head = bool(get("use_cls_head", self.lambdas["cls"] > 0 or self.lambdas["kl"] > 0))
+        self.use_cls_head = (self.lambdas["cls"] > 0 or self.lambdas["kl"] > 0) if c.use_cls_head is None \
+            else c.use_cls_head
         for name in ("cls", "kl"):
             if self.lambdas[name] > 0 and not self.use_cls_head:
                 raise ValueError(f"model.lambda_{name} > 0 needs the classification head (model.use_cls_head: true)")
-        self.kl_drop_prob = float(get("kl_drop_prob", 0.5))
-        if not 0.0 < self.kl_drop_prob < 1.0:
-            raise ValueError(f"model.kl_drop_prob must be in (0, 1), got {self.kl_drop_prob}")
-        self.kl_temperature = float(get("kl_temperature", 1.0))
-        self.sccl_temperature = float(get("sccl_temperature", 0.07))
-        if self.sccl_temperature <= 0:
-            raise ValueError(f"model.sccl_temperature must be > 0, got {self.sccl_temperature}")
-        temporal = bool(get("temporal_position", True))
+        self.kl_drop_prob = c.kl_drop_prob
+        self.kl_temperature = c.kl_temperature
+        self.sccl_temperature = c.sccl_temperature
+        temporal, frame_layers = c.temporal_position, c.frame_encoder_layers
 
         self.experts = nn.ModuleList(
-            ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal)
+            ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal, frame_layers)
             for dim in self.dims
         )
         self.synergy = SynergyExpert(h, num_heads, dropout, ffn_ratio) if self.include_synergy else None
         self.integration = AudioGuidedIntegration(
-            h, int(llm_dim), NUM_EXPERTS, self.num_queries, int(get("num_output_queries", 64)), num_heads, dropout,
-            str(get("integration_strategy", "audio")), ffn_ratio,
+            h, int(llm_dim), NUM_EXPERTS, self.num_queries, c.num_output_queries, num_heads, dropout,
+            c.integration_strategy, ffn_ratio,
         )
-        dec = get("evidence_decoder", {})
-        self.lambdas["expert_cls"] = float(get("lambda_expert_cls", 0.0))
-        if self.lambdas["expert_cls"] < 0:
-            raise ValueError(f"model.lambda_expert_cls must be >= 0, got {self.lambdas['expert_cls']}")
-        self.num_classes = int(get("num_classes", len(get("label_names", DEFAULT_EMOTIONS))))
+        dec = c.evidence_decoder
+        self.num_classes = c.num_classes or len(c.label_names)
         # the decoder writes from the expert's own read-out too, when there is one
-        conditioned = bool(cfg_value(dec, "condition_on_readout", False))
-        if conditioned and self.lambdas["expert_cls"] <= 0:
+        if dec.condition_on_readout and self.lambdas["expert_cls"] <= 0:
             raise ValueError("model.evidence_decoder.condition_on_readout needs the expert read-outs "
                              "(model.lambda_expert_cls > 0)")
         self.decoder = EvidenceDecoder(
             int(vocab_size), h, bos_token_id, eos_token_id, pad_token_id, NUM_EXPERTS,
-            embed_dim=int(cfg_value(dec, "embed_dim", 256)), num_layers=int(cfg_value(dec, "num_layers", 2)),
-            num_heads=int(cfg_value(dec, "num_heads", 4)), max_len=int(cfg_value(dec, "max_len", 64)),
-            dropout=float(cfg_value(dec, "dropout", dropout)), ffn_ratio=ffn_ratio,
-            num_conditions=self.num_classes if conditioned else 0,
+            embed_dim=dec.embed_dim, num_layers=dec.num_layers, num_heads=dec.num_heads, max_len=dec.max_len,
+            dropout=dropout if dec.dropout is None else dec.dropout, ffn_ratio=ffn_ratio,
+            num_conditions=self.num_classes if dec.condition_on_readout else 0,
         )
         self.pad_token_id = int(pad_token_id)
-        stmil = get("stmil", {})
         self.stmil = None
         if self.lambdas["stmil"] > 0:
-            self.stmil = VCLUBEstimator(h, h, int(cfg_value(stmil, "hidden_dim", 256)),
-                                        int(cfg_value(stmil, "num_negatives", 1)),
-                                        float(cfg_value(stmil, "logvar_bound", 5.0)))
+            self.stmil = VCLUBEstimator(h, h, c.stmil.hidden_dim, c.stmil.num_negatives, c.stmil.logvar_bound)
         if self.lambdas["sccl"] > 0:
-            sccl_dim = int(get("sccl_dim", 256))
-            self.sccl_summary_proj = nn.Linear(h, sccl_dim)
-            self.sccl_text_proj = nn.Linear(int(llm_dim), sccl_dim)
+            self.sccl_summary_proj = nn.Linear(h, c.sccl_dim)
+            self.sccl_text_proj = nn.Linear(int(llm_dim), c.sccl_dim)
         if self.use_cls_head:
             self.cls_head = nn.Sequential(nn.LayerNorm(int(llm_dim)), nn.Linear(int(llm_dim), self.num_classes))
         if self.lambdas["expert_cls"] > 0:

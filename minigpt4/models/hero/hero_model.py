@@ -38,12 +38,12 @@ import torch
 from torch import Tensor, nn
 
 from minigpt4.common import cot
-from minigpt4.common.modalities import DEFAULT_EMOTIONS, EXPERT_ORDER
+from minigpt4.common.modalities import EXPERT_ORDER
+from minigpt4.common.schema import model_config
 from minigpt4.common.registry import registry
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
-from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, cfg_get, compose_user_turn
+from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
 
-BRIEF_SOURCES = ("generated", "golden", "none")
 DECISION_TAG = "fused"
 _TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
 
@@ -56,37 +56,26 @@ class HEROModel(nn.Module):
         super().__init__()
         self.cfg = cfg_model
         # cheap checks first, so a config typo fails before the LLM loads
-        labels = cfg_get(cfg_model, "label_names", DEFAULT_EMOTIONS)
-        if isinstance(labels, str):
-            labels = [x.strip() for x in labels.split(",") if x.strip()]
-        self.label_names: tuple[str, ...] = tuple(str(x) for x in labels)
-        if not self.label_names:
-            raise ValueError("model.label_names must list at least one emotion")
-        self.brief_source = str(cfg_get(cfg_model, "brief_source", "generated")).lower()
-        if self.brief_source not in BRIEF_SOURCES:
-            raise ValueError(f"model.brief_source must be one of {', '.join(BRIEF_SOURCES)}, got {self.brief_source!r}")
-        self.brief_dropout = float(cfg_get(cfg_model, "brief_dropout", 0.0))
-        if not 0.0 <= self.brief_dropout < 1.0:
-            raise ValueError(f"model.brief_dropout must be in [0, 1), got {self.brief_dropout}")
-        self.evidence_max_len = int(cfg_get(cfg_model, "evidence_max_len", 32))
-        stmil = cfg_get(cfg_model, "stmil", {})
-        lr = cfg_get(stmil, "lr", None)
-        self.stmil_lr: Optional[float] = None if lr is None else float(lr)
-        reasoner_cfg = ReasonerConfig.from_model_cfg(cfg_model)
+        c = model_config(cfg_model)
+        self.label_names: tuple[str, ...] = tuple(c.label_names)
+        self.brief_source = c.brief_source
+        self.brief_dropout = c.brief_dropout
+        self.evidence_max_len = c.evidence_max_len
+        self.stmil_lr: Optional[float] = c.stmil.lr
+        reasoner_cfg = ReasonerConfig.from_model_cfg(c)
 
         self.reasoner = LLMReasoner(reasoner_cfg)
         tok = self.reasoner.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
         self.evidence_stack = HEROEvidenceStack(
-            cfg_model,
+            c,
             llm_dim=self.reasoner.hidden_size,
             vocab_size=self.reasoner.vocab_size,
             bos_token_id=int(bos),
             eos_token_id=int(tok.eos_token_id),
             pad_token_id=int(tok.pad_token_id),
         )
-        decision = cfg_get(cfg_model, "decision_brief", None)
-        self.decision_brief = self.evidence_stack.use_cls_head if decision is None else bool(decision)
+        self.decision_brief = self.evidence_stack.use_cls_head if c.decision_brief is None else c.decision_brief
         if self.decision_brief and not self.evidence_stack.use_cls_head:
             raise ValueError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
                              "model.use_cls_head: true)")

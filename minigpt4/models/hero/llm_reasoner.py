@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from minigpt4.common.modalities import IMAGE_TOKEN, VIDEO_PLACEHOLDER
+from minigpt4.common.schema import LLMConfig, ModelConfig, model_config
 
 IGNORE_INDEX = -100
 
@@ -30,17 +31,9 @@ _DTYPES: dict[str, torch.dtype] = {
     "fp16": torch.float16,
 }
 
-DEFAULT_PROMPT_TEMPLATE = "[INST] {} [/INST]"
-DEFAULT_SYSTEM_PROMPT = "You are an expert in multimodal emotion analysis."
+DEFAULT_PROMPT_TEMPLATE = ModelConfig.prompt_template
+DEFAULT_SYSTEM_PROMPT = ModelConfig.system_prompt
 BRIEF_HEADER = "Evidence from the observation experts:"
-
-
-def cfg_get(cfg: Any, key: str, default: Any) -> Any:
-    """`cfg.get(key, default)` for a dict or an OmegaConf node; None counts as missing."""
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -60,57 +53,36 @@ class ReasonerConfig:
     """What `LLMReasoner` reads from the model config (keys under `model.llm` unless noted)."""
 
     path: str
-    dtype: str = "auto"
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    dtype: str = LLMConfig.dtype
+    lora_r: int = LLMConfig.lora_r
+    lora_alpha: int = LLMConfig.lora_alpha
+    lora_dropout: float = LLMConfig.lora_dropout
     lora_target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    gradient_checkpointing: bool = False
-    load_in_4bit: bool = False
-    load_in_8bit: bool = False
-    trust_remote_code: bool = False
+    gradient_checkpointing: bool = LLMConfig.gradient_checkpointing
+    load_in_4bit: bool = LLMConfig.load_in_4bit
+    load_in_8bit: bool = LLMConfig.load_in_8bit
+    trust_remote_code: bool = LLMConfig.trust_remote_code
     # the keys below live directly under `model`
-    use_chat_template: bool = True
+    use_chat_template: bool = ModelConfig.use_chat_template
     system_prompt: Optional[str] = DEFAULT_SYSTEM_PROMPT
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
-    max_txt_len: int = 512
+    max_txt_len: int = ModelConfig.max_txt_len
     end_sym: Optional[str] = None
 
     @classmethod
     def from_model_cfg(cls, cfg_model: Any) -> "ReasonerConfig":
-        llm = cfg_get(cfg_model, "llm", None)
-        path = cfg_get(llm, "path", None)
-        if not path:
+        c = model_config(cfg_model)
+        if not c.llm.path:
             raise ValueError("model.llm.path is required: a local folder or a hub id of a causal LM")
-        targets = cfg_get(llm, "lora_target_modules", ("q_proj", "v_proj"))
-        if isinstance(targets, str):
-            targets = tuple(t.strip() for t in targets.split(",") if t.strip())
-        system_prompt = cfg_model.get("system_prompt", DEFAULT_SYSTEM_PROMPT) if hasattr(cfg_model, "get") else DEFAULT_SYSTEM_PROMPT
-        template = str(cfg_get(cfg_model, "prompt_template", DEFAULT_PROMPT_TEMPLATE))
-        if template.count("{}") != 1:
-            raise ValueError(f"model.prompt_template must contain exactly one '{{}}', got {template!r}")
-        cfg = cls(
-            path=str(path),
-            dtype=str(cfg_get(llm, "dtype", "auto")),
-            lora_r=int(cfg_get(llm, "lora_r", 64)),
-            lora_alpha=int(cfg_get(llm, "lora_alpha", 16)),
-            lora_dropout=float(cfg_get(llm, "lora_dropout", 0.05)),
-            lora_target_modules=tuple(str(t) for t in targets),
-            gradient_checkpointing=bool(cfg_get(llm, "gradient_checkpointing", False)),
-            load_in_4bit=bool(cfg_get(llm, "load_in_4bit", False)),
-            load_in_8bit=bool(cfg_get(llm, "load_in_8bit", False)),
-            trust_remote_code=bool(cfg_get(llm, "trust_remote_code", False)),
-            use_chat_template=bool(cfg_get(cfg_model, "use_chat_template", True)),
-            system_prompt=(str(system_prompt) if system_prompt else None),
-            prompt_template=template,
-            max_txt_len=int(cfg_get(cfg_model, "max_txt_len", 512)),
-            end_sym=(str(cfg_get(cfg_model, "end_sym", "")) or None),
+        llm = c.llm
+        return cls(
+            path=llm.path, dtype=llm.dtype, lora_r=llm.lora_r, lora_alpha=llm.lora_alpha,
+            lora_dropout=llm.lora_dropout, lora_target_modules=tuple(llm.lora_target_modules),
+            gradient_checkpointing=llm.gradient_checkpointing, load_in_4bit=llm.load_in_4bit,
+            load_in_8bit=llm.load_in_8bit, trust_remote_code=llm.trust_remote_code,
+            use_chat_template=c.use_chat_template, system_prompt=c.system_prompt or None,
+            prompt_template=c.prompt_template, max_txt_len=c.max_txt_len, end_sym=c.end_sym or None,
         )
-        if cfg.lora_r < 0:
-            raise ValueError(f"model.llm.lora_r must be >= 0 (0 = no LoRA, LLM frozen), got {cfg.lora_r}")
-        if cfg.max_txt_len < 1:
-            raise ValueError(f"model.max_txt_len must be >= 1, got {cfg.max_txt_len}")
-        return cfg
 
 
 def compose_user_turn(instruction: str, brief: Sequence[tuple[str, str]]) -> str:

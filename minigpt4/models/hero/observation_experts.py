@@ -19,15 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from minigpt4.common.modalities import DIM_KEYS, STACK_ORDER
+from minigpt4.common.schema import model_config
 from minigpt4.models.hero.hero_loss import random_derangement
-
-
-def cfg_value(cfg: Any, key: str, default: Any) -> Any:
-    """`cfg.get(key, default)` for a dict, an OmegaConf node or None; an explicit None counts as missing."""
-    if cfg is None:
-        return default
-    value = cfg.get(key, default) if hasattr(cfg, "get") else getattr(cfg, key, default)
-    return default if value is None else value
 
 
 # --------------------------------------------------------------------------- slicing
@@ -46,16 +39,9 @@ class ModalitySlice:
 
 
 def modality_dims(cfg_model: Any) -> tuple[int, ...]:
-    """The configured feature dim of each modality in STACK_ORDER (DESIGN.md 6 keys)."""
-    defaults = {"motion": 768, "audio": 1024, "au": 35, "text": 768, "visual": 1024}
-    dims = []
-    for name in STACK_ORDER:
-        key = DIM_KEYS[name]
-        dim = int(cfg_value(cfg_model, key, defaults[name]))
-        if dim < 1:
-            raise ValueError(f"model.{key} must be >= 1, got {dim}")
-        dims.append(dim)
-    return tuple(dims)
+    """The configured feature dim of each modality in STACK_ORDER (`model.*_dim`)."""
+    c = model_config(cfg_model)
+    return tuple(int(getattr(c, DIM_KEYS[name])) for name in STACK_ORDER)
 
 
 def slice_modalities(video_features: Tensor, feature_mask: Tensor, modality_mask: Tensor,
@@ -177,10 +163,35 @@ class QFormerLayer(nn.Module):
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
 
+class FrameEncoderLayer(nn.Module):
+    """Pre-norm self-attention over a modality's frames (under their mask) + FFN.
+
+    Queries that only cross-attend see each frame on its own; temporal cues (an oscillation, the
+    direction of a ramp, a level relative to the clip's own baseline) need frames compared with
+    each other first. x [B, T, H], frame_mask [B, T] bool -> [B, T, H]; padded frames are never
+    read (their own rows are computed and later masked out as keys).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_ratio: float) -> None:
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads, dropout)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_ratio, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, frame_mask: Tensor) -> Tensor:
+        h = self.norm_attn(x)
+        x = x + self.drop(self.attn(h, h, frame_mask))
+        return x + self.drop(self.ffn(self.norm_ffn(x)))
+
+
 # --------------------------------------------------------------------------- modality expert
 class ModalityQFormer(nn.Module):
     """One observation expert: learned queries read a modality's frames under its padding mask.
 
+    `frame_layers` self-attention layers over the frames come first (0: the queries read the
+    projected frames directly).
     features [B, T, in_dim], frame_mask [B, T] bool, present [B] bool ->
     tokens [B, num_queries, hidden_dim] and summary [B, hidden_dim] (mean of the tokens).
     Both are exactly zero for a sample whose modality is absent.
@@ -188,14 +199,18 @@ class ModalityQFormer(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, num_queries: int = 32, num_layers: int = 2,
                  num_heads: int = 8, dropout: float = 0.1, ffn_ratio: float = 4.0,
-                 temporal_position: bool = True) -> None:
+                 temporal_position: bool = True, frame_layers: int = 0) -> None:
         super().__init__()
         if num_queries < 1 or num_layers < 1:
             raise ValueError(f"num_queries and num_qformer_layers must be >= 1, got {num_queries}, {num_layers}")
+        if frame_layers < 0:
+            raise ValueError(f"frame_encoder_layers must be >= 0, got {frame_layers}")
         self.in_dim = in_dim
         self.input_proj = nn.Linear(in_dim, hidden_dim)
         self.input_norm = nn.LayerNorm(hidden_dim)
         self.temporal_position = temporal_position
+        self.frame_layers = nn.ModuleList(
+            FrameEncoderLayer(hidden_dim, num_heads, dropout, ffn_ratio) for _ in range(frame_layers))
         self.queries = nn.Parameter(torch.randn(num_queries, hidden_dim) * 0.02)
         self.layers = nn.ModuleList(QFormerLayer(hidden_dim, num_heads, dropout, ffn_ratio) for _ in range(num_layers))
         self.output_norm = nn.LayerNorm(hidden_dim)
@@ -212,6 +227,8 @@ class ModalityQFormer(nn.Module):
         if torch.is_autocast_enabled(device_type):
             # LayerNorm leaves float32 under autocast; cast the [B, T, H] memory once, not in every K/V projection
             memory = memory.to(torch.get_autocast_dtype(device_type))
+        for layer in self.frame_layers:
+            memory = layer(memory, frame_mask)
         x = self.queries.unsqueeze(0).expand(features.shape[0], -1, -1).to(memory.dtype)
         for layer in self.layers:
             x = layer(x, memory, frame_mask)

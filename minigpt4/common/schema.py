@@ -1,0 +1,356 @@
+"""The typed run and model configuration: every key, its type and its default, written once.
+
+A YAML config is merged as a plain OmegaConf tree (includes, `--options`), then each section
+with a schema is checked here: a key the schema does not define is an error naming the file
+and the nearest valid key, a value of the wrong type or out of range is an error naming the
+key. `RunConfig` is the `run` section; `ModelConfig` the `model` section of `arch: hero`
+(other registered architectures keep their own keys). Code reads defaults from these classes
+only: the shipped YAML files may restate a value, never a different default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from minigpt4.common.modalities import DEFAULT_EMOTIONS
+
+
+BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file or key."""
+
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------------------ run
+@dataclass
+class RunConfig:
+    """The runner's keys (`run:`); see README "Configuration" for what each does."""
+
+    task: str = "hero"
+    runner: str = "runner_base"
+    output_dir: str = "output/hero_pretrain"
+    seed: int = 42
+    device: str = "auto"  # cpu | cuda | cuda:N | auto
+    max_epoch: int = 10
+    iters_per_epoch: Optional[int] = None  # cap on batches per epoch (required for datasets without len())
+    batch_size_train: int = 8
+    batch_size_eval: int = 8
+    num_workers: int = 0
+    drop_last: bool = True  # train loader: full batches only
+    lr_sched: str = "linear_warmup_cosine_lr"  # or constant_lr
+    init_lr: float = 1.0e-4
+    min_lr: float = 1.0e-6
+    warmup_lr: float = 1.0e-6
+    warmup_steps: int = 0  # optimiser steps
+    weight_decay: float = 0.05
+    beta1: float = 0.9
+    beta2: float = 0.999
+    accum_grad_iters: int = 1
+    max_grad_norm: Optional[float] = 1.0  # null or <= 0: no clipping
+    amp: str = "auto"  # auto | bf16 | fp16 | none (auto: bf16/fp16 on CUDA, fp32 on CPU)
+    log_freq: int = 10  # optimiser steps between log lines
+    save_freq: int = 0  # optimiser steps between checkpoints (0: only at epoch ends)
+    save_every_epoch: bool = True
+    keep_last_k: int = 3
+    best_metric: str = "auto"  # validation term that picks the best checkpoint; auto: gen_accuracy if generated, else loss
+    best_mode: str = "auto"  # min | max | auto (max for accuracy/f1/uar/agreement terms, else min)
+    val_generate: bool = True  # validate by generating reports on the val split (gen_* terms), when the task can
+    val_max_new_tokens: int = 300  # generation budget of that validation
+    resume_ckpt_path: Optional[str] = None  # checkpoint dir or run dir (its latest checkpoint)
+    evaluate: bool = False  # only run validation
+    train_splits: list[str] = field(default_factory=lambda: ["train"])
+    valid_splits: list[str] = field(default_factory=lambda: ["val"])
+    find_unused_parameters: bool = True  # DDP: modality dropout leaves some experts unused
+    progress_bar: bool = True
+    imports: list[str] = field(default_factory=list)  # extra modules that register models/builders/tasks
+
+    def check(self) -> None:
+        _positive(self, "run", ("max_epoch", "batch_size_train", "batch_size_eval", "accum_grad_iters", "log_freq",
+                                "val_max_new_tokens"))
+        _nonnegative(self, "run", ("num_workers", "warmup_steps", "save_freq", "keep_last_k", "init_lr", "min_lr",
+                                   "warmup_lr", "weight_decay"))
+        if self.iters_per_epoch is not None and self.iters_per_epoch < 1:
+            raise ConfigError(f"run.iters_per_epoch must be >= 1 or null, got {self.iters_per_epoch}")
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"run.{key} must be in [0, 1), got {getattr(self, key)}")
+        _one_of(self, "run", "amp", ("auto", "bf16", "fp16", "none"))
+        _one_of(self, "run", "lr_sched", ("linear_warmup_cosine_lr", "constant_lr"))
+        _one_of(self, "run", "best_mode", ("auto", "min", "max"))
+
+
+# ------------------------------------------------------------------------------ model
+@dataclass
+class LLMConfig:
+    """`model.llm`: the causal LM the reasoner loads, and its LoRA."""
+
+    path: Optional[str] = None  # local folder or hub id (required to build the model)
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    lora_r: int = 64  # 0: no LoRA, LLM frozen
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    gradient_checkpointing: bool = False
+    load_in_4bit: bool = False  # bitsandbytes, CUDA only
+    load_in_8bit: bool = False
+    trust_remote_code: bool = False
+
+    def check(self) -> None:
+        _nonnegative(self, "model.llm", ("lora_r", "lora_alpha"))
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"model.llm.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+
+
+@dataclass
+class STMILConfig:
+    """`model.stmil`: the vCLUB q-network of the STMIL bound."""
+
+    hidden_dim: int = 256
+    num_negatives: int = 1
+    logvar_bound: float = 5.0
+    lr: Optional[float] = None  # the q-network's own optimiser; null: run.init_lr
+
+    def check(self) -> None:
+        _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound"))
+
+
+@dataclass
+class EvidenceDecoderConfig:
+    """`model.evidence_decoder`: the shared decoder that writes each expert's sentence."""
+
+    embed_dim: int = 256  # its own tied embedding over the LLM tokenizer's vocabulary
+    num_layers: int = 2
+    num_heads: int = 4
+    max_len: int = 64
+    dropout: Optional[float] = None  # null: model.dropout
+    condition_on_readout: bool = False  # also read the expert's own emotion read-out (needs lambda_expert_cls > 0)
+
+    def check(self) -> None:
+        _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len"))
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(f"model.evidence_decoder.embed_dim ({self.embed_dim}) must be divisible by "
+                              f"model.evidence_decoder.num_heads ({self.num_heads})")
+
+
+@dataclass
+class ModelConfig:
+    """The `model` section of `arch: hero` (docs/ARCHITECTURE.md, "Model internals")."""
+
+    arch: str = "hero"
+    # true feature width of each modality (stack order: motion, audio, au, text, visual)
+    visual_dim: int = 1024  # CLIP
+    video_dim: int = 768  # VideoMAE (motion)
+    audio_dim: int = 1024  # HuBERT
+    au_dim: int = 35  # OpenFace action units
+    text_dim: int = 768  # BERT
+    # experts and integration
+    hidden_dim: int = 768
+    num_heads: int = 8
+    num_queries: int = 32
+    num_qformer_layers: int = 2
+    num_output_queries: int = 64
+    dropout: float = 0.1
+    ffn_ratio: float = 4.0
+    temporal_position: bool = True
+    frame_encoder_layers: int = 0  # self-attention layers over each modality's frames before its queries read them
+    include_synergy: bool = True
+    integration_strategy: str = "audio"  # audio | dynamic | concat
+    # objectives
+    lambda_stmil: float = 0.1
+    lambda_sccl: float = 0.1
+    lambda_synergy: float = 0.1
+    lambda_evidence: float = 0.5
+    lambda_cls: float = 1.0  # classification head on the integrated context
+    lambda_expert_cls: float = 0.0  # a linear emotion read-out on every expert summary
+    lambda_kl: float = 0.0  # robustness: KL from the full view to a modality-dropped one
+    use_cls_head: Optional[bool] = None  # null: on iff lambda_cls or lambda_kl > 0
+    kl_drop_prob: float = 0.5
+    kl_temperature: float = 1.0
+    sccl_temperature: float = 0.07
+    sccl_dim: int = 256
+    stmil: STMILConfig = field(default_factory=STMILConfig)
+    # labels and the LLM's brief
+    label_names: list[str] = field(default_factory=lambda: list(DEFAULT_EMOTIONS))
+    num_classes: Optional[int] = None  # null: len(label_names)
+    brief_source: str = "generated"  # generated (as at inference) | golden (ablation) | none
+    brief_dropout: float = 0.0  # share of training clips whose brief is left out
+    decision_brief: Optional[bool] = None  # null: on iff the classification head is
+    evidence_max_len: int = 32
+    evidence_decoder: EvidenceDecoderConfig = field(default_factory=EvidenceDecoderConfig)
+    # the reasoner
+    max_txt_len: int = 512
+    prompt_template: str = "[INST] {} [/INST]"  # used only when the tokenizer has no chat template
+    use_chat_template: bool = True
+    system_prompt: Optional[str] = "You are an expert in multimodal emotion analysis."  # null or "": no system turn
+    end_sym: str = ""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+
+    def check(self) -> None:
+        _positive(self, "model", ("visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim",
+                                  "num_heads", "num_queries", "num_qformer_layers", "num_output_queries",
+                                  "ffn_ratio", "sccl_dim", "sccl_temperature", "kl_temperature", "max_txt_len",
+                                  "evidence_max_len"))
+        _nonnegative(self, "model", ("frame_encoder_layers", "lambda_stmil", "lambda_sccl", "lambda_synergy",
+                                     "lambda_evidence", "lambda_cls", "lambda_expert_cls", "lambda_kl"))
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(f"model.hidden_dim ({self.hidden_dim}) must be divisible by "
+                              f"model.num_heads ({self.num_heads})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if not 0.0 < self.kl_drop_prob < 1.0:
+            raise ConfigError(f"model.kl_drop_prob must be in (0, 1), got {self.kl_drop_prob}")
+        if not 0.0 <= self.brief_dropout < 1.0:
+            raise ConfigError(f"model.brief_dropout must be in [0, 1), got {self.brief_dropout}")
+        if not self.label_names or len(set(self.label_names)) != len(self.label_names):
+            raise ConfigError(f"model.label_names must be non-empty and unique, got {self.label_names}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"model.num_classes must be >= 1 or null, got {self.num_classes}")
+        _one_of(self, "model", "integration_strategy", ("audio", "dynamic", "concat"))
+        _one_of(self, "model", "brief_source", BRIEF_SOURCES)
+        if self.prompt_template.count("{}") != 1:
+            raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
+        for sub in (self.stmil, self.evidence_decoder, self.llm):
+            sub.check()
+
+
+# arch -> schema of its `model` section; an arch not listed here keeps free-form keys
+MODEL_SCHEMAS: dict[str, type] = {"hero": ModelConfig}
+
+
+# ------------------------------------------------------------------------------ checks
+def _positive(obj: Any, prefix: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        if getattr(obj, key) <= 0:
+            raise ConfigError(f"{prefix}.{key} must be > 0, got {getattr(obj, key)}")
+
+
+def _nonnegative(obj: Any, prefix: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        if getattr(obj, key) < 0:
+            raise ConfigError(f"{prefix}.{key} must be >= 0, got {getattr(obj, key)}")
+
+
+def _one_of(obj: Any, prefix: str, key: str, choices: Sequence[str]) -> None:
+    if getattr(obj, key) not in choices:
+        raise ConfigError(f"{prefix}.{key} must be one of {', '.join(choices)}, got {getattr(obj, key)!r}")
+
+
+def schema_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key a schema defines, nested sections included."""
+    keys = []
+    for f in dataclasses.fields(cls):
+        keys.append(prefix + f.name)
+        sub = _dataclass_of(_hints(cls)[f.name])
+        if sub is not None:
+            keys.extend(schema_keys(sub, f"{prefix}{f.name}."))
+    return keys
+
+
+def check_keys(node: Any, cls: type, where: str, prefix: str) -> None:
+    """Raise ConfigError for a key of `node` that `cls` does not define, naming `where` and the nearest key."""
+    if not isinstance(node, (DictConfig, Mapping)):
+        return
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in node.keys():
+        if key not in names:
+            valid = schema_keys(cls, prefix)
+            near = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.0)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"{where}: unknown config key {prefix + str(key)!r}{hint}")
+        sub = _dataclass_of(hints[str(key)])
+        if sub is not None:
+            check_keys(node[key], sub, where, f"{prefix}{key}.")
+
+
+def build(cls: type[T], node: Any, prefix: str, where: str = "config", check: bool = True) -> T:
+    """A checked `cls` from a mapping: unknown keys, wrong types and impossible values are errors
+    (each naming the key and `where`). `check=False` skips the value checks (nested sections:
+    their parent's `check` runs them)."""
+    if node is None:
+        node = {}
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=True)
+    if isinstance(node, cls):
+        obj = node
+    else:
+        if not isinstance(node, Mapping):
+            raise ConfigError(f"{where}: {prefix.rstrip('.') or 'section'} must be a mapping, got {node!r}")
+        check_keys(node, cls, where, prefix)
+        hints = _hints(cls)
+        values = {k: _typed(v, hints[k], prefix + k, where) for k, v in node.items()}
+        obj = cls(**values)
+    if check:
+        try:
+            obj.check()
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return obj
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _dataclass_of(hint: Any) -> Optional[type]:
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
+    """`value` checked against (and gently coerced to) the annotation `hint`."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _typed(value, args[0], key, where)
+    sub = _dataclass_of(hint)
+    if sub is not None:
+        return build(sub, value, key + ".", where, check=False)
+    if value is None:
+        raise ConfigError(f"{where}: {key} must not be null")
+    if origin in (list, Sequence):
+        if isinstance(value, str):  # "a, b" as a list, as --options users write it
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple, ListConfig)):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_typed(v, typing.get_args(hint)[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if isinstance(value, (dict, list, DictConfig, ListConfig)):
+            raise ConfigError(f"{where}: {key} must be text, got {value!r}")
+        return str(value)
+    return value
+
+
+def model_config(cfg_model: Any) -> ModelConfig:
+    """The checked HERO `ModelConfig` of a `model` section (a ModelConfig passes through, re-checked)."""
+    return build(ModelConfig, cfg_model, "model.", "model config")
+
+
+def run_defaults() -> dict[str, Any]:
+    """`RunConfig`'s defaults as a plain mapping (what `load_config` puts under a file's `run`)."""
+    return dataclasses.asdict(RunConfig())
