@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import pytest
 
-import eval_hero
+from minigpt4.cli import evaluate as eval_cli
 from minigpt4.common import eval_utils as eu
 from minigpt4.common.metrics import (
     MAX_DISTINCT_COLLAPSED,
@@ -133,14 +133,14 @@ def test_records_carry_the_batch_golden_evidence():
 # -------------------------------------------------------------------- --no_brief
 def test_no_brief_parses_names_its_folder_and_excludes_the_head(tmp_path: Path, capsys):
     base = ["--cfg-path", "c.yaml", "--ckpt", "x"]
-    assert eval_hero.parse_args(base).no_brief is False
-    assert eval_hero.parse_args(base + ["--no_brief"]).no_brief is True
+    assert eval_cli.parse_args(base).no_brief is False
+    assert eval_cli.parse_args(base + ["--no_brief"]).no_brief is True
     assert eu.condition_tag(no_brief=True) == "_nobrief"
     assert eu.default_out_dir(tmp_path, "test", no_brief=True).name == "eval_test_nobrief"
     assert eu.default_out_dir(tmp_path, "test", ["audio"], no_cot=True, no_brief=True).name == \
         "eval_test_missing-audio_nocot_nobrief"
     with pytest.raises(SystemExit) as exc:
-        eval_hero.parse_args(base + ["--no_brief", "--use_cls_head"])
+        eval_cli.parse_args(base + ["--no_brief", "--use_cls_head"])
     assert exc.value.code == 2 and "--no_brief and --use_cls_head exclude each other" in capsys.readouterr().err
 
 
@@ -156,8 +156,8 @@ class _BriefModel:
 def test_predict_shard_passes_brief_only_when_set():
     batch = {"video_id": ["a"], "emotion_label": ["happy"], "evidence": [{"audio": "a laugh"}]}
     model = _BriefModel()
-    recs = eval_hero.predict_shard(model, [batch], LABELS, brief=False)
-    eval_hero.predict_shard(model, [batch], LABELS)  # default: the model's own setting
+    recs = eval_cli.predict_shard(model, [batch], LABELS, brief=False)
+    eval_cli.predict_shard(model, [batch], LABELS)  # default: the model's own setting
     assert model.kwargs == [{"use_cot": True, "brief": False}, {"use_cot": True}]
     assert recs["full"][0]["golden_evidence"] == {"audio": "a laugh"}
 
@@ -167,7 +167,7 @@ def test_write_outputs_prints_the_summary_then_loud_warnings(tmp_path: Path, cap
     recs = collapsed_records()
     out = tmp_path / "eval_test_nobrief"
     meta = {"split": "test", "brief": False}
-    metrics = eval_hero.write_outputs(out, {"full": [recs[::2], recs[1::2]]}, [r["video_id"] for r in recs],
+    metrics = eval_cli.write_outputs(out, {"full": [recs[::2], recs[1::2]]}, [r["video_id"] for r in recs],
                                       LABELS, [], meta, time.time())
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
@@ -183,7 +183,7 @@ def test_write_outputs_prints_the_summary_then_loud_warnings(tmp_path: Path, cap
         assert key in on_disk, key
     assert eu.read_jsonl(out / eu.PREDICTIONS_FILE)[0]["golden_evidence"] == recs[0]["golden_evidence"]
     # a healthy run: the same two lines on stdout, nothing on stderr
-    eval_hero.write_outputs(tmp_path / "ok", {"full": [healthy_records()]}, None, LABELS, [], meta, time.time())
+    eval_cli.write_outputs(tmp_path / "ok", {"full": [healthy_records()]}, None, LABELS, [], meta, time.time())
     captured = capsys.readouterr()
     assert "WARNING" not in captured.err and "| majority 0.2500" in captured.out
 

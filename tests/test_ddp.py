@@ -1,9 +1,10 @@
-"""DDP on CPU: `torchrun --nproc_per_node 2` (gloo) through train_hero.py's main on the toy model.
+"""DDP on CPU: `torchrun --nproc_per_node 2` (gloo) through hero-train (`minigpt4.cli.train.run`) on the toy model.
 
 Both ranks must end with identical parameters, and they must match a single-process run with
 the same global batch (2 ranks x batch 2 x accumulation 2 = 8 = 1 process x batch 8) within
 TOLERANCE: the sums are the same but reduced in a different order, so bit-equality is not
-expected. Run as a script, this file is the per-rank worker.
+expected. Run as a module (`torchrun -m tests.test_ddp`, from the repository root, which
+makes `tests.toy_components` importable), this file is the per-rank worker.
 """
 from __future__ import annotations
 
@@ -13,17 +14,17 @@ import sys
 from pathlib import Path
 
 TOLERANCE = 1e-5  # max |param_ddp - param_single|
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _worker(dump_dir: str, argv: list[str]) -> None:
-    """torchrun entry: train through train_hero.main, then save this rank's trainable params."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import train_hero
+    """torchrun entry: train through hero-train's `run`, then save this rank's trainable params."""
     from safetensors.torch import save_file
 
+    from minigpt4.cli.train import run as train_run
     from minigpt4.common.checkpoint import trainable_state_dict
 
-    runner = train_hero.main(argv)
+    runner = train_run(argv)
     save_file(trainable_state_dict(runner.model_raw), os.path.join(dump_dir, f"rank{os.environ['RANK']}.safetensors"))
 
 
@@ -34,7 +35,7 @@ else:
     import torch
     from safetensors.torch import load_file
 
-    import train_hero
+    from minigpt4.cli.train import run as train_run
     from minigpt4.common.logger import read_log
     from tests.toy_components import write_toy_config
 
@@ -44,10 +45,10 @@ else:
     def torchrun(cfg: Path, dump: Path, *extra: str) -> tuple[dict, dict]:
         """Train on 2 CPU ranks; returns each rank's final trainable parameters."""
         dump.mkdir(parents=True)
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        env = dict(os.environ, OMP_NUM_THREADS="1")
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               str(Path(__file__).resolve()), str(dump), "--cfg-path", str(cfg), *extra]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+               "-m", "tests.test_ddp", str(dump), "--cfg-path", str(cfg), *extra]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
         assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         return load_file(dump / "rank0.safetensors"), load_file(dump / "rank1.safetensors")
 
@@ -59,7 +60,7 @@ else:
         for k in r0:
             assert torch.equal(r0[k], r1[k]), f"ranks differ in {k}"
 
-        single = train_hero.main(["--cfg-path", str(write_toy_config(
+        single = train_run(["--cfg-path", str(write_toy_config(
             tmp_path / "single", run={**RUN, "batch_size_train": 8, "accum_grad_iters": 1}, model=MODEL))])
         ref = {n: p.detach() for n, p in single.model_raw.named_parameters() if p.requires_grad}
         max_diff = max(float((r0[k] - ref[k]).abs().max()) for k in ref)

@@ -1,5 +1,6 @@
-"""eval_hero.py and its helpers: records, shards/merge, writers, out paths, plots, --missing
-masks, and the command end to end on a tiny trained HERO checkpoint."""
+"""hero-eval (`minigpt4.cli.evaluate`; `python eval_hero.py`) and its helpers: records,
+shards/merge, writers, out paths, plots, --missing masks, and the command end to end on a
+tiny trained HERO checkpoint."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import eval_hero
+from minigpt4.cli import evaluate as eval_cli
 from minigpt4.common import cot
 from minigpt4.common import eval_utils as eu
 from minigpt4.common.modalities import EXPERT_ORDER, STACK_ORDER
@@ -235,7 +236,7 @@ def test_missing_run_sees_the_modalities_removed_and_the_full_run_does_not(tmp_p
     ds = tiny_dataset(tmp_path, n=5)
     batches = [collate(ds, [0, 1, 2]), collate(ds, [3, 4])]
     model = RecordingModel()
-    recs = eval_hero.predict_shard(model, iter(batches), LABELS, missing=["audio", "text"],
+    recs = eval_cli.predict_shard(model, iter(batches), LABELS, missing=["audio", "text"],
                                    gen_kwargs={"max_new_tokens": 7, "num_beams": 1})
     assert len(model.seen) == 4  # each batch twice: as it is, then without audio and text
     audio, text = STACK_ORDER.index("audio"), STACK_ORDER.index("text")
@@ -263,13 +264,13 @@ def test_missing_run_sees_the_modalities_removed_and_the_full_run_does_not(tmp_p
 def test_without_missing_there_is_one_condition_and_no_cot_reaches_generate(tmp_path: Path):
     ds = tiny_dataset(tmp_path, n=2)
     model = RecordingModel()
-    recs = eval_hero.predict_shard(model, iter([collate(ds, [0, 1])]), LABELS, use_cot=False)
+    recs = eval_cli.predict_shard(model, iter([collate(ds, [0, 1])]), LABELS, use_cot=False)
     assert list(recs) == ["full"] and len(model.seen) == 1 and model.kwargs[0]["use_cot"] is False
 
 
 # ----------------------------------------------------------------------- CLI
 def _run(args: list[str], timeout: int = 240, env_extra: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                OMP_NUM_THREADS="2", **(env_extra or {}))
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -293,13 +294,13 @@ def test_flag_and_config_errors_in_process(tmp_path: Path, capsys):
     from minigpt4.common.config import ConfigError
 
     with pytest.raises(SystemExit) as exc:
-        eval_hero.parse_args(["--cfg-path", "c.yaml", "--ckpt", "x", "--no_cot", "--use_cls_head"])
+        eval_cli.parse_args(["--cfg-path", "c.yaml", "--ckpt", "x", "--no_cot", "--use_cls_head"])
     assert exc.value.code == 2 and "exclude each other" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        eval_hero.parse_args(["--cfg-path", "c.yaml", "--ckpt", "x", "--num_beams", "0"])
+        eval_cli.parse_args(["--cfg-path", "c.yaml", "--ckpt", "x", "--num_beams", "0"])
     assert "--num_beams must be >= 1" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="config file not found"):
-        eval_hero.main(["--cfg-path", str(tmp_path / "none.yaml"), "--ckpt", "x"])
+        eval_cli.run(["--cfg-path", str(tmp_path / "none.yaml"), "--ckpt", "x"])
 
 
 # ---------------------------------------------------------- end to end (real model)
@@ -330,13 +331,13 @@ def write_tiny_config(root: Path, llm_dir: Path, labels: Path, **run: Any) -> Pa
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, tiny_llm_dir) -> dict[str, Path]:
-    """One optimiser step of train_hero.py (batch 4 of 8 clips); the test split has 7 (one unlabeled)."""
-    import train_hero
+    """One optimiser step of hero-train (batch 4 of 8 clips); the test split has 7 (one unlabeled)."""
+    from minigpt4.cli.train import run as train_run
 
     root = tmp_path_factory.mktemp("eval_e2e")
     labels = write_tiny_dataset(root / "data", {"train": 8, "test": 7}, unlabeled_test=1)
     cfg = write_tiny_config(root, tiny_llm_dir, labels)
-    train_hero.main(["--cfg-path", str(cfg)])
+    train_run(["--cfg-path", str(cfg)])
     run = root / "run"
     assert (run / "checkpoints" / "ckpt_00000001" / "model.safetensors").is_file()
     return {"root": root, "cfg": cfg, "run": run, "labels": labels}
@@ -410,7 +411,7 @@ def test_classification_head_and_config_errors(trained_run, capsys):
     from minigpt4.common.checkpoint import CheckpointMismatchError
 
     base = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"])]
-    metrics = eval_hero.main(base + ["--use_cls_head"])
+    metrics = eval_cli.run(base + ["--use_cls_head"])
     out = trained_run["run"] / "eval_test_clshead"
     assert metrics == json.loads((out / "metrics.json").read_text())
     recs = eu.read_jsonl(out / "predictions.jsonl")
@@ -421,18 +422,18 @@ def test_classification_head_and_config_errors(trained_run, capsys):
     assert metrics["accuracy"] == pytest.approx(np.mean([r["correct"] for r in recs if r["correct"] is not None]))
     assert "format n/a" in capsys.readouterr().out
     # label-only instruction: its own folder, use_cot reaches the model (a CoT-free parse)
-    metrics = eval_hero.main(base + ["--no_cot", "--max_new_tokens", "4"])
+    metrics = eval_cli.run(base + ["--no_cot", "--max_new_tokens", "4"])
     out = trained_run["run"] / "eval_test_nocot"
     assert metrics["use_cot"] is False and metrics["generation"]["max_new_tokens"] == 4
     recs = eu.read_jsonl(out / "predictions.jsonl")
     assert len(recs) == 7 and all(isinstance(r["report"], str) for r in recs)
     assert metrics["format_compliance"] == pytest.approx(np.mean([r["format_ok"] for r in recs]))
     # a model without the head: a clear error before anything runs
-    with pytest.raises(eval_hero.EvalError, match="has no classification head"):
-        eval_hero.main(base + ["--use_cls_head", "--options", "model.use_cls_head=false", "model.lambda_cls=0.0"])
+    with pytest.raises(eval_cli.EvalError, match="has no classification head"):
+        eval_cli.run(base + ["--use_cls_head", "--options", "model.use_cls_head=false", "model.lambda_cls=0.0"])
     # a config that does not fit the checkpoint: the first mismatched keys, and what changed
     with pytest.raises(CheckpointMismatchError) as err:
-        eval_hero.main(base + ["--options", "model.hidden_dim=48"])
+        eval_cli.run(base + ["--options", "model.hidden_dim=48"])
     msg = str(err.value)
     assert "shape mismatches" in msg and "evidence_stack." in msg
     assert "model.hidden_dim (32 in the run, 48 here)" in msg

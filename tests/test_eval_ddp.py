@@ -1,9 +1,10 @@
-"""The DDP path of eval_hero: 2 CPU ranks (gloo) under torchrun; every clip is gathered exactly once.
+"""The DDP path of hero-eval: 2 CPU ranks (gloo) under torchrun; every clip is gathered exactly once.
 
-Run by pytest, this file starts `python -m torch.distributed.run --nproc_per_node 2` on itself;
-each rank then runs `_worker`: it evaluates its shard of a real tiny HERODataset through
-eval_hero's loader and `predict_shard` (with a recording stand-in for the model), and the
-records go to rank 0 through `gather_records` / `merge_records`.
+Run by pytest, this file starts `python -m torch.distributed.run --nproc_per_node 2 -m
+tests.test_eval_ddp` on itself (from the repository root, so `tests.*` imports); each rank
+then runs `_worker`: it evaluates its shard of a real tiny HERODataset through the eval
+loader (`sharded_loader`) and `predict_shard` (with a recording stand-in for the model), and
+the records go to rank 0 through `gather_records` / `merge_records`.
 """
 from __future__ import annotations
 
@@ -16,16 +17,15 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def _worker(data_dir: str, out_dir: str) -> None:
-    import eval_hero
+    from minigpt4.cli.eval_predict import predict_shard
     from minigpt4.common import eval_utils as eu
     from minigpt4.common.dist_utils import destroy_distributed, init_distributed_mode
     from minigpt4.datasets.annotations import load_annotations
     from minigpt4.datasets.datasets.hero_dataset import HERODataset
+    from minigpt4.runners.runner_base import sharded_loader
     from tests.test_eval import LABELS, MAX_DIM, RecordingModel
 
     info = init_distributed_mode("cpu")
@@ -34,9 +34,9 @@ def _worker(data_dir: str, out_dir: str) -> None:
                          split="test", max_dim=MAX_DIM, label_names=LABELS)
         ids = [a.video_id for a in ds.annotations]
         for mode in ("ok", "lose"):
-            loader = eval_hero._loader(ds, 2, 0, info.rank, info.world_size, False)
+            loader = sharded_loader(ds, 2, 0, info.rank, info.world_size, False)
             model = RecordingModel()
-            records = eval_hero.predict_shard(model, loader, LABELS, missing=["audio"])
+            records = predict_shard(model, loader, LABELS, missing=["audio"])
             if mode == "lose" and info.rank == 1:
                 records["missing"] = records["missing"][:-1]  # a rank that silently lost a clip
             seen = [vid for batch in model.seen for vid in batch["video_id"]]
@@ -66,9 +66,9 @@ def ddp_results(tmp_path_factory) -> dict[str, dict]:
     data, out = root / "data", root / "out"
     write_tiny_dataset(data, {"test": 7})
     out.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(Path(__file__).resolve()), str(data), str(out)]
+           "-m", "tests.test_eval_ddp", str(data), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=REPO)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     results = {}
@@ -103,8 +103,8 @@ def test_a_lost_clip_is_an_error_on_rank_zero(ddp_results):
 
 def test_eval_hero_under_torchrun_matches_one_process(tmp_path: Path, tiny_llm_dir: Path):
     """The real command on 2 ranks: rank 0 writes every clip once, with the single-process predictions."""
-    import eval_hero
     import minigpt4
+    from minigpt4.cli.evaluate import run as eval_run
     from minigpt4.common.checkpoint import save_checkpoint, trainable_state_dict
     from minigpt4.common.config import load_config
     from minigpt4.common.eval_utils import read_jsonl
@@ -121,14 +121,13 @@ def test_eval_hero_under_torchrun_matches_one_process(tmp_path: Path, tiny_llm_d
     del model
     args = ["--cfg-path", str(cfg_path), "--ckpt", str(ckpt), "--use_cls_head", "--missing", "audio",
             "--batch_size", "2"]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(REPO / "eval_hero.py"), *args, "--out", str(tmp_path / "ddp")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     assert proc.stdout.count("eval test (7 clips, without audio)") == 1  # one summary, from rank 0
-    single = eval_hero.main(args + ["--out", str(tmp_path / "one")])
+    single = eval_run(args + ["--out", str(tmp_path / "one")])
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
     assert ddp["world_size"] == 2 and single["world_size"] == 1 and ddp["n_clips"] == 7
     for name in ("predictions.jsonl", "predictions_full.jsonl"):

@@ -1,4 +1,4 @@
-"""RunnerBase end to end on the toy model through the real entry point (train_hero.main)."""
+"""RunnerBase end to end on the toy model through the real entry point (hero-train: `minigpt4.cli.train`)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import train_hero
-from minigpt4.common.checkpoint import find_latest_checkpoint, load_model_weights, load_training_state, resolve_checkpoint
-from minigpt4.common.config import load_config
+from minigpt4.cli.train import run as train_run
+from minigpt4.common.checkpoint import find_latest_checkpoint, load_training_state, resolve_checkpoint
 from minigpt4.common.logger import read_log
 from minigpt4.runners.runner_base import batch_size_of, move_to_device, resolve_amp
 from minigpt4.tasks.base_task import ModelOutputError, check_model_output, scalar_terms
@@ -20,7 +19,7 @@ from tests.toy_components import ToyCrash, ToyRegressor, write_toy_config
 
 def train(tmp_path: Path, run=None, model=None, data=None, extra=()):
     cfg = write_toy_config(tmp_path, run=run, model=model, data=data)
-    return train_hero.main(["--cfg-path", str(cfg), *extra])
+    return train_run(["--cfg-path", str(cfg), *extra])
 
 
 def train_records(run_dir: Path) -> dict[int, dict]:

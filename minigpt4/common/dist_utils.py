@@ -10,7 +10,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Dict, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -86,10 +86,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if is_dist_avail_and_initialized() else 1
 
 
-def is_main_process() -> bool:
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if is_dist_avail_and_initialized():
         dist.barrier()
@@ -111,11 +107,3 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
             t = t.cuda()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.cpu().tolist()]
-
-
-def all_reduce_mean_dict(values: Dict[str, float], device: torch.device) -> Dict[str, float]:
-    """Mean of each named float over ranks. Every rank must pass the same keys (sorted here)."""
-    keys = sorted(values)
-    sums = all_reduce_sum([values[k] for k in keys], device)
-    ws = get_world_size()
-    return {k: s / ws for k, s in zip(keys, sums)}

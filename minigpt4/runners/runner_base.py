@@ -29,12 +29,12 @@ import torch.distributed as dist
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, IterableDataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data.dataloader import default_collate
 
 from minigpt4.common import checkpoint as ckpt
 from minigpt4.common.config import save_config
-from minigpt4.common.dist_utils import DistInfo, init_distributed_mode
+from minigpt4.common.dist_utils import DistInfo, all_reduce_sum, init_distributed_mode
 from minigpt4.common.logger import MetricLogger
 from minigpt4.common.optims import build_adamw, build_param_groups
 from minigpt4.common.registry import registry
@@ -66,19 +66,6 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self) -> int:
         return max(0, self.num_samples - self.start)
-
-
-class ShardSampler(Sampler[int]):
-    """Rank `r` of `w` takes indices r, r+w, ... in order (validation: no padding, no shuffle)."""
-
-    def __init__(self, length: int, num_replicas: int = 1, rank: int = 0) -> None:
-        self.indices = list(range(rank, length, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -135,6 +122,22 @@ def _set_dataset_epoch(ds: Any, epoch: int) -> None:
             _set_dataset_epoch(sub, epoch)
     elif hasattr(ds, "set_epoch"):
         ds.set_epoch(epoch)
+
+
+def sharded_loader(dataset: Any, batch_size: int, num_workers: int, rank: int, world_size: int,
+                   pin_memory: bool, seed: int = 0) -> DataLoader:
+    """The evaluation loader of validation (runner) and `hero-eval`: rank `r` of `w` reads
+    dataset indices r, r+w, ... in order (`eval_utils.shard_indices`: no padding, no shuffle),
+    so gathering the ranks' results covers every clip exactly once; a streaming dataset
+    splits its shards by rank itself."""
+    from minigpt4.common.eval_utils import shard_indices
+
+    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=_collater_of(dataset),
+                  pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+    _set_dataset_epoch(dataset, 0)
+    if isinstance(dataset, IterableDataset):
+        return DataLoader(dataset, **common)
+    return DataLoader(dataset, sampler=shard_indices(len(dataset), rank, world_size), **common)
 
 
 def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], bool]:
@@ -270,13 +273,8 @@ class RunnerBase:
                 raise ValueError("the streaming training dataset yielded no batch")
 
     def _valid_loader(self, dataset: Any) -> DataLoader:
-        common = dict(batch_size=int(self.run_cfg.batch_size_eval), num_workers=int(self.run_cfg.get("num_workers") or 0),
-                      collate_fn=_collater_of(dataset), pin_memory=self.device.type == "cuda",
-                      generator=torch.Generator().manual_seed(self.seed))
-        _set_dataset_epoch(dataset, 0)
-        if isinstance(dataset, IterableDataset):
-            return DataLoader(dataset, **common)
-        return DataLoader(dataset, sampler=ShardSampler(len(dataset), self.world_size, self.rank), **common)
+        return sharded_loader(dataset, int(self.run_cfg.batch_size_eval), int(self.run_cfg.get("num_workers") or 0),
+                              self.rank, self.world_size, self.device.type == "cuda", self.seed)
 
     # --------------------------------------------------------------- optimisers
     def _build_optimizers(self, total_steps: int) -> None:
@@ -492,9 +490,7 @@ class RunnerBase:
     def _log_train(self, terms: Dict[str, float], stats: Dict[str, float], samples: int, elapsed: float) -> Dict[str, Any]:
         if self.dist.distributed:  # every rank calls: the mean over ranks is the global batch's value
             keys = sorted(terms)
-            t = torch.tensor([terms[k] for k in keys] + [float(samples)], dtype=torch.float64, device=self.device)
-            dist.all_reduce(t)
-            vals = t.cpu().tolist()
+            vals = all_reduce_sum([terms[k] for k in keys] + [float(samples)], self.device)
             terms = {k: v / self.world_size for k, v in zip(keys, vals[:-1])}
             samples = int(vals[-1])
         record: Dict[str, Any] = {"step": self.step, "epoch": self.epoch, "phase": "train", "lr": stats["lr"]}

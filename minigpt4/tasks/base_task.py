@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 from omegaconf import DictConfig
@@ -58,6 +58,24 @@ def scalar_terms(output: Mapping[str, Any]) -> Dict[str, float]:
     for name, value in (output.get("aux_losses") or {}).items():
         terms[f"loss_{name}"] = float(value.detach().float().item())
     return terms
+
+
+class LabelSetError(ValueError):
+    """Datasets of one run (or one evaluated split) name different emotion label sets."""
+
+
+def shared_label_names(datasets: Iterable[Tuple[str, Any]]) -> list[str]:
+    """The one `label_names` list that the named datasets share ([] when none declares one).
+
+    Datasets without `label_names` are ignored; two different non-empty lists are an error:
+    emotion indices would mean different classes in different batches.
+    """
+    named = [(str(name), tuple(getattr(ds, "label_names", ()) or ())) for name, ds in datasets]
+    distinct = {labels for _, labels in named if labels}
+    if len(distinct) > 1:
+        detail = "; ".join(f"{name}: {list(labels)}" for name, labels in named)
+        raise LabelSetError(f"datasets disagree on label_names ({detail}); use one label set per run")
+    return list(next(iter(distinct))) if distinct else []
 
 
 class BaseTask:

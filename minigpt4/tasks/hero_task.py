@@ -18,7 +18,7 @@ from minigpt4.common.metrics import generation_metrics
 from minigpt4.common.modalities import STACK_ORDER
 from minigpt4.common.registry import registry
 from minigpt4.models.hero.observation_experts import modality_dims
-from minigpt4.tasks.base_task import BaseTask
+from minigpt4.tasks.base_task import BaseTask, shared_label_names
 
 
 @registry.register_task("hero")
@@ -27,14 +27,8 @@ class HeroTask(BaseTask):
 
     def build_datasets(self, cfg: DictConfig) -> Dict[str, Dict[str, Any]]:
         datasets = super().build_datasets(cfg)
-        # All datasets of one run must share a label set, or emotion indices would mean
-        # different classes in different batches.
-        label_sets = {name: tuple(getattr(next(iter(splits.values())), "label_names", ()) or ())
-                      for name, splits in datasets.items()}
-        distinct = {v for v in label_sets.values() if v}
-        if len(distinct) > 1:
-            detail = "; ".join(f"{n}: {list(v)}" for n, v in label_sets.items())
-            raise ValueError(f"datasets disagree on label_names ({detail}); use one label set per run")
+        # All datasets of one run must share a label set (a builder gives all its splits one).
+        shared_label_names((name, next(iter(splits.values()))) for name, splits in datasets.items())
         # every file must be exactly as wide as the model reads each modality (model.*_dim)
         dims = dict(zip(STACK_ORDER, modality_dims(cfg.get("model"))))
         for splits in datasets.values():

@@ -1,0 +1,87 @@
+"""The output half of `hero-eval`: merge the ranks' records, score them, write the files.
+
+Into the output folder: `predictions.jsonl` (plus `predictions_full.jsonl` with `--missing`),
+`metrics.json`, `confusion_matrix.png` and `modality_weights.png` (`*_full.png` likewise);
+on stdout the summary line and the evidence line, on stderr every collapse warning.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+from minigpt4.common.modalities import EXPERT_ORDER
+
+logger = logging.getLogger(__name__)
+
+
+def write_outputs(
+    out_dir: Path,
+    gathered: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    expected_ids: Optional[Sequence[str]],
+    labels: Sequence[str],
+    missing: Sequence[str],
+    meta: Mapping[str, Any],
+    t0: float,
+) -> dict[str, Any]:
+    """Merge the ranks' records, score them, write predictions / metrics / plots; print the summary
+    line, the evidence exact-match line (with golden evidence) and each collapse warning
+    (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
+    from minigpt4.common import eval_utils as eu
+    from minigpt4.common.metrics import evidence_summary_line, metric_drop, metrics_from_records, summary_line
+    from minigpt4.common.plots import plot_confusion_matrix, plot_modality_weights
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    scored: dict[str, dict[str, Any]] = {}
+    files: list[str] = []
+    dropped = 0
+    for cond, per_rank in gathered.items():
+        recs, n_drop = eu.merge_records(per_rank, expected_ids)
+        dropped += n_drop
+        suffix = "" if (cond == "missing" or not missing) else "_full"
+        m = metrics_from_records(recs, labels, EXPERT_ORDER)
+        scored[cond] = m
+        what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
+        eu.write_jsonl(out_dir / f"predictions{suffix}.jsonl", recs)
+        files.append(f"predictions{suffix}.jsonl")
+        cm = m["confusion_matrix"]
+        plot_confusion_matrix(cm["matrix"], cm["rows"], cm["cols"], out_dir / f"confusion_matrix{suffix}.png",
+                              title=f"{meta['split']}{what}: confusion matrix (n={m['n_labeled']})")
+        files.append(f"confusion_matrix{suffix}.png")
+        per_class = m.get("modality_weights_per_class") or {}
+        if any(v is not None for v in per_class.values()):
+            plot_modality_weights(per_class, EXPERT_ORDER, out_dir / f"modality_weights{suffix}.png",
+                                  title=f"{meta['split']}{what}: mean modality weight per gold class")
+            files.append(f"modality_weights{suffix}.png")
+        else:
+            logger.warning("no modality weights in the predictions: modality_weights%s.png not drawn", suffix)
+    main = scored["missing"] if missing else scored["full"]
+    metrics: dict[str, Any] = {**meta, "missing_modalities": list(missing), "label_names": list(labels), **main}
+    if missing:
+        metrics["full"] = scored["full"]
+        metrics["drop"] = metric_drop(scored["full"], scored["missing"])
+    metrics["n_repeats_dropped"] = dropped
+    metrics["seconds"] = round(time.time() - t0, 3)
+    metrics["files"] = files + [eu.METRICS_FILE]
+    eu.write_json(out_dir / eu.METRICS_FILE, metrics)
+    line = f"eval {meta['split']} ({main['n_clips']} clips"
+    line += f", without {'+'.join(missing)}): " if missing else "): "
+    line += summary_line(main)
+    if missing:
+        full_acc, drop = scored["full"]["accuracy"], metrics["drop"]["accuracy"]
+        line += (f" | all modalities: accuracy {'n/a' if full_acc is None else f'{full_acc:.4f}'}, "
+                 f"drop {'n/a' if drop is None else f'{drop:+.4f}'}")
+    line += f" -> {out_dir}"
+    print(line, flush=True)
+    evidence_line = evidence_summary_line(main.get("evidence") or {})
+    if evidence_line:
+        print(evidence_line, flush=True)
+    warnings = list(main["collapse_warnings"])
+    if missing:
+        warnings += [f"(all modalities) {w}" for w in scored["full"]["collapse_warnings"]]
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr, flush=True)
+        logger.warning("collapse check: %s", warning)
+    return metrics

@@ -1,0 +1,196 @@
+"""Evaluate a trained HERO model: CoT reports for a split, scores, plots, robustness to missing senses.
+
+    hero-eval --cfg-path CFG --ckpt CKPT [--split test] [--out DIR] [--options k=v ...]
+        [--missing MOD[,MOD]] [--no_cot] [--use_cls_head] [--batch_size N]
+        [--max_new_tokens N] [--num_beams N]
+
+(the same as `python eval_hero.py ...`). `CKPT` is a checkpoint folder, a `.safetensors` file
+or a run folder (its best checkpoint by validation, as `checkpoints/best.json` records it; the
+latest when there is none).
+DDP: `torchrun --nproc_per_node N eval_hero.py ...`: rank r evaluates clips r, r+N, ...; rank 0
+gathers every prediction (each clip exactly once) and writes, into DIR (default
+`<run_dir>/eval_<split>[_missing-<mods>][_nocot|_clshead]/`):
+
+- `predictions.jsonl`: one line per clip (video_id, gold and predicted emotion, confidence,
+  raw report, evidence sentences, modality weights, synergy score, parse error);
+- `metrics.json`: accuracy, weighted_f1, macro_f1, uar, war, per-class precision/recall,
+  confusion matrix, format_compliance, mean modality weights per gold class;
+- `confusion_matrix.png`, `modality_weights.png`.
+
+`--missing audio[,text]` evaluates every clip twice, as it is and with those modalities removed
+(zeros with both masks False, through the dataset's `drop_modalities`), writes the removed
+run as above plus `predictions_full.jsonl` / `*_full.png` for the reference run, and puts the
+reference metrics under `full` and the difference (full - removed) under `drop`.
+`--no_cot` asks for the label only; `--use_cls_head` reads the prediction from the model's
+classification head (no LLM generation; needs a model trained with `model.use_cls_head: true`).
+
+Set-up (config -> task -> datasets -> model) is `minigpt4.runners.components.build_components`,
+the same as training's; predicting is `eval_predict`, writing `eval_report`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from minigpt4.cli.eval_predict import EvalError, build_eval_dataset, classify_batch, predict_shard
+from minigpt4.cli.eval_report import write_outputs
+from minigpt4.common.config import add_config_args, load_config
+from minigpt4.common.modalities import STACK_ORDER
+
+__all__ = ["EvalError", "build_eval_dataset", "classify_batch", "evaluate", "main", "parse_args", "predict_shard",
+           "run", "write_outputs"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_COT_TOKENS = 300
+DEFAULT_LABEL_TOKENS = 32
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Evaluate a HERO checkpoint on a split: predictions.jsonl, metrics.json and plots.")
+    add_config_args(parser)
+    parser.add_argument("--ckpt", required=True,
+                        help="checkpoint folder, model .safetensors file, or run folder (its best checkpoint by "
+                             "validation, else its latest)")
+    parser.add_argument("--split", default="test", help="dataset split to evaluate (default: test)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: <run_dir>/eval_<split>, with a suffix for "
+                             "--missing/--no_cot/--use_cls_head/--no_brief)")
+    parser.add_argument("--missing", default=None, metavar="MOD[,MOD]",
+                        help=f"also evaluate with these modalities removed ({', '.join(STACK_ORDER)}) and "
+                             "report the drop")
+    parser.add_argument("--no_cot", action="store_true", help="label-only instruction instead of the CoT report")
+    parser.add_argument("--use_cls_head", action="store_true",
+                        help="predict with the model's classification head instead of parsing a report")
+    parser.add_argument("--no_brief", action="store_true",
+                        help="leave the evidence brief out of the prompt: the LLM reads only the integrated "
+                             "video context and the instruction (what the context alone carries)")
+    parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
+                             f"{DEFAULT_LABEL_TOKENS} with --no_cot)")
+    parser.add_argument("--num_beams", type=int, default=1, help="beam search width (default: 1, greedy)")
+    args = parser.parse_args(argv)
+    if args.no_cot and args.use_cls_head:
+        parser.error("--no_cot and --use_cls_head exclude each other (the classification head writes no text)")
+    if args.no_brief and args.use_cls_head:
+        parser.error("--no_brief and --use_cls_head exclude each other (the classification head reads no prompt)")
+    for name in ("batch_size", "max_new_tokens", "num_beams"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    return args
+
+
+def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dict[str, Any]]:
+    """Run the evaluation; returns metrics.json's content on rank 0 (None on other ranks)."""
+    import torch
+
+    from minigpt4.common import checkpoint as ckpt_api
+    from minigpt4.common.dist_utils import barrier
+    from minigpt4.common.eval_utils import default_out_dir, gather_records, iter_batches_with_progress, parse_modalities
+    from minigpt4.runners.components import build_components, load_weights
+    from minigpt4.runners.runner_base import resolve_amp, sharded_loader
+
+    t0 = time.time()
+    missing = parse_modalities(args.missing, STACK_ORDER)
+    ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt, prefer_best=True)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
+                                                             args.use_cls_head, args.no_brief)
+    parts = build_components(cfg, splits=[args.split])
+    dataset, expected_ids, data_labels = build_eval_dataset(parts.datasets, args.split)
+    model = parts.model
+    model_labels = [str(l) for l in getattr(model, "label_names", data_labels)]
+    labels = data_labels or model_labels
+    if [l.lower() for l in model_labels] != [l.lower() for l in labels]:
+        raise EvalError(f"model.label_names {model_labels} differ from the dataset's label_names {labels}; "
+                        "set both to the same list in the config")
+    if args.use_cls_head and not getattr(getattr(model, "evidence_stack", None), "use_cls_head", False):
+        raise EvalError(f"--use_cls_head: the model built from {args.cfg_path} has no classification head "
+                        "(model.use_cls_head is false); evaluate the reports instead, or train with "
+                        "model.use_cls_head=true")
+    loaded = load_weights(model, ckpt_path, cfg, str(args.cfg_path))
+    device = dist_info.device
+    model.to(device).eval()
+    amp_dtype, _ = resolve_amp(cfg.run.get("amp", "auto"), device)
+
+    def autocast() -> Any:
+        return torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None else \
+            torch.autocast(device_type=device.type, enabled=False)
+
+    use_cot = not args.no_cot
+    batch_size = int(args.batch_size or cfg.run.batch_size_eval)
+    gen_kwargs = {"max_new_tokens": int(args.max_new_tokens or (DEFAULT_COT_TOKENS if use_cot else DEFAULT_LABEL_TOKENS)),
+                  "num_beams": int(args.num_beams)}
+    loader = sharded_loader(dataset, batch_size, int(cfg.run.get("num_workers") or 0), dist_info.rank,
+                            dist_info.world_size, device.type == "cuda", int(cfg.run.seed))
+    total = len(loader) if expected_ids is not None else None
+    is_main = dist_info.rank == 0
+    logger.info("evaluating %s (%s) on split %r: %s clips, %d rank(s), batch %d, %s", ckpt_path, loaded, args.split,
+                len(expected_ids) if expected_ids is not None else "streamed", dist_info.world_size, batch_size,
+                "classification head" if args.use_cls_head else f"reports ({'CoT' if use_cot else 'label only'})")
+    batches = iter_batches_with_progress(loader, total, is_main and bool(cfg.run.get("progress_bar", True)),
+                                         f"eval {args.split}")
+    brief = False if args.no_brief else None
+    records = predict_shard(model, batches, labels, missing, args.use_cls_head, use_cot, gen_kwargs, autocast,
+                            brief=brief, device=device)
+    gathered = {cond: gather_records(recs) for cond, recs in records.items()}
+    result = None
+    if is_main:
+        result = write_outputs(out_dir, gathered, expected_ids, labels, missing, {
+            "split": args.split, "checkpoint": str(ckpt_path), "config": str(args.cfg_path),
+            "world_size": dist_info.world_size, "prediction_source": "cls_head" if args.use_cls_head else "report",
+            "use_cot": None if args.use_cls_head else use_cot,
+            # was the evidence brief in the prompt: false with --no_brief, else as the model is configured
+            "brief": None if args.use_cls_head else (brief if brief is not None else (
+                None if getattr(model, "brief_source", None) is None else model.brief_source != "none")),
+            "generation": None if args.use_cls_head else gen_kwargs,
+            "batch_size": batch_size,
+        }, t0)
+    barrier()
+    return result
+
+
+def run(argv: Optional[Sequence[str]] = None) -> Optional[dict[str, Any]]:
+    """Evaluate as the command line says; returns metrics.json's content on rank 0 (errors raise)."""
+    args = parse_args(argv)
+    from minigpt4.common.eval_utils import parse_modalities
+
+    parse_modalities(args.missing, STACK_ORDER)  # fail before anything is loaded
+    cfg = load_config(args.cfg_path, args.options)
+
+    from minigpt4.common.dist_utils import destroy_distributed, init_distributed_mode
+    from minigpt4.common.logger import setup_logging
+
+    dist_info = init_distributed_mode(cfg.run.device)
+    setup_logging(dist_info.rank)
+    try:
+        return evaluate(args, cfg, dist_info)
+    finally:
+        destroy_distributed()
+
+
+def _known_errors() -> tuple[type, ...]:
+    """Errors that describe bad input (shown as one line, no traceback)."""
+    from minigpt4.common.checkpoint import CheckpointMismatchError
+    from minigpt4.common.config import ConfigError
+    from minigpt4.common.eval_utils import GatherError
+
+    return (CheckpointMismatchError, ConfigError, GatherError, EvalError, FileNotFoundError, ValueError)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point (`hero-eval`): 0 on success, 1 with a one-line error for bad input."""
+    try:
+        run(argv)
+    except Exception as exc:  # imports stay lazy: --help must not load torch
+        if not isinstance(exc, _known_errors()):
+            raise
+        print(f"{Path(sys.argv[0]).name}: error: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -1,0 +1,106 @@
+"""One set-up path from a config to what a run works on, shared by training and evaluation.
+
+`build_components(cfg)`: registry -> `run.imports` -> seed -> task -> datasets -> model, in
+that order, so `hero-train` and `hero-eval` build the same model (same parameter names,
+shapes and, with the same `run.seed`, the same initial weights) from the same config.
+Evaluation builds only the split it scores (`splits=[...]`) and then loads a checkpoint with
+`load_weights`; training hands the components to the runner, which owns resuming.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from minigpt4.tasks.base_task import BaseTask
+
+
+@dataclass(frozen=True)
+class Components:
+    """What a config builds: the task, its datasets (`{dataset_name: {split: dataset}}`), the model."""
+
+    task: BaseTask
+    datasets: dict[str, dict[str, Any]]
+    model: nn.Module
+
+
+def build_components(cfg: DictConfig, splits: Optional[Sequence[str]] = None) -> Components:
+    """Task, datasets and model as `cfg` names them, the model initialised from `run.seed`.
+
+    `splits`: build only these splits of every dataset whose builder takes a `splits` key
+    (HERO's feature datasets; the other splits' files need not exist). The restriction is
+    written into `cfg` (`datasets.<name>.splits`), so a config saved afterwards says what ran.
+    """
+    import minigpt4
+    from minigpt4.common.registry import registry
+    from minigpt4.common.seed import set_seed
+
+    minigpt4.setup_registry()
+    for module in cfg.run.get("imports") or []:
+        importlib.import_module(str(module))
+    set_seed(int(cfg.run.seed))  # same on every rank, and in train and eval: identical model init
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
+    if splits is not None:
+        restrict_splits(cfg, splits)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    return Components(task=task, datasets=datasets, model=model)
+
+
+def restrict_splits(cfg: DictConfig, splits: Sequence[str]) -> None:
+    """Set `datasets.<name>.splits` to `splits` for every configured HERO feature dataset."""
+    from minigpt4.common.registry import registry
+    from minigpt4.datasets.builders.hero_builder import HEROBuilder
+
+    for name in list(cfg.get("datasets") or {}):
+        builder_cls = registry.get_builder_class(name)
+        if builder_cls is not None and issubclass(builder_cls, HEROBuilder):
+            OmegaConf.update(cfg, f"datasets.{name}.splits", list(splits), force_add=True)
+
+
+def load_weights(model: nn.Module, checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> str:
+    """Load a checkpoint's trainable weights into `model` (strict); returns the `.safetensors` used.
+
+    On a mismatch the error also names the `model.*` keys where the run's saved config.yaml
+    differs from `cfg`: the usual cause is evaluating with a config other than the training one.
+    """
+    from minigpt4.common import checkpoint as ckpt_api
+    from minigpt4.common.eval_utils import run_dir_of
+
+    try:
+        return ckpt_api.load_model_weights(model, checkpoint)
+    except ckpt_api.CheckpointMismatchError as exc:
+        hint = ""
+        saved = run_dir_of(checkpoint) / "config.yaml"
+        diff = model_cfg_diff(saved, cfg) if saved.is_file() else []
+        if diff:
+            hint = f"; the run's {saved} differs in " + ", ".join(diff[:5])
+        raise ckpt_api.CheckpointMismatchError(
+            f"checkpoint does not match the model built from {cfg_source or 'the config'}: {exc}{hint}") from None
+
+
+def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
+    """Dotted `model.*` keys whose value differs between a run's saved config.yaml and `cfg`."""
+    from minigpt4.common.config import flatten_keys
+
+    try:
+        saved = OmegaConf.load(saved_yaml)
+    except Exception:  # an unreadable config.yaml only loses the hint
+        return []
+    old, new = saved.get("model"), cfg.get("model")
+    if old is None or new is None:
+        return []
+    keys = set(flatten_keys(old)) | set(flatten_keys(new))
+    diff = []
+    for k in sorted(keys):
+        a = OmegaConf.select(old, k, default="<unset>", throw_on_missing=False)
+        b = OmegaConf.select(new, k, default="<unset>", throw_on_missing=False)
+        if OmegaConf.is_config(a) or OmegaConf.is_config(b):
+            continue
+        if a != b:
+            diff.append(f"model.{k} ({a!r} in the run, {b!r} here)")
+    return diff
