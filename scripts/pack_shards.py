@@ -13,14 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from minigpt4.datasets.annotations import AnnotationError, load_annotations  # noqa: E402
-from minigpt4.datasets.feature_io import FeatureFileError  # noqa: E402
-from minigpt4.datasets.datasets.hero_dataset import MissingFeaturesError  # noqa: E402
-from minigpt4.datasets.shards import pack_shards  # noqa: E402
+from minigpt4.datasets.annotations import AnnotationError, load_annotations
+from minigpt4.datasets.feature_io import FeatureFileError
+from minigpt4.datasets.datasets.hero_dataset import MissingFeaturesError
+from minigpt4.datasets.shards import pack_shards
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

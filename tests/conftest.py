@@ -1,17 +1,17 @@
-"""Shared pytest fixtures: seeded RNGs and a tiny real-tokenizer LLM saved to a temp folder."""
+"""Shared pytest fixtures: seeded RNGs and a tiny real-tokenizer LLM saved to a temp folder.
+
+The package is installed (`pip install --no-deps -e .`) and the tests run as `python -m pytest`
+from the repository root, so `minigpt4` and the test helpers (`tests.*`) import as they are.
+"""
 from __future__ import annotations
 
 import os
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -29,7 +29,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama (hidden 64) with the real SmolLM2 tokenizer, saved with save_pretrained."""
-    from scripts.make_tiny_llm import make_tiny_llm
+    from minigpt4.common.tiny_llm import make_tiny_llm
 
     out = tmp_path_factory.mktemp("tiny_llm") / "llm"
     return make_tiny_llm(out, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seed=0)

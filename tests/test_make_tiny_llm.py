@@ -1,4 +1,5 @@
-"""scripts/make_tiny_llm.py: the demo LLM loads through the real from_pretrained path and can stop."""
+"""make_tiny_llm (minigpt4/common/tiny_llm.py): the demo LLM loads through the real from_pretrained path
+and can stop."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from scripts.make_tiny_llm import make_tiny_llm
+from minigpt4.common.tiny_llm import make_tiny_llm
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
