@@ -41,13 +41,6 @@ def test_unknown_kind():
         Registry().get("optimizer", "adamw")
 
 
-def test_state_store():
-    reg = Registry()
-    reg.register_path("library_root", "/x")
-    reg.set("k", 3)
-    assert reg.get_value("paths.library_root") == "/x" and reg.get_value("k") == 3 and reg.get_value("no", 1) == 1
-
-
 def test_setup_registry_registers_framework_names():
     import minigpt4
 

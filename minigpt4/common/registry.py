@@ -1,6 +1,6 @@
 """Name -> class registry, so configs can say `arch: hero` instead of importing code.
 
-Kinds: model, builder (datasets), task, runner, lr_scheduler, processor. Looking up an
+Kinds: model, builder (datasets), task, runner, lr_scheduler. Looking up an
 unknown name raises a KeyError that lists what is registered, which is the error a user
 with a typo in a YAML file needs to see.
 """
@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Type
 
-KINDS = ("model", "builder", "task", "runner", "lr_scheduler", "processor")
+KINDS = ("model", "builder", "task", "runner", "lr_scheduler")
 
 
 class Registry:
-    """A table of named classes per kind, plus a small key/value store for paths and state."""
+    """A table of named classes per kind."""
 
     def __init__(self) -> None:
         self._tables: Dict[str, Dict[str, Any]] = {kind: {} for kind in KINDS}
-        self._state: Dict[str, Any] = {}
 
     # ---------------------------------------------------------------- generic
     def register(self, kind: str, name: str) -> Callable[[Any], Any]:
@@ -62,9 +61,6 @@ class Registry:
     def register_lr_scheduler(self, name: str) -> Callable[[Type], Type]:
         return self.register("lr_scheduler", name)
 
-    def register_processor(self, name: str) -> Callable[[Type], Type]:
-        return self.register("processor", name)
-
     def get_model_class(self, name: str) -> Type:
         return self.get("model", name)
 
@@ -79,19 +75,6 @@ class Registry:
 
     def get_lr_scheduler_class(self, name: str) -> Type:
         return self.get("lr_scheduler", name)
-
-    def get_processor_class(self, name: str) -> Type:
-        return self.get("processor", name)
-
-    # ------------------------------------------------------------ state store
-    def register_path(self, name: str, path: str) -> None:
-        self._state[f"paths.{name}"] = path
-
-    def set(self, key: str, value: Any) -> None:
-        self._state[key] = value
-
-    def get_value(self, key: str, default: Any = None) -> Any:
-        return self._state.get(key, default)
 
 
 registry = Registry()

@@ -1,6 +1,6 @@
 """Builder "hero_dataset": the `datasets.hero_dataset` config section -> {split: dataset}.
 
-Features come from `build_info.images.storage` (a folder, the seed's key) or, when
+Features come from `build_info.images.storage` (a folder; MiniGPT-4's key name) or, when
 `build_info.shards` is set, from webdataset tar shards; labels from
 `build_info.annotations.storage` (one JSON file with a `split` field per record, or a
 mapping split -> file). Unset keys take the defaults of configs/datasets/hero_dataset.yaml;
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Mapping, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Dataset
@@ -75,14 +75,8 @@ def _plain(value: Any) -> Any:
 class HEROBuilder:
     """Builds the HERO feature datasets of every configured split."""
 
-    DATASET_CONFIG_DICT = {"default": str(DEFAULT_CONFIG)}
-
     def __init__(self, cfg: Union[DictConfig, Mapping[str, Any], None] = None) -> None:
         self.config = resolve_config(cfg)
-
-    @classmethod
-    def default_config_path(cls, type: str = "default") -> str:
-        return cls.DATASET_CONFIG_DICT[type]
 
     def sample_builder(self) -> SampleBuilder:
         c = self.config
