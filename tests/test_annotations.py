@@ -1,4 +1,4 @@
-"""Annotation loading/validation (DESIGN.md 3) and the MER CSV converter."""
+"""Annotation loading/validation (README "2. Labels") and the MER CSV converter."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""The CoT report format (DESIGN.md section 4): target template, instructions and the parser."""
+"""The CoT report format (README, top): target template, instructions and the parser."""
 from __future__ import annotations
 
 import json

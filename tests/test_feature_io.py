@@ -1,4 +1,4 @@
-"""Feature file format (DESIGN.md 3): round trip, atomic writes, every validation error."""
+"""Feature file format (docs/ARCHITECTURE.md "Feature files"): round trip, atomic writes, every validation error."""
 from __future__ import annotations
 
 import io

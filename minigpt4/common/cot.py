@@ -1,4 +1,4 @@
-"""The chain-of-thought report of DESIGN.md section 4: instructions, target template, parser.
+"""The chain-of-thought report (its format: README, top): instructions, target template, parser.
 
 One module so the dataset (which builds training targets) and the model / eval (which parse
 generated reports) can never disagree on the format.

@@ -1,4 +1,4 @@
-"""Emotion-recognition scores of an evaluation run (DESIGN.md section 5), from scikit-learn.
+"""Emotion-recognition scores of an evaluation run (README "Outputs"), from scikit-learn.
 
 Conventions, fixed here so every report reads the same way:
 

@@ -1,7 +1,7 @@
-"""Names and orders shared by the data, the model and the tools (DESIGN.md section 2)."""
+"""Names and orders shared by the data, the model and the tools (docs/ARCHITECTURE.md "Shared constants")."""
 from __future__ import annotations
 
-# Stack index of each modality in `video_features [5, T, max_dim]`. Fixed by DESIGN.md 2.2.
+# Stack index of each modality in `video_features [5, T, max_dim]`. Fixed: see docs/ARCHITECTURE.md "A collated batch".
 STACK_ORDER: tuple[str, ...] = ("motion", "audio", "au", "text", "visual")
 MOTION, AUDIO, AU, TEXT, VISUAL = range(5)
 
@@ -9,7 +9,7 @@ MOTION, AUDIO, AU, TEXT, VISUAL = range(5)
 EXPERT_ORDER: tuple[str, ...] = STACK_ORDER + ("synergy",)
 SYNERGY = 5
 
-# Default key of each modality inside a feature file (DESIGN.md 2.1).
+# Default key of each modality inside a feature file (docs/ARCHITECTURE.md "Feature files").
 DEFAULT_FEATURE_KEYS: dict[str, str] = {
     "motion": "videomae",
     "audio": "hubert",
@@ -18,7 +18,7 @@ DEFAULT_FEATURE_KEYS: dict[str, str] = {
     "visual": "clip",
 }
 
-# Model config key holding each modality's true feature dim (DESIGN.md 6).
+# Model config key holding each modality's true feature dim (`model.*_dim`).
 DIM_KEYS: dict[str, str] = {
     "motion": "video_dim",
     "audio": "audio_dim",

@@ -1,4 +1,4 @@
-"""Annotation records (DESIGN.md section 3): load, validate, split; MER CSV conversion.
+"""Annotation records (README "Your own data", "2. Labels"): load, validate, split; MER CSV conversion.
 
 Annotations are a JSON list of records `{"video_id", "emotion", "split", "sentiment"?,
 "text"?, "evidence"?, "reasoning"?, "answer"?}` in one file (with `split`), or one file per
@@ -224,7 +224,7 @@ def sentiment_from_valence(valence: Optional[float]) -> Optional[str]:
 
 
 def mer_csv_to_records(path: PathLike, split: str) -> list[dict[str, Any]]:
-    """Read a MER2023/2024 label CSV (`name, discrete, valence`) into DESIGN.md 3 records.
+    """Read a MER2023/2024 label CSV (`name, discrete, valence`) into annotation records.
 
     `discrete` may be empty for an unlabeled test split; `valence` is optional.
     """

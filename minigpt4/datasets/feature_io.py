@@ -1,10 +1,10 @@
-"""Per-video feature files (DESIGN.md section 3): write and read them safely.
+"""Per-video feature files (docs/ARCHITECTURE.md "Feature files"): write and read them safely.
 
 One file per clip, `<features_dir>/<video_id>.npz` (or `.safetensors`): float16 arrays
 `[T, D]` under the extractor keys (`videomae`, `hubert`, `au`, `bert`, `clip`), the Whisper
 `transcript` as a 0-d unicode array and optional `meta_<name>` strings. A modality that could
 not be extracted is simply absent. Nothing here unpickles unless the caller opts in, because
-unpickling a file runs arbitrary code: the seed's pickled `.npy` dicts are read only with
+unpickling a file runs arbitrary code: legacy pickled `.npy` dicts are read only with
 `allow_pickle=True` (or converted once with `scripts/convert_legacy_features.py`).
 
 Every problem is a `FeatureFileError` naming the file and the key, so a bad clip in a folder
@@ -34,7 +34,7 @@ SAFETENSORS_SUFFIX = ".safetensors"
 LEGACY_SUFFIX = ".npy"
 # Suffixes a features folder may hold, in lookup order (the safe formats first).
 FEATURE_SUFFIXES: tuple[str, ...] = (NPZ_SUFFIX, SAFETENSORS_SUFFIX, LEGACY_SUFFIX)
-# The seed's legacy key names that differ from ours.
+# Legacy key names that differ from ours.
 LEGACY_KEY_MAP: dict[str, str] = {"video_mae": "videomae"}
 CONVERT_HINT = (
     "convert the folder once with `python scripts/convert_legacy_features.py --input_dir DIR "
@@ -330,9 +330,9 @@ def _read_safetensors(path: PathLike, data: bytes, max_dim: int) -> FeatureRecor
 
 
 def _read_legacy(path: PathLike, source: Any, max_dim: int, allow_pickle: bool) -> FeatureRecord:
-    """The seed's pickled dict `{video_mae, clip, hubert, bert, au, transcript}`.
+    """A legacy pickled dict `{video_mae, clip, hubert, bert, au, transcript}`.
 
-    A 1-D array (a pooled vector, as the seed often stored) is read as one frame `[1, D]`.
+    A 1-D array (a pooled vector, as legacy files often hold) is read as one frame `[1, D]`.
     """
     if not allow_pickle:
         raise FeatureFileError(

@@ -1,4 +1,4 @@
-"""HERODataset: feature files + annotations -> the model's input (DESIGN.md 2.2).
+"""HERODataset: feature files + annotations -> the model's input (docs/ARCHITECTURE.md "A collated batch").
 
 A sample stacks the five modalities in STACK_ORDER (0 motion, 1 audio, 2 AU, 3 text,
 4 visual global) into `video_features [5, T, max_dim]`, zero-padded in both time and feature
