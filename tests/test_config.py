@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from minigpt4.common import atomic_io
-from minigpt4.common.config import (RUN_DEFAULTS, Config, ConfigError, add_config_args, apply_options, load_config,
+from minigpt4.common.config import (RUN_DEFAULTS, ConfigError, add_config_args, apply_options, load_config,
                                     parse_value, save_config)
 
 
@@ -126,12 +126,12 @@ def test_save_config_roundtrip_and_is_atomic(cfg_file: Path, tmp_path: Path, mon
     assert os.listdir(out.parent) == ["config.yaml"]  # no temp file left behind
 
 
-def test_cli_helper_and_config_wrapper(cfg_file: Path):
+def test_cli_helper(cfg_file: Path):
     parser = add_config_args(argparse.ArgumentParser())
     args = parser.parse_args(["--cfg-path", str(cfg_file), "--options", "run.seed=1", "model.hidden_dim=8"])
-    conf = Config.from_args(args)
-    assert conf.run_cfg.seed == 1 and conf.model_cfg.hidden_dim == 8 and "hero_dataset" in conf.datasets_cfg
-    assert apply_options(conf.config, ["run.seed=2"]).run.seed == 2
+    cfg = load_config(args.cfg_path, args.options)
+    assert cfg.run.seed == 1 and cfg.model.hidden_dim == 8 and "hero_dataset" in cfg.datasets
+    assert apply_options(cfg, ["run.seed=2"]).run.seed == 2
 
 
 def test_hero_train_rejects_unknown_option(tmp_path: Path):

@@ -1,18 +1,20 @@
-"""YAML run configs: `includes:`, run defaults, checked `--options` overrides, atomic saving.
+"""YAML run configs: `includes:`, schema defaults, checked `--options` overrides, atomic saving.
 
-A config has `model`, `datasets` and `run` sections (DESIGN.md section 6). Loading order:
+A config has `model`, `datasets` and `run` sections (README, "Configuration"). Loading order:
 
 1. every file named in the top-level `includes:` list (relative to the including file, else
    to the repository root), merged in order, each one's own includes first;
 2. the file's own keys on top;
-3. `RUN_DEFAULTS` under anything the file leaves unset in `run`;
+3. the schema's defaults (`minigpt4/common/schema.py`) under anything the files leave unset in
+   `run`, and in `model` when its `arch` has a schema;
 4. the `--options key.path=value` overrides.
 
-An override must name a key that exists after step 3, so a typo fails loudly with the nearest
-valid key instead of silently training with the default. A key below one whose value is
-`null` is accepted: null marks a slot the config leaves open (e.g. a path mapping).
-Values are parsed as YAML scalars (ints, floats such as `1e-4`, bools, null, `[lists]`,
-`{mappings}`); a value for a string key stays the literal text.
+Every file's `run` and `model` keys are checked against the schema (a typo names the file and
+the nearest key), and so is every override; the merged values are then type- and range-checked.
+A key below one whose value is `null` is accepted in an override: null marks a slot the config
+leaves open (e.g. a split -> shards mapping). Values are parsed as YAML scalars (ints, floats
+such as `1e-4`, bools, null, `[lists]`, `{mappings}`); a value for a string key stays the
+literal text.
 """
 from __future__ import annotations
 
@@ -253,30 +255,3 @@ def add_config_args(parser: argparse.ArgumentParser, require_cfg: bool = True) -
                         help="override config keys, e.g. run.max_epoch=3 run.init_lr=1e-4 "
                              "(unknown keys are an error)")
     return parser
-
-
-class Config:
-    """MiniGPT-4 style view: `.config` plus `.run_cfg`, `.model_cfg`, `.datasets_cfg`."""
-
-    def __init__(self, cfg_path: Union[str, Path], options: Optional[Sequence[str]] = None) -> None:
-        self.cfg_path = str(cfg_path)
-        self.config: DictConfig = load_config(cfg_path, options)
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "Config":
-        return cls(args.cfg_path, getattr(args, "options", None))
-
-    @property
-    def run_cfg(self) -> DictConfig:
-        return self.config.run
-
-    @property
-    def model_cfg(self) -> DictConfig:
-        return self.config.get("model") or OmegaConf.create({})
-
-    @property
-    def datasets_cfg(self) -> DictConfig:
-        return self.config.get("datasets") or OmegaConf.create({})
-
-    def save(self, path: Union[str, Path]) -> Path:
-        return save_config(self.config, path)

@@ -1,5 +1,5 @@
 """HERO's auxiliary objectives: STMIL (vCLUB upper bound of mutual information), SCCL (symmetric
-InfoNCE) and the teacher-student KL of the robustness term (DESIGN.md 2.4).
+InfoNCE) and the teacher-student KL of the robustness term (docs/ARCHITECTURE.md, "Model internals").
 
 STMIL follows the sampled vCLUB of Cheng et al. (2020): a variational Gaussian q(y | x)
 (mean and log-variance MLPs) is fitted by maximum likelihood on *detached* inputs

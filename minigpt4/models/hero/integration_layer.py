@@ -1,6 +1,6 @@
 """Audio-guided panoramic attention: the six experts' tokens -> the LLM's integrated context.
 
-Strategies (`model.integration_strategy`, DESIGN.md 2.3):
+Strategies (`model.integration_strategy`; docs/ARCHITECTURE.md, "Model internals"):
 - `audio` (default): the anchor query is built from the audio summary; clips without audio
   fall back, one by one, to the dynamic anchor.
 - `dynamic`: a small gate scores every present expert summary (absent ones at -inf before the

@@ -1,5 +1,5 @@
 """HERO's observation experts: slicing the feature stack, modality Q-Formers, the synergy expert and
-the shared evidence decoder (DESIGN.md 2.3).
+the shared evidence decoder (docs/ARCHITECTURE.md, "Model internals").
 
 Masks are the contract here: a padded frame never changes an output (it is excluded by the
 key-padding mask of every cross-attention and every layer before that is per-frame), and a
@@ -144,10 +144,15 @@ class FeedForward(nn.Module):
 
 
 class QFormerLayer(nn.Module):
-    """Pre-norm: queries self-attend, cross-attend to the memory under its mask, then an FFN."""
+    """Pre-norm: self-attention, cross-attention to a memory, then an FFN.
 
-    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_ratio: float) -> None:
+    The block of the expert Q-Formers (learned queries read the frames under their mask) and of the
+    evidence decoder (`causal=True`: each token sees only those before it; all of the memory valid).
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_ratio: float, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         self.norm_self = nn.LayerNorm(dim)
         self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
         self.norm_cross = nn.LayerNorm(dim)
@@ -156,9 +161,8 @@ class QFormerLayer(nn.Module):
         self.ffn = FeedForward(dim, ffn_ratio, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory: Tensor, memory_mask: Tensor) -> Tensor:
-        h = self.norm_self(x)
-        x = x + self.drop(self.self_attn(h))
+    def forward(self, x: Tensor, memory: Tensor, memory_mask: Optional[Tensor] = None) -> Tensor:
+        x = x + self.drop(self.self_attn(self.norm_self(x), causal=self.causal))
         x = x + self.drop(self.cross_attn(self.norm_cross(x), memory, memory_mask))
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
@@ -311,25 +315,6 @@ class SynergyExpert(nn.Module):
 
 
 # --------------------------------------------------------------------------- evidence decoder
-class DecoderLayer(nn.Module):
-    """Pre-norm causal self-attention, cross-attention to the expert memory, FFN."""
-
-    def __init__(self, dim: int, num_heads: int, dropout: float, ffn_ratio: float) -> None:
-        super().__init__()
-        self.norm_self = nn.LayerNorm(dim)
-        self.self_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.norm_cross = nn.LayerNorm(dim)
-        self.cross_attn = MultiHeadAttention(dim, num_heads, dropout)
-        self.norm_ffn = nn.LayerNorm(dim)
-        self.ffn = FeedForward(dim, ffn_ratio, dropout)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, memory: Tensor) -> Tensor:
-        x = x + self.drop(self.self_attn(self.norm_self(x), causal=True))
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), memory))
-        return x + self.drop(self.ffn(self.norm_ffn(x)))
-
-
 class EvidenceDecoder(nn.Module):
     """A small transformer decoder shared by the six experts; writes one evidence sentence each.
 
@@ -362,7 +347,8 @@ class EvidenceDecoder(nn.Module):
         self.task_tokens = nn.Parameter(torch.randn(num_experts, embed_dim) * 0.02)
         self.memory_norm = nn.LayerNorm(memory_dim)
         self.memory_proj = nn.Linear(memory_dim, embed_dim)
-        self.layers = nn.ModuleList(DecoderLayer(embed_dim, num_heads, dropout, ffn_ratio) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            QFormerLayer(embed_dim, num_heads, dropout, ffn_ratio, causal=True) for _ in range(num_layers))
         self.final_norm = nn.LayerNorm(embed_dim)
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.num_conditions = int(num_conditions)
