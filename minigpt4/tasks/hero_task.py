@@ -29,12 +29,13 @@ class HeroTask(BaseTask):
         datasets = super().build_datasets(cfg)
         # All datasets of one run must share a label set (a builder gives all its splits one).
         shared_label_names((name, next(iter(splits.values()))) for name, splits in datasets.items())
-        # every file must be exactly as wide as the model reads each modality (model.*_dim)
-        dims = dict(zip(STACK_ORDER, modality_dims(cfg.get("model"))))
-        for splits in datasets.values():
-            for ds in splits.values():
-                if hasattr(ds, "expect_dims"):
-                    ds.expect_dims(dims)
+        # every file must be exactly as wide as the model reads each modality (model.*_dim); only
+        # feature datasets can be checked, and only a HERO model config has those dims
+        checked = [ds for splits in datasets.values() for ds in splits.values() if hasattr(ds, "expect_dims")]
+        if checked:
+            dims = dict(zip(STACK_ORDER, modality_dims(cfg.get("model"))))
+            for ds in checked:
+                ds.expect_dims(dims)
         return datasets
 
     def valid_generate(self, model: Any, samples: Mapping[str, Any], max_new_tokens: int) -> list[dict[str, Any]]:
