@@ -1,5 +1,6 @@
-"""The pieces of `eval_hero.py` that do not need a model: prediction records, the split of a
-dataset across ranks and the gathering back on rank 0, output paths and atomic writers.
+"""The pieces of `hero-eval` (`minigpt4/cli/evaluate.py`) that do not need a model: prediction
+records, the split of a dataset across ranks and the gathering back on rank 0, output paths and
+atomic writers.
 
 Sharding contract: rank `r` of `w` evaluates dataset indices `r, r + w, r + 2w, ...`
 (disjoint, covering, no padding), its records travel to rank 0 with
