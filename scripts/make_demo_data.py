@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from minigpt4.common.atomic_io import atomic_write_json
-    from minigpt4.datasets import demo_data
+    from minigpt4.synthetic import demo as demo_data
 
     try:
         sizes = demo_data.split_sizes(args.num_clips)

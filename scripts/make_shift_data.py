@@ -54,7 +54,7 @@ def summary_line(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from minigpt4.common.atomic_io import atomic_write_json
-    from minigpt4.datasets import shift_data
+    from minigpt4.synthetic import shift as shift_data
 
     try:
         sizes = shift_data.split_sizes(args.num_clips)

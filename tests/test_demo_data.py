@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 
 from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS, STACK_ORDER
-from minigpt4.datasets import demo_data as dd
 from minigpt4.datasets.annotations import load_annotations
-from minigpt4.datasets.baselines import (
+from minigpt4.datasets.feature_io import read_features
+from minigpt4.extraction.action_units import AU_PRESENCE_COLUMNS
+from minigpt4.synthetic import common as sc
+from minigpt4.synthetic import demo as dd
+from minigpt4.synthetic import demo_cues as dc
+from minigpt4.synthetic import demo_evidence as de
+from minigpt4.synthetic import demo_oracles as dor
+from minigpt4.synthetic.baselines import (
     mean_pool_logreg_baseline,
     pooled_features,
     pooled_stats_logreg_baseline,
 )
-from minigpt4.datasets.feature_io import read_features
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (48, 6, 24)
@@ -84,12 +89,12 @@ def test_regenerating_smaller_removes_only_its_own_stale_files(tmp_path):
 
 def test_files_follow_the_design_format(small_demo):
     by_split = load_annotations(small_demo.annotations)  # the project's validator
-    assert {s: len(v) for s, v in by_split.items()} == dict(zip(dd.SPLITS, SMALL))
-    cues = {c.video_id: c for c in dd.load_latents(small_demo.latents)}
+    assert {s: len(v) for s, v in by_split.items()} == dict(zip(sc.SPLITS, SMALL))
+    cues = {c.video_id: c for c in dc.load_latents(small_demo.latents)}
     for recs in by_split.values():
         for rec in recs:
             c = cues[rec.video_id]
-            assert rec.emotion == c.emotion and rec.sentiment == dd.SENTIMENT[c.emotion]
+            assert rec.emotion == c.emotion and rec.sentiment == sc.SENTIMENT[c.emotion]
             feat = read_features(small_demo.features_dir / f"{rec.video_id}.npz", max_dim=dd.DEMO_MAX_DIM, dtype=None)
             assert feat.meta == {"source": dd.GENERATOR_VERSION, "seed": "3"}
             for key, arr in feat.arrays.items():
@@ -102,15 +107,15 @@ def test_files_follow_the_design_format(small_demo):
                     assert lo <= arr.shape[0] <= hi
             if c.present["text"]:
                 assert rec.text == feat.transcript
-                words = dd.transcript_words(feat.transcript)
+                words = sc.transcript_words(feat.transcript)
                 assert feat.arrays["bert"].shape[0] == len(words)
-                assert dd.TEXT_WORDS_RANGE[0] <= len(words) <= dd.TEXT_WORDS_RANGE[1]
+                assert de.TEXT_WORDS_RANGE[0] <= len(words) <= de.TEXT_WORDS_RANGE[1]
             else:
                 assert rec.text is None and feat.transcript == ""
 
 
 def test_au_features_use_the_openface_layout(small_demo):
-    for c in dd.load_latents(small_demo.latents):
+    for c in dc.load_latents(small_demo.latents):
         if not c.present["au"]:
             continue
         au = read_features(small_demo.features_dir / f"{c.video_id}.npz").arrays["au"]
@@ -118,13 +123,13 @@ def test_au_features_use_the_openface_layout(small_demo):
         assert inten.min() >= 0.0 and inten.max() <= 5.0
         assert set(np.unique(pres).tolist()) <= {0.0, 1.0}
         # presence flags follow the intensities (up to OpenFace-like 3 % flips)
-        j = [col[:4] for col in dd.AU_PRESENCE_COLUMNS].index("AU04")
-        agree = (pres[:, j] == (inten[:, dd._AU_ORDER.index("AU04")] >= dd.AU_PRESENT)).mean()
+        j = [col[:4] for col in AU_PRESENCE_COLUMNS].index("AU04")
+        agree = (pres[:, j] == (inten[:, sc.AU_ORDER.index("AU04")] >= sc.AU_PRESENT)).mean()
         assert agree >= 0.75
 
 
 def test_missing_modalities_are_absent_never_zero(full_demo):
-    cues = dd.load_latents(full_demo.latents)
+    cues = dc.load_latents(full_demo.latents)
     absent_counts = {m: 0 for m in STACK_ORDER}
     for c in cues[:200]:
         feat = read_features(full_demo.features_dir / f"{c.video_id}.npz")
@@ -158,7 +163,7 @@ def test_splits_and_labels_are_balanced(full_demo):
     recs = json.loads(full_demo.annotations.read_text())
     assert full_demo.split_sizes == {"train": 480, "val": 60, "test": 120}
     for split, n in full_demo.split_sizes.items():
-        counts = {e: 0 for e in dd.EMOTIONS}
+        counts = {e: 0 for e in sc.EMOTIONS}
         for r in recs:
             if r["split"] == split:
                 counts[r["emotion"]] += 1
@@ -178,66 +183,66 @@ def test_split_sizes_parsing():
         with pytest.raises(ValueError):
             dd.split_sizes(bad)
     with pytest.raises(ValueError, match="unknown emotion"):
-        dd.sample_cues(np.random.default_rng(0), "bored")
+        dc.sample_cues(np.random.default_rng(0), "bored")
 
 
 # ----------------------------------------------------------------------------- truthful evidence
 
 
 def test_evidence_sentences_match_the_cues(full_demo):
-    cues = dd.load_latents(full_demo.latents)
+    cues = dc.load_latents(full_demo.latents)
     seen_levels: dict[str, set] = {"audio": set(), "visual": set(), "text": set()}
     for c in cues:
         ev = _record(full_demo, c.video_id)["evidence"]
         if c.present["audio"]:
-            lvl = dd.arousal_level(c.audio_arousal)
-            assert ev["audio"] in dd.AUDIO_PHRASES[lvl]
+            lvl = de.arousal_level(c.audio_arousal)
+            assert ev["audio"] in de.AUDIO_PHRASES[lvl]
             seen_levels["audio"].add(lvl)
         if c.present["visual"]:
-            lvl = dd.valence_level(c.visual_valence)
-            assert ev["visual"] in dd.VISUAL_PHRASES[lvl]
+            lvl = de.valence_level(c.visual_valence)
+            assert ev["visual"] in de.VISUAL_PHRASES[lvl]
             seen_levels["visual"].add(lvl)
         if c.present["text"]:
-            assert ev["text"] in dd.TEXT_PHRASES[c.text_polarity]
+            assert ev["text"] in de.TEXT_PHRASES[c.text_polarity]
             seen_levels["text"].add(c.text_polarity)
         if c.present["motion"]:
             if c.still_body:
                 assert ev["motion"] == "The body stays still."
             else:
-                assert dd.GESTURE_PHRASES[dd.gesture_level(c.motion_gesture)] in ev["motion"]
-                assert dd.POSTURE_PHRASES[dd.posture_level(c.motion_posture)] in ev["motion"]
+                assert de.GESTURE_PHRASES[de.gesture_level(c.motion_gesture)] in ev["motion"]
+                assert de.POSTURE_PHRASES[de.posture_level(c.motion_posture)] in ev["motion"]
         if c.present["au"]:
             active = c.active_aus()
-            named = [au for au in dd._AU_ORDER if au in ev["au"]]
+            named = [au for au in sc.AU_ORDER if au in ev["au"]]
             assert named == active, (ev["au"], active)
             if c.poker_face:
                 assert not active and "No facial action unit" in ev["au"]
         if "synergy" in ev:
-            agree = dd._MATCHING_BODY[dd.voice_state(c)] == dd.body_state(c)
+            agree = de.MATCHING_BODY[de.voice_state(c)] == de.body_state(c)
             assert ev["synergy"].startswith("Voice and body agree" if agree else "Voice and body disagree")
         reasoning = _record(full_demo, c.video_id)["reasoning"]
         assert reasoning.endswith(f"point to {c.emotion}.")
         if "contradict" in reasoning:
-            assert c.text_polarity == "positive" and dd.face_valence_sign(c) < 0
+            assert c.text_polarity == "positive" and de.face_valence_sign(c) < 0
     for name, levels in seen_levels.items():
         assert len(levels) >= 3, (name, levels)
 
 
 def test_words_carry_their_polarity_and_sarcasm_follows_the_face(full_demo):
-    cues = dd.load_latents(full_demo.latents)
+    cues = dc.load_latents(full_demo.latents)
     sarcastic = [c for c in cues if c.sarcastic]
     assert len(sarcastic) > 20
     for c in cues:
         if not c.present["text"]:
             continue
-        words = dd.transcript_words(_record(full_demo, c.video_id)["text"])
-        polar = {dd.WORD_POLARITY[w] for w in words if w in dd.WORD_POLARITY}
+        words = sc.transcript_words(_record(full_demo, c.video_id)["text"])
+        polar = {de.WORD_POLARITY[w] for w in words if w in de.WORD_POLARITY}
         expected = {"positive": {1.0}, "negative": {-1.0}, "neutral": set()}[c.text_polarity]
         assert polar == expected, (words, c.text_polarity)
     for c in sarcastic:
-        assert c.text_polarity == "positive" and dd.SENTIMENT[c.emotion] == "negative"
+        assert c.text_polarity == "positive" and sc.SENTIMENT[c.emotion] == "negative"
     # the reasoning names the conflict whenever a present face shows the negative valence
-    flagged = [c for c in sarcastic if c.present["text"] and dd.face_valence_sign(c) < 0]
+    flagged = [c for c in sarcastic if c.present["text"] and de.face_valence_sign(c) < 0]
     assert flagged
     assert all("contradict" in _record(full_demo, c.video_id)["reasoning"] for c in flagged)
 
@@ -250,7 +255,7 @@ def test_arrays_realise_the_cues(full_demo):
     u_g, u_p = enc.directions["motion"]
     checked = {"audio": 0, "motion": 0, "au": 0}
     shifts: list[tuple[float, float]] = []
-    for c in dd.load_latents(full_demo.latents)[:240]:
+    for c in dc.load_latents(full_demo.latents)[:240]:
         arrays = read_features(full_demo.features_dir / f"{c.video_id}.npz").arrays
         if c.present["audio"] and abs(c.audio_arousal) > 0.6:
             x = arrays["hubert"].astype(np.float64)
@@ -277,7 +282,7 @@ def test_arrays_realise_the_cues(full_demo):
             x = arrays["au"]
             start, k = c.bursts["au"]
             for au in c.active_aus():
-                col = x[:, dd._AU_ORDER.index(au)]
+                col = x[:, sc.AU_ORDER.index(au)]
                 rest = np.delete(col, np.arange(start, start + k))
                 assert col[start : start + k].max() - np.median(rest) > 1.0, (c.video_id, au)
             checked["au"] += 1
@@ -293,15 +298,15 @@ def test_arrays_realise_the_cues(full_demo):
 
 def test_ceilings_are_high():
     # small samples for speed; the report uses 20000 clips
-    assert dd.latent_ceiling(seed=0, n=4000) >= 0.95
-    assert dd.cue_oracle_accuracy(seed=0, n_train=5000, n_test=2000) >= 0.90
+    assert dor.latent_ceiling(seed=0, n=4000) >= 0.95
+    assert dor.cue_oracle_accuracy(seed=0, n_train=5000, n_test=2000) >= 0.90
 
 
 def test_mean_pool_baseline_is_above_chance_and_below_the_ceiling(full_demo):
     base = mean_pool_logreg_baseline(full_demo.features_dir, full_demo.annotations, "train", "test")
     stats = pooled_stats_logreg_baseline(full_demo.features_dir, full_demo.annotations, "train", "test")
-    ceiling = dd.split_cue_oracle_accuracy(full_demo.latents, "test", seed=0, n_train=6000)
-    chance = 1.0 / len(dd.EMOTIONS)
+    ceiling = dor.split_cue_oracle_accuracy(full_demo.latents, "test", seed=0, n_train=6000)
+    chance = 1.0 / len(sc.EMOTIONS)
     assert base > chance + 0.2
     assert ceiling >= 0.9
     # averaging frames loses the swings and bursts: well below what the information allows
@@ -314,7 +319,7 @@ def test_pooled_features_layout_and_errors(small_demo, tmp_path):
     recs = json.loads(small_demo.annotations.read_text())[:10]
     x = pooled_features(small_demo.features_dir, recs, DEFAULT_FEATURE_KEYS)
     assert x.shape == (10, sum(dd.DEMO_DIMS.values()) + 5)
-    cues = {c.video_id: c for c in dd.load_latents(small_demo.latents)}
+    cues = {c.video_id: c for c in dc.load_latents(small_demo.latents)}
     col = 0
     for m in STACK_ORDER:
         col += dd.DEMO_DIMS[m]
@@ -366,7 +371,7 @@ def test_demo_loads_through_the_hero_dataset(small_demo):
     batch = ds.collater([ds[i] for i in range(len(ds))])
     assert batch["video_features"].shape[:2] == (len(recs), 5)
     assert batch["video_features"].shape[3] == dd.DEMO_MAX_DIM
-    cues = {c.video_id: c for c in dd.load_latents(small_demo.latents)}
+    cues = {c.video_id: c for c in dc.load_latents(small_demo.latents)}
     for i, vid in enumerate(batch["video_id"]):
         expect = torch.tensor([cues[vid].present[m] for m in STACK_ORDER])
         assert torch.equal(batch["modality_mask"][i].cpu(), expect)

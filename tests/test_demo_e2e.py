@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from minigpt4.datasets.baselines import mean_pool_logreg_baseline
+from minigpt4.synthetic.baselines import mean_pool_logreg_baseline
 
 REPO = Path(__file__).resolve().parents[1]
 CFG = "configs/models/hero.yaml"
@@ -50,7 +50,7 @@ def _job(root: Path, corpus: str, *train_options: str) -> tuple[dict, list[dict]
         corpus_options = [f"datasets.hero_dataset.build_info.images.storage={data / 'features'}",
                           f"datasets.hero_dataset.build_info.annotations.storage={data / 'annotations.json'}"]
     else:
-        from minigpt4.datasets.shift_data import train_options
+        from minigpt4.synthetic.shift import train_options
 
         _run(["scripts/make_shift_data.py", "--out", str(data)])
         corpus_options = train_options(data)

@@ -11,9 +11,12 @@ import numpy as np
 import pytest
 
 from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS, DIM_KEYS, STACK_ORDER
-from minigpt4.datasets import shift_data as sd
 from minigpt4.datasets.annotations import load_annotations
 from minigpt4.datasets.feature_io import read_features
+from minigpt4.synthetic import common as sc
+from minigpt4.synthetic import shift as sd
+from minigpt4.synthetic import shift_cues as scu
+from minigpt4.synthetic import shift_evidence as se
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = (44, 6, 10)
@@ -26,8 +29,8 @@ def small(tmp_path_factory) -> sd.ShiftSummary:
 
 
 @pytest.fixture(scope="module")
-def cues(small) -> list[sd.ShiftCues]:
-    return sd.load_latents(small.latents)
+def cues(small) -> list[scu.ShiftCues]:
+    return scu.load_latents(small.latents)
 
 
 @pytest.fixture(scope="module")
@@ -71,10 +74,10 @@ def test_regenerating_smaller_removes_only_its_own_stale_files(tmp_path):
 
 def test_files_follow_the_format_and_declared_dims(small, cues, records):
     by_split = load_annotations(small.annotations)  # the project's validator accepts `topic`
-    assert {s: len(v) for s, v in by_split.items()} == dict(zip(sd.SPLITS, SMALL))
+    assert {s: len(v) for s, v in by_split.items()} == dict(zip(sc.SPLITS, SMALL))
     for c in cues:
         rec = records[c.video_id]
-        assert rec["emotion"] == c.emotion and rec["sentiment"] == sd.SENTIMENT[c.emotion]
+        assert rec["emotion"] == c.emotion and rec["sentiment"] == sc.SENTIMENT[c.emotion]
         feat = read_features(small.features_dir / f"{c.video_id}.npz", max_dim=sd.SHIFT_MAX_DIM, dtype=None)
         assert feat.meta == {"source": sd.GENERATOR_VERSION, "seed": "3"}
         assert {KEY_TO_MOD[k] for k in feat.arrays} == {m for m in STACK_ORDER if c.present[m]}
@@ -86,9 +89,9 @@ def test_files_follow_the_format_and_declared_dims(small, cues, records):
                 assert sd.FRAME_RANGE[mod][0] <= arr.shape[0] <= sd.FRAME_RANGE[mod][1]
             assert np.abs(arr).max() > 0.1  # never zero-filled
         if c.present["text"]:
-            words = sd.transcript_words(feat.transcript)
+            words = sc.transcript_words(feat.transcript)
             assert rec["text"] == feat.transcript and feat.arrays["bert"].shape[0] == len(words)
-            assert sd.TEXT_WORDS_RANGE[0] <= len(words) <= sd.TEXT_WORDS_RANGE[1]
+            assert se.TEXT_WORDS_RANGE[0] <= len(words) <= se.TEXT_WORDS_RANGE[1]
         else:
             assert "text" not in rec and feat.transcript == ""
         for mod, segments in c.bursts.items():
@@ -110,11 +113,11 @@ def test_loads_through_the_hero_builder_with_the_printed_options(small):
     cfg = load_config(REPO / "configs" / "models" / "hero.yaml", sd.train_options(small.out_dir))
     assert {m: cfg.model[k] for m, k in DIM_KEYS.items()} == sd.SHIFT_DIMS
     sets = HEROBuilder(cfg.datasets.hero_dataset).build_datasets()
-    assert {s: len(d) for s, d in sets.items()} == dict(zip(sd.SPLITS, SMALL))
+    assert {s: len(d) for s, d in sets.items()} == dict(zip(sc.SPLITS, SMALL))
     val = sets["val"]
     batch = val.collater([val[i] for i in range(len(val))])
     assert batch["video_features"].shape[3] == sd.SHIFT_MAX_DIM
-    cue_map = {c.video_id: c for c in sd.load_latents(small.latents)}
+    cue_map = {c.video_id: c for c in scu.load_latents(small.latents)}
     for i, vid in enumerate(batch["video_id"]):
         c = cue_map[vid]
         assert torch.equal(batch["modality_mask"][i].cpu(), torch.tensor([c.present[m] for m in STACK_ORDER]))
@@ -131,19 +134,19 @@ def test_loads_through_the_hero_builder_with_the_printed_options(small):
 
 def test_priors_are_followed_in_every_split():
     for n in (160, 5000):
-        counts = sd.prior_counts(n)
+        counts = scu.prior_counts(n)
         assert sum(counts.values()) == n
-        assert all(abs(counts[e] - sd.PRIORS[e] * n) < 1 for e in sd.EMOTIONS), counts
+        assert all(abs(counts[e] - scu.PRIORS[e] * n) < 1 for e in sc.EMOTIONS), counts
     test = Counter(sd.split_emotions(0, "test", 160))
-    assert test == Counter(sd.prior_counts(160)) and test.most_common(1)[0][0] == "neutral"
-    drawn = np.bincount(sd.sample_labels(np.random.default_rng(0), 20000), minlength=6) / 20000
-    assert np.allclose(drawn, [sd.PRIORS[e] for e in sd.EMOTIONS], atol=0.012), drawn
+    assert test == Counter(scu.prior_counts(160)) and test.most_common(1)[0][0] == "neutral"
+    drawn = np.bincount(scu.sample_labels(np.random.default_rng(0), 20000), minlength=6) / 20000
+    assert np.allclose(drawn, [scu.PRIORS[e] for e in sc.EMOTIONS], atol=0.012), drawn
     assert sd.split_sizes(None) == {"train": 640, "val": 80, "test": 160}
     assert sd.split_sizes(880) == {"train": 640, "val": 80, "test": 160}
     with pytest.raises(ValueError):
         sd.split_sizes([5, 0, 1])
     with pytest.raises(ValueError, match="unknown emotion"):
-        sd.sample_cues(np.random.default_rng(0), "bored")
+        scu.sample_cues(np.random.default_rng(0), "bored")
 
 
 def test_topic_is_recorded_spoken_about_and_independent_of_emotion(small, cues, records):
@@ -151,13 +154,13 @@ def test_topic_is_recorded_spoken_about_and_independent_of_emotion(small, cues, 
 
     for c in cues:
         rec = records[c.video_id]
-        assert rec["topic"] == c.topic in sd.TOPICS
+        assert rec["topic"] == c.topic in scu.TOPICS
         if c.present["text"]:
-            assert any(clause.lower() in rec["text"].lower() for clause in sd.TOPIC_CLAUSES[c.topic])
+            assert any(clause.lower() in rec["text"].lower() for clause in se.TOPIC_CLAUSES[c.topic])
     rng = np.random.default_rng(11)
-    table = np.zeros((len(sd.EMOTIONS), len(sd.TOPICS)))
-    for y in sd.sample_labels(rng, 3000):
-        table[y, sd.TOPICS.index(sd.sample_cues(rng, sd.EMOTIONS[y]).topic)] += 1
+    table = np.zeros((len(sc.EMOTIONS), len(scu.TOPICS)))
+    for y in scu.sample_labels(rng, 3000):
+        table[y, scu.TOPICS.index(scu.sample_cues(rng, sc.EMOTIONS[y]).topic)] += 1
     assert chi2_contingency(table)[1] > 1e-3
 
 
@@ -172,7 +175,7 @@ def test_topic_is_linearly_decodable_from_mean_pooled_audio():
         clip = sd.make_clip(5, "train", i, emotion, enc)
         if "hubert" in clip.arrays:
             x.append(clip.arrays["hubert"].mean(0))
-            y.append(sd.TOPICS.index(clip.cues.topic))
+            y.append(scu.TOPICS.index(clip.cues.topic))
     acc = cross_val_score(LogisticRegression(max_iter=2000), np.array(x), np.array(y), cv=4).mean()
     assert acc > 0.6, acc  # chance is 1/8
 
@@ -191,25 +194,25 @@ def test_evidence_is_true_of_the_cues_and_states_the_answer(cues, records):
             expected.add("synergy")
         assert set(ev) | set(c.unannotated) == expected and not set(ev) & set(c.unannotated)
         if "audio" in ev:
-            assert ev["audio"] in sd.AUDIO_PHRASES[sd.audio_reading(c.audio_energy, c.audio_tone)]
+            assert ev["audio"] in se.AUDIO_PHRASES[scu.audio_reading(c.audio_energy, c.audio_tone)]
         if "motion" in ev:
-            assert ev["motion"] in sd.MOTION_PHRASES[sd.motion_reading(c.motion_gesture, c.motion_posture)]
+            assert ev["motion"] in se.MOTION_PHRASES[scu.motion_reading(c.motion_gesture, c.motion_posture)]
         if "visual" in ev:
-            assert ev["visual"] in sd.VISUAL_PHRASES[sd.visual_level(c.visual_valence)]
+            assert ev["visual"] in se.VISUAL_PHRASES[scu.visual_level(c.visual_valence)]
         if "au" in ev:
             level = c.au_level()
-            table = {"clear": sd.AU_CLEAR_PHRASES, "slight": sd.AU_SLIGHT_PHRASES}
-            assert ev["au"] in (sd.AU_NONE_PHRASES if level == "none" else table[level][c.face_category])
+            table = {"clear": se.AU_CLEAR_PHRASES, "slight": se.AU_SLIGHT_PHRASES}
+            assert ev["au"] in (se.AU_NONE_PHRASES if level == "none" else table[level][c.face_category])
             assert not (c.poker_face and level == "clear")
         if "text" in ev:
-            table = sd.TEXT_EMOTION_PHRASES[c.text_emotion] if c.text_emotion else sd.TEXT_POLARITY_PHRASES[c.text_polarity]
+            table = se.TEXT_EMOTION_PHRASES[c.text_emotion] if c.text_emotion else se.TEXT_POLARITY_PHRASES[c.text_polarity]
             assert ev["text"] in [p.format(topic=c.topic) for p in table]
         if "synergy" in ev:
-            assert f"the voice sounds {sd.ADJECTIVE[r['audio']]}" in ev["synergy"]
-        assert rec["reasoning"].split(". ")[-1].endswith(f" {sd.ADJECTIVE[c.emotion]}.")
+            assert f"the voice sounds {scu.ADJECTIVE[r['audio']]}" in ev["synergy"]
+        assert rec["reasoning"].split(". ")[-1].endswith(f" {scu.ADJECTIVE[c.emotion]}.")
         for sentence in ev.values():
             total += 1
-            named += any(w in sentence.lower() for w in sd.EMOTION_SYNONYMS[c.emotion])
+            named += any(w in sentence.lower() for w in se.EMOTION_SYNONYMS[c.emotion])
     assert named / total > 0.5, named / total  # most sentences state the label or a synonym
 
 
@@ -217,10 +220,10 @@ def test_words_carry_the_named_feeling_and_polarity(cues, records):
     for c in cues:
         if not c.present["text"]:
             continue
-        words = sd.transcript_words(records[c.video_id]["text"])
-        polar = {sd.WORD_POLARITY[w] for w in words if w in sd.WORD_POLARITY}
+        words = sc.transcript_words(records[c.video_id]["text"])
+        polar = {se.WORD_POLARITY[w] for w in words if w in se.WORD_POLARITY}
         assert polar == {"positive": {1.0}, "negative": {-1.0}, "neutral": set()}[c.text_polarity], words
-        keywords = {sd.EMOTION_KEYWORDS[w] for w in words if w in sd.EMOTION_KEYWORDS}
+        keywords = {se.EMOTION_KEYWORDS[w] for w in words if w in se.EMOTION_KEYWORDS}
         assert keywords == ({c.text_emotion} if c.text_emotion else set()), words
 
 
@@ -228,7 +231,8 @@ def test_missing_modalities_and_partial_annotation_rates():
     """On a label-only sample (no frames): presence 0.6-0.75, at least one modality, about a
     quarter of the clips with some present expert unannotated."""
     rng = np.random.default_rng(2)
-    present = np.array([[p[m] for m in STACK_ORDER] for p in (sd.sample_presence(rng) for _ in range(4000))])
+    draws = (sc.sample_presence(rng, scu.PRESENT_PROB) for _ in range(4000))
+    present = np.array([[p[m] for m in STACK_ORDER] for p in draws])
     assert present.any(axis=1).all()
     assert np.all((present.mean(0) > 0.55) & (present.mean(0) < 0.8)), present.mean(0)
     enc = sd.make_encoders()
@@ -269,10 +273,10 @@ def test_arrays_realise_the_cues(small, cues):
                 checked["posture"] += 1
         if c.present["au"] and c.au_level() == "clear":
             x = arrays["au"]
-            for au in sd.AU_PRIMARY[c.face_category]:
-                col = x[:, sd.AU_ORDER.index(au)]
+            for au in scu.AU_PRIMARY[c.face_category]:
+                col = x[:, sc.AU_ORDER.index(au)]
                 peak = max(col[s : s + k].max() for s, k in c.bursts["au"])
-                assert peak >= sd.AU_ACTIVE - 0.35, (c.video_id, au)
+                assert peak >= sc.AU_ACTIVE - 0.35, (c.video_id, au)
             checked["au"] += 1
     assert all(checked[k] >= 3 for k in ("pitch", "energy", "posture", "au")), checked
 
@@ -302,7 +306,7 @@ def test_cli_writes_the_corpus_and_prints_the_options(tmp_path):
     assert info["train_options"] == sd.train_options(out)
     assert "datasets.hero_dataset.max_len.audio=32" in proc.stdout[end:]
     manifest = json.loads((out / sd.MANIFEST).read_text())
-    assert manifest["seed"] == 7 and len(manifest["video_ids"]) == 14 and manifest["priors"] == sd.PRIORS
+    assert manifest["seed"] == 7 and len(manifest["video_ids"]) == 14 and manifest["priors"] == scu.PRIORS
     bad = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "make_shift_data.py"), "--out", str(out), "--num_clips", "4", "0", "1"],
         capture_output=True, text=True, cwd=tmp_path, timeout=120,
