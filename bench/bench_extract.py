@@ -2,7 +2,7 @@
 """Benchmark feature extraction (minigpt4/extraction, behind scripts/extract_features.py):
 videos/s, and total time against pure decoding.
 
-Goal (issue 6): with the tiny encoders on CPU, the whole extraction takes <= 1.5x the time
+Goal: with the tiny encoders on CPU, the whole extraction takes <= 1.5x the time
 of just decoding the same videos the same way (same sampled frames, same audio), i.e. the
 worker pipeline keeps decoding busy and the encoders hidden behind it.
 
@@ -21,9 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 if TYPE_CHECKING:
     from minigpt4.extraction.decode import DecodePlan

@@ -69,7 +69,7 @@ def cli_args(video_dir: Path, out: Path, encoders: dict[str, Path], *extra: str,
 def extracted(tmp_path_factory, encoders, video_dir):
     """One real CLI run (a subprocess, two decoding worker processes) over all test videos."""
     out = tmp_path_factory.mktemp("features")
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *cli_args(video_dir, out, encoders, "--num_workers", "2", "--batch_size", "4")],
         capture_output=True, text=True, env=env, timeout=300,

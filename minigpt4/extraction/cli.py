@@ -30,7 +30,6 @@ from minigpt4.extraction.pipeline import RunSettings, RunSummary, extract
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (names and defaults are the interface scripts and docs rely on)."""
     p = argparse.ArgumentParser(
-        prog="extract_features.py",
         description="Extract HERO features (CLIP, VideoMAE, HuBERT, OpenFace AUs, Whisper + BERT) "
         "from raw videos into one .npz per video.",
     )
