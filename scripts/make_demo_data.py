@@ -14,7 +14,7 @@ and docs/ARCHITECTURE.md "Feature files" describe them) in a few seconds.
 Emotions can only be read by combining modalities: the voice and gestures carry arousal as
 zero-mean swings inside a short burst, the face shows FACS action units in a brief burst over
 a resting face, the words carry valence but are sarcastic in some negative clips, and any
-modality may be missing. See minigpt4/datasets/demo_data.py for the full design.
+modality may be missing. See minigpt4/synthetic/demo.py for the full design.
 
 Usage:
   python scripts/make_demo_data.py --out demo/data [--seed 0] [--num_clips 480 60 120]

@@ -6,7 +6,7 @@ corpus has the demo's layout but other dims, lengths and encoders, skewed class 
 bursts anywhere (split in two, weak to strong), cues in frame means and in temporal order,
 a topic the words and the audio carry, more missing modalities, evidence that names the
 emotion (true of the rendered cues) and partial annotation. See
-minigpt4/datasets/shift_data.py for the full design.
+minigpt4/synthetic/shift.py for the full design.
 
   <out>/features/<video_id>.npz   float16 videomae [T,24], hubert [T,56], au [T,35],
                                   bert [T,40], clip [T,48] (a missing modality is absent)
