@@ -11,8 +11,8 @@ from typing import Any, Mapping
 import pytest
 
 from minigpt4.cli import evaluate as eval_cli
-from minigpt4.common import eval_utils as eu
-from minigpt4.common.metrics import (
+from minigpt4.evaluation import records as eu
+from minigpt4.evaluation.metrics import (
     MAX_DISTINCT_COLLAPSED,
     MIN_SENTENCES_FOR_DIVERSITY,
     collapse_warnings,
@@ -189,7 +189,7 @@ def test_write_outputs_prints_the_summary_then_loud_warnings(tmp_path: Path, cap
 
 
 def test_head_metrics_accuracy_and_agreement():
-    from minigpt4.common.metrics import head_metrics
+    from minigpt4.evaluation.metrics import head_metrics
 
     recs = [{"gold_emotion": "happy", "pred_emotion": "happy", "head_emotion": "happy"},
             {"gold_emotion": "sad", "pred_emotion": "happy", "head_emotion": "sad"},

@@ -16,7 +16,7 @@ import torch
 
 from minigpt4.cli import evaluate as eval_cli
 from minigpt4.common import cot
-from minigpt4.common import eval_utils as eu
+from minigpt4.evaluation import records as eu
 from minigpt4.common.modalities import EXPERT_ORDER, STACK_ORDER
 from minigpt4.datasets.annotations import load_annotations
 from minigpt4.datasets.datasets.hero_dataset import HERODataset
@@ -211,7 +211,7 @@ def test_parse_modalities():
 def test_plots_are_pngs_of_the_right_shape(tmp_path: Path):
     import matplotlib.image as mpimg
 
-    from minigpt4.common.plots import plot_confusion_matrix, plot_modality_weights
+    from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights
 
     rows = ["neutral", "angry", "happy"]
     cm_path = plot_confusion_matrix([[3, 1, 0, 1], [0, 2, 0, 0], [0, 0, 0, 0]], rows, rows + ["unknown"],
@@ -362,7 +362,7 @@ def _check_predictions(path: Path, labels_json: Path) -> list[dict[str, Any]]:
 
 
 def _check_metrics_match(metrics: Mapping[str, Any], recs: list[dict[str, Any]]) -> None:
-    from minigpt4.common.metrics import compute_metrics
+    from minigpt4.evaluation.metrics import compute_metrics
 
     ref = compute_metrics([r["gold_emotion"] for r in recs], [r["pred_emotion"] for r in recs], LABELS,
                           format_ok=[r["format_ok"] for r in recs],

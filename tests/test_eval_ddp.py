@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _worker(data_dir: str, out_dir: str) -> None:
     from minigpt4.cli.eval_predict import predict_shard
-    from minigpt4.common import eval_utils as eu
+    from minigpt4.evaluation import records as eu
     from minigpt4.common.dist_utils import destroy_distributed, init_distributed_mode
     from minigpt4.datasets.annotations import load_annotations
     from minigpt4.datasets.datasets.hero_dataset import HERODataset
@@ -107,7 +107,7 @@ def test_eval_hero_under_torchrun_matches_one_process(tmp_path: Path, tiny_llm_d
     from minigpt4.cli.evaluate import run as eval_run
     from minigpt4.common.checkpoint import save_checkpoint, trainable_state_dict
     from minigpt4.common.config import load_config
-    from minigpt4.common.eval_utils import read_jsonl
+    from minigpt4.evaluation.records import read_jsonl
     from minigpt4.common.registry import registry
     from tests.test_eval import write_tiny_config, write_tiny_dataset
 

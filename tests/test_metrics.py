@@ -1,4 +1,4 @@
-"""minigpt4.common.metrics against hand-computed values on a small fixed prediction set."""
+"""minigpt4.evaluation.metrics against hand-computed values on a small fixed prediction set."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from minigpt4.common import cot
-from minigpt4.common.metrics import (
+from minigpt4.evaluation.metrics import (
     classification_metrics,
     compute_metrics,
     encode_labels,

@@ -90,7 +90,7 @@ def predict_shard(
     goes once, before both runs (None: left where the loader put it). `brief` reaches
     `model.generate` only when set (None: the model's configured default).
     """
-    from minigpt4.common.eval_utils import records_from_batch
+    from minigpt4.evaluation.records import records_from_batch
     from minigpt4.datasets.datasets.hero_dataset import drop_modalities
 
     conditions = {"full": ()}

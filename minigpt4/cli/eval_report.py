@@ -29,22 +29,22 @@ def write_outputs(
     """Merge the ranks' records, score them, write predictions / metrics / plots; print the summary
     line, the evidence exact-match line (with golden evidence) and each collapse warning
     (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
-    from minigpt4.common import eval_utils as eu
-    from minigpt4.common.metrics import evidence_summary_line, metric_drop, metrics_from_records, summary_line
-    from minigpt4.common.plots import plot_confusion_matrix, plot_modality_weights
+    from minigpt4.evaluation import records
+    from minigpt4.evaluation.metrics import evidence_summary_line, metric_drop, metrics_from_records, summary_line
+    from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights
 
     out_dir.mkdir(parents=True, exist_ok=True)
     scored: dict[str, dict[str, Any]] = {}
     files: list[str] = []
     dropped = 0
     for cond, per_rank in gathered.items():
-        recs, n_drop = eu.merge_records(per_rank, expected_ids)
+        recs, n_drop = records.merge_records(per_rank, expected_ids)
         dropped += n_drop
         suffix = "" if (cond == "missing" or not missing) else "_full"
         m = metrics_from_records(recs, labels, EXPERT_ORDER)
         scored[cond] = m
         what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
-        eu.write_jsonl(out_dir / f"predictions{suffix}.jsonl", recs)
+        records.write_jsonl(out_dir / f"predictions{suffix}.jsonl", recs)
         files.append(f"predictions{suffix}.jsonl")
         cm = m["confusion_matrix"]
         plot_confusion_matrix(cm["matrix"], cm["rows"], cm["cols"], out_dir / f"confusion_matrix{suffix}.png",
@@ -64,8 +64,8 @@ def write_outputs(
         metrics["drop"] = metric_drop(scored["full"], scored["missing"])
     metrics["n_repeats_dropped"] = dropped
     metrics["seconds"] = round(time.time() - t0, 3)
-    metrics["files"] = files + [eu.METRICS_FILE]
-    eu.write_json(out_dir / eu.METRICS_FILE, metrics)
+    metrics["files"] = files + [records.METRICS_FILE]
+    records.write_json(out_dir / records.METRICS_FILE, metrics)
     line = f"eval {meta['split']} ({main['n_clips']} clips"
     line += f", without {'+'.join(missing)}): " if missing else "): "
     line += summary_line(main)

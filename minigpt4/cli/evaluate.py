@@ -93,7 +93,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
 
     from minigpt4.common import checkpoint as ckpt_api
     from minigpt4.common.dist_utils import barrier
-    from minigpt4.common.eval_utils import default_out_dir, gather_records, iter_batches_with_progress, parse_modalities
+    from minigpt4.evaluation.records import default_out_dir, gather_records, iter_batches_with_progress, parse_modalities
     from minigpt4.runners.components import build_components, load_weights
     from minigpt4.runners.runner_base import resolve_amp, sharded_loader
 
@@ -159,7 +159,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict[str, Any]]:
     """Evaluate as the command line says; returns metrics.json's content on rank 0 (errors raise)."""
     args = parse_args(argv)
-    from minigpt4.common.eval_utils import parse_modalities
+    from minigpt4.evaluation.records import parse_modalities
 
     parse_modalities(args.missing, STACK_ORDER)  # fail before anything is loaded
     cfg = load_config(args.cfg_path, args.options)
@@ -179,7 +179,7 @@ def _known_errors() -> tuple[type, ...]:
     """Errors that describe bad input (shown as one line, no traceback)."""
     from minigpt4.common.checkpoint import CheckpointMismatchError
     from minigpt4.common.config import ConfigError
-    from minigpt4.common.eval_utils import GatherError
+    from minigpt4.evaluation.records import GatherError
 
     return (CheckpointMismatchError, ConfigError, GatherError, EvalError, FileNotFoundError, ValueError)
 

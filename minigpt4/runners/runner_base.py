@@ -127,10 +127,10 @@ def _set_dataset_epoch(ds: Any, epoch: int) -> None:
 def sharded_loader(dataset: Any, batch_size: int, num_workers: int, rank: int, world_size: int,
                    pin_memory: bool, seed: int = 0) -> DataLoader:
     """The evaluation loader of validation (runner) and `hero-eval`: rank `r` of `w` reads
-    dataset indices r, r+w, ... in order (`eval_utils.shard_indices`: no padding, no shuffle),
+    dataset indices r, r+w, ... in order (`records.shard_indices`: no padding, no shuffle),
     so gathering the ranks' results covers every clip exactly once; a streaming dataset
     splits its shards by rank itself."""
-    from minigpt4.common.eval_utils import shard_indices
+    from minigpt4.evaluation.records import shard_indices
 
     common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=_collater_of(dataset),
                   pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))

@@ -13,8 +13,8 @@ from typing import Any, Dict, Mapping, Sequence
 
 from omegaconf import DictConfig
 
-from minigpt4.common.eval_utils import records_from_batch
-from minigpt4.common.metrics import generation_metrics
+from minigpt4.evaluation.records import records_from_batch
+from minigpt4.evaluation.metrics import generation_metrics
 from minigpt4.common.modalities import STACK_ORDER
 from minigpt4.common.registry import registry
 from minigpt4.models.hero.observation_experts import modality_dims
