@@ -69,7 +69,7 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path], cfg: DictConfig
     differs from `cfg`: the usual cause is evaluating with a config other than the training one.
     """
     from minigpt4.common import checkpoint as ckpt_api
-    from minigpt4.common.eval_utils import run_dir_of
+    from minigpt4.evaluation.records import run_dir_of
 
     try:
         return ckpt_api.load_model_weights(model, checkpoint)
