@@ -62,6 +62,12 @@ def resolve_config(cfg: Union[DictConfig, Mapping[str, Any], None]) -> DictConfi
     for key in ("max_len", "modality_dropout"):
         if key in user and not isinstance(user[key], DictConfig):
             merged[key] = user[key]
+    # shards replace the folder: the default (demo) paths must not leak into a sharded set-up
+    user_info = user.get("build_info") or {}
+    if user_info.get("shards") is not None:
+        for part in ("images", "annotations"):
+            if OmegaConf.select(user, f"build_info.{part}.storage", default=None) is None:
+                merged.build_info[part].storage = None
     return merged
 
 
@@ -137,15 +143,16 @@ class HEROBuilder:
     def _build_from_shards(self, shards: Any, ann_storage: Any) -> dict[str, Dataset]:
         """Shards carry their own records. With a split -> pattern mapping each split reads
         its own shards; with one pattern each split filters the records by their `split`, and
-        the splits come from `splits` or else from the annotations file."""
+        the splits come from `splits` or else from the annotations file (set explicitly: the
+        dataset config's default paths do not apply once shards are set)."""
         c = self.config
         if isinstance(shards, Mapping):
             present = order_splits([str(s) for s in shards])
-        elif ann_storage is not None:
-            present = list(load_annotations(ann_storage))
         elif _plain(c.splits) is not None:
             wanted = _plain(c.splits)
             present = [wanted] if isinstance(wanted, str) else list(wanted)
+        elif ann_storage is not None:
+            present = list(load_annotations(ann_storage))
         else:
             raise ValueError(
                 "with a single build_info.shards pattern, set datasets.hero_dataset.splits or "
