@@ -1,4 +1,5 @@
-"""Datasets: HERODataset (a folder of feature files) and its collater."""
+"""Datasets: HERODataset (a folder of feature files, `hero_dataset`), the per-sample `SampleBuilder`
+(`sample_builder`) and the collater (`collate`)."""
 from minigpt4.datasets.datasets.hero_dataset import (
     BATCH_KEYS,
     HERODataset,
