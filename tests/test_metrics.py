@@ -9,12 +9,11 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score
 
 from minigpt4.common import cot
+from minigpt4.evaluation.evidence import evidence_metrics, evidence_summary_line, token_f1
 from minigpt4.evaluation.metrics import (
     classification_metrics,
     compute_metrics,
     encode_labels,
-    evidence_metrics,
-    evidence_summary_line,
     format_compliance,
     majority_baseline,
     mean_modality_weights,
@@ -22,7 +21,6 @@ from minigpt4.evaluation.metrics import (
     metrics_from_records,
     pred_distribution,
     summary_line,
-    token_f1,
 )
 
 LABELS = ["neutral", "angry", "happy", "sad", "surprise"]  # `surprise`: no gold clip, never predicted

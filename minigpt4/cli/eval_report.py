@@ -30,7 +30,8 @@ def write_outputs(
     line, the evidence exact-match line (with golden evidence) and each collapse warning
     (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
     from minigpt4.evaluation import records
-    from minigpt4.evaluation.metrics import evidence_summary_line, metric_drop, metrics_from_records, summary_line
+    from minigpt4.evaluation.evidence import evidence_summary_line
+    from minigpt4.evaluation.metrics import metric_drop, metrics_from_records, summary_line
     from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights
 
     out_dir.mkdir(parents=True, exist_ok=True)
