@@ -1,0 +1,111 @@
+"""Validation of `RunnerBase`: task terms (and generated reports) over the validation splits,
+and which checkpoint is best.
+
+Every rank evaluates its shard (`loaders.sharded_loader`); the sample-weighted sums, counts and
+generated records are gathered, so the result is the mean over every validation clip once.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig
+from torch import nn
+
+from minigpt4.common.dist_utils import DistInfo
+from minigpt4.runners.loaders import batch_size_of, move_to_device
+from minigpt4.tasks.base_task import BaseTask
+
+__all__ = ["ValidationMixin"]
+
+# log under the runner module's name, as before the runner was split, so log lines stay the same
+logger = logging.getLogger("minigpt4.runners.runner_base")
+
+
+class ValidationMixin:
+    """`RunnerBase.evaluate`, `best_metric` and the best-checkpoint test."""
+
+    run_cfg: DictConfig
+    task: BaseTask
+    dist: DistInfo
+    device: torch.device
+    world_size: int
+    is_main: bool
+    model_raw: nn.Module
+    best: Optional[Dict[str, Any]]
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Optional[Any] = None) -> Dict[str, float]:
+        """Sample-weighted mean of `task.valid_step` terms over the validation splits (all ranks)."""
+        dataset = self.valid_dataset if dataset is None else dataset
+        if dataset is None:
+            return {}
+        was_training = self.model_raw.training
+        self.model_raw.eval()
+        sums: Dict[str, float] = {}
+        count = 0
+        records: List[Dict[str, Any]] = []
+        generate = self._generates_at_validation()
+        loader = self._valid_loader(dataset)
+        for samples in loader:
+            samples = move_to_device(samples, self.device, non_blocking=self.device.type == "cuda")
+            with self._autocast():
+                terms = self.task.valid_step(self.model_raw, samples)
+                if generate:
+                    records.extend(self.task.valid_generate(self.model_raw, samples,
+                                                            int(self.run_cfg.get("val_max_new_tokens") or 300)))
+            n = batch_size_of(samples)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v) * n
+            count += n
+        if self.dist.distributed:
+            gathered: List[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, (sums, count, records))
+            sums, count, records = {}, 0, []
+            for s, c, r in gathered:
+                for k, v in s.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                count += c
+                records.extend(r)
+        self.model_raw.train(was_training)
+        result = {k: v / count for k, v in sorted(sums.items())} if count else {}
+        if generate and records:
+            scored = self.task.generation_terms(records, list(self.model_raw.label_names))
+            result.update(scored["terms"])
+            if self.is_main:
+                for warning in scored["warnings"]:
+                    logger.warning("validation by generation: %s", warning)
+        return result
+
+    def _generates_at_validation(self) -> bool:
+        """`run.val_generate` and a task/model pair that can generate reports (HERO's can)."""
+        return (bool(self.run_cfg.get("val_generate", True)) and hasattr(self.task, "valid_generate")
+                and hasattr(self.model_raw, "generate") and hasattr(self.model_raw, "label_names"))
+
+    def best_metric(self) -> tuple[str, str]:
+        """(validation term, min|max) that picks the best checkpoint; `auto` resolves here.
+
+        auto metric: `gen_accuracy` when validation generates, else `loss`. auto mode: max for
+        accuracy-like terms (accuracy, f1, uar, agreement, compliance), min for the rest.
+        """
+        metric = str(self.run_cfg.get("best_metric") or "auto")
+        if metric == "auto":
+            metric = "gen_accuracy" if self._generates_at_validation() else "loss"
+        mode = str(self.run_cfg.get("best_mode") or "auto")
+        if mode == "auto":
+            higher = ("accuracy", "f1", "uar", "agreement", "compliance")
+            mode = "max" if any(h in metric for h in higher) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"run.best_mode must be min, max or auto; got {mode!r}")
+        return metric, mode
+
+    def _is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.best is None:
+            return True
+        mode = self.best_metric()[1]
+        return value < self.best["value"] if mode == "min" else value > self.best["value"]
