@@ -55,9 +55,9 @@ def autocast_dtype(device: "Any", precision: str) -> Optional["Any"]:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None
+        from minigpt4.common.precision import auto_half_dtype
+
+        return auto_half_dtype(device.type)
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from minigpt4.common.optims import build_adamw, build_param_groups
+from minigpt4.common.precision import auto_half_dtype
 from minigpt4.common.registry import registry
 
 __all__ = ["OptimMixin", "resolve_amp"]
@@ -33,10 +34,11 @@ def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], 
     amp = str(amp or "none").lower()
     if amp not in ("auto", "bf16", "fp16", "none"):
         raise ValueError(f"run.amp must be auto, bf16, fp16 or none; got {amp!r}")
-    if amp == "none" or (amp == "auto" and device.type != "cuda"):
-        return None, False
     if amp == "auto":
-        amp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        dtype = auto_half_dtype(device.type)
+        amp = "none" if dtype is None else ("bf16" if dtype == torch.bfloat16 else "fp16")
+    if amp == "none":
+        return None, False
     if amp == "bf16":
         return torch.bfloat16, False
     if device.type != "cuda":

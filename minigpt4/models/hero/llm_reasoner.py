@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from minigpt4.common.modalities import IMAGE_TOKEN, VIDEO_PLACEHOLDER
+from minigpt4.common.precision import auto_half_dtype
 from minigpt4.common.schema import LLMConfig, ModelConfig, model_config
 
 IGNORE_INDEX = -100
@@ -40,9 +41,7 @@ def resolve_dtype(name: str) -> torch.dtype:
     """`auto` -> bfloat16 on a CUDA machine with bf16 support, float16 on older GPUs, float32 on CPU."""
     name = str(name).lower()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return auto_half_dtype("cuda" if torch.cuda.is_available() else "cpu") or torch.float32
     if name not in _DTYPES:
         raise ValueError(f"model.llm.dtype: unknown dtype {name!r}; use auto, {', '.join(_DTYPES)}")
     return _DTYPES[name]
