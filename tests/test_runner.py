@@ -101,6 +101,19 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, cra
         assert torch.equal(p, q), name
 
 
+def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path):
+    """Without --resume, a second run in the same run.output_dir would prune the first run's
+    checkpoints against its own, overwrite config.yaml and mix both in log.txt: refused, nothing touched."""
+    first = train(tmp_path, run={"max_epoch": 1})
+    run_dir = first.output_dir
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(FileExistsError, match=r"already holds a run \(checkpoints up to ckpt_\d+\).*--resume"):
+        train(tmp_path, run={"max_epoch": 2, "save_freq": 2})
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    resumed = train(tmp_path, run={"max_epoch": 2}, extra=["--resume"])  # continuing it is fine
+    assert resumed.epoch == 2
+
+
 def test_auxiliary_optimiser_owns_only_its_parameters(tmp_path: Path):
     runner = train(tmp_path, run={"max_epoch": 1}, model={"aux_lr": 0.0, "freeze_head_bias": True})
     model = runner.model_raw

@@ -108,6 +108,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
     def train(self) -> Dict[str, Any]:
         """Run training (or only validation when run.evaluate); returns the end-of-run summary."""
         rc = self.run_cfg
+        if not rc.get("evaluate") and not rc.get("resume_ckpt_path"):
+            self._refuse_used_folder()
         if self.is_main:
             save_config(self.cfg, self.output_dir / "config.yaml")
         if rc.get("evaluate"):
@@ -209,6 +211,18 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.epoch, self.iter_in_epoch = epoch + 1, 0
         if save_every_epoch:
             self.save_checkpoint(best=best)
+
+    def _refuse_used_folder(self) -> None:
+        """A fresh run must not start in another run's folder: its checkpoints would be pruned
+        against the old ones, config.yaml overwritten, both runs mixed in log.txt, and
+        `hero-eval --ckpt` would pick the old run's weights."""
+        existing = ckpt.list_checkpoints(self.output_dir)
+        log = self.output_dir / "log.txt"
+        if existing or (log.is_file() and log.stat().st_size > 0):
+            held = f"checkpoints up to {existing[-1].name}" if existing else "a log.txt"
+            raise FileExistsError(
+                f"run.output_dir {self.output_dir} already holds a run ({held}); continue it with --resume "
+                f"(run.resume_ckpt_path=auto), or start this one in another run.output_dir")
 
     def _evaluate_only(self) -> Dict[str, Any]:
         path = self.run_cfg.get("resume_ckpt_path")
