@@ -407,6 +407,38 @@ def test_command_end_to_end_with_missing_audio_writes_every_file(trained_run):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_an_output_folder_is_written_as_a_whole(trained_run, monkeypatch):
+    """A plain evaluation into the folder of a --missing one leaves none of the latter's files; an
+    evaluation that fails while writing leaves the previous folder as it was; a folder holding
+    files eval did not write is refused before any prediction is made."""
+    from minigpt4.cli import eval_report
+
+    base = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"]), "--max_new_tokens", "4"]
+    out = trained_run["run"] / "eval_reused"
+    eval_cli.run(base + ["--out", str(out), "--missing", "audio"])
+    assert (out / "predictions_full.jsonl").is_file()
+    eval_cli.run(base + ["--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted(json.loads((out / "metrics.json").read_text())["files"])
+    assert not any("_full" in n for n in names)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def broken_plot(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("minigpt4.evaluation.plots.plot_confusion_matrix", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        eval_report.write_outputs(out, {"full": [[]]}, [], LABELS, [], {"split": "test"}, 0.0)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".eval_reused")) == []
+    (out / "notes.txt").write_text("mine")
+    calls = []
+    monkeypatch.setattr("minigpt4.runners.components.build_components", lambda *a, **k: calls.append(a))
+    with pytest.raises(FileExistsError, match=r"eval_reused holds files this command did not write \(notes.txt\)"):
+        eval_cli.run(base + ["--out", str(out)])
+    assert (out / "notes.txt").read_text() == "mine" and not calls
+
+
 def test_classification_head_and_config_errors(trained_run, capsys):
     from minigpt4.common.checkpoint import CheckpointMismatchError
 

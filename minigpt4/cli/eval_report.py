@@ -3,6 +3,8 @@
 Into the output folder: `predictions.jsonl` (plus `predictions_full.jsonl` with `--missing`),
 `metrics.json`, `confusion_matrix.png` and `modality_weights.png` (`*_full.png` likewise);
 on stdout the summary line and the evidence line, on stderr every collapse warning.
+The folder is replaced as a whole once every file is written: files of an earlier evaluation
+never sit beside this one's, and a killed evaluation leaves the previous folder intact.
 """
 from __future__ import annotations
 
@@ -12,9 +14,17 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
+from minigpt4.common.atomic_io import atomic_dir
 from minigpt4.common.modalities import EXPERT_ORDER
 
 logger = logging.getLogger(__name__)
+
+
+def is_eval_output(path: Path) -> bool:
+    """A file `write_outputs` writes (so a later evaluation into the same folder may replace it)."""
+    name = path.name
+    return path.is_file() and (name == "metrics.json" or name.endswith(".png")
+                               or (name.startswith("predictions") and name.endswith(".jsonl")))
 
 
 def write_outputs(
@@ -34,39 +44,39 @@ def write_outputs(
     from minigpt4.evaluation.metrics import metric_drop, metrics_from_records, summary_line
     from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scored: dict[str, dict[str, Any]] = {}
-    files: list[str] = []
-    dropped = 0
-    for cond, per_rank in gathered.items():
-        recs, n_drop = records.merge_records(per_rank, expected_ids)
-        dropped += n_drop
-        suffix = "" if (cond == "missing" or not missing) else "_full"
-        m = metrics_from_records(recs, labels, EXPERT_ORDER)
-        scored[cond] = m
-        what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
-        records.write_jsonl(out_dir / f"predictions{suffix}.jsonl", recs)
-        files.append(f"predictions{suffix}.jsonl")
-        cm = m["confusion_matrix"]
-        plot_confusion_matrix(cm["matrix"], cm["rows"], cm["cols"], out_dir / f"confusion_matrix{suffix}.png",
-                              title=f"{meta['split']}{what}: confusion matrix (n={m['n_labeled']})")
-        files.append(f"confusion_matrix{suffix}.png")
-        per_class = m.get("modality_weights_per_class") or {}
-        if any(v is not None for v in per_class.values()):
-            plot_modality_weights(per_class, EXPERT_ORDER, out_dir / f"modality_weights{suffix}.png",
-                                  title=f"{meta['split']}{what}: mean modality weight per gold class")
-            files.append(f"modality_weights{suffix}.png")
-        else:
-            logger.warning("no modality weights in the predictions: modality_weights%s.png not drawn", suffix)
-    main = scored["missing"] if missing else scored["full"]
-    metrics: dict[str, Any] = {**meta, "missing_modalities": list(missing), "label_names": list(labels), **main}
-    if missing:
-        metrics["full"] = scored["full"]
-        metrics["drop"] = metric_drop(scored["full"], scored["missing"])
-    metrics["n_repeats_dropped"] = dropped
-    metrics["seconds"] = round(time.time() - t0, 3)
-    metrics["files"] = files + [records.METRICS_FILE]
-    records.write_json(out_dir / records.METRICS_FILE, metrics)
+    with atomic_dir(out_dir, is_eval_output) as tmp:  # the folder is written as a whole, or not at all
+        scored: dict[str, dict[str, Any]] = {}
+        files: list[str] = []
+        dropped = 0
+        for cond, per_rank in gathered.items():
+            recs, n_drop = records.merge_records(per_rank, expected_ids)
+            dropped += n_drop
+            suffix = "" if (cond == "missing" or not missing) else "_full"
+            m = metrics_from_records(recs, labels, EXPERT_ORDER)
+            scored[cond] = m
+            what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
+            records.write_jsonl(tmp / f"predictions{suffix}.jsonl", recs)
+            files.append(f"predictions{suffix}.jsonl")
+            cm = m["confusion_matrix"]
+            plot_confusion_matrix(cm["matrix"], cm["rows"], cm["cols"], tmp / f"confusion_matrix{suffix}.png",
+                                  title=f"{meta['split']}{what}: confusion matrix (n={m['n_labeled']})")
+            files.append(f"confusion_matrix{suffix}.png")
+            per_class = m.get("modality_weights_per_class") or {}
+            if any(v is not None for v in per_class.values()):
+                plot_modality_weights(per_class, EXPERT_ORDER, tmp / f"modality_weights{suffix}.png",
+                                      title=f"{meta['split']}{what}: mean modality weight per gold class")
+                files.append(f"modality_weights{suffix}.png")
+            else:
+                logger.warning("no modality weights in the predictions: modality_weights%s.png not drawn", suffix)
+        main = scored["missing"] if missing else scored["full"]
+        metrics: dict[str, Any] = {**meta, "missing_modalities": list(missing), "label_names": list(labels), **main}
+        if missing:
+            metrics["full"] = scored["full"]
+            metrics["drop"] = metric_drop(scored["full"], scored["missing"])
+        metrics["n_repeats_dropped"] = dropped
+        metrics["seconds"] = round(time.time() - t0, 3)
+        metrics["files"] = files + [records.METRICS_FILE]
+        records.write_json(tmp / records.METRICS_FILE, metrics)
     line = f"eval {meta['split']} ({main['n_clips']} clips"
     line += f", without {'+'.join(missing)}): " if missing else "): "
     line += summary_line(main)

@@ -37,7 +37,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from minigpt4.cli.eval_predict import EvalError, build_eval_dataset, classify_batch, predict_shard
-from minigpt4.cli.eval_report import write_outputs
+from minigpt4.cli.eval_report import is_eval_output, write_outputs
+from minigpt4.common.atomic_io import check_replaceable_dir
 from minigpt4.common.config import add_config_args, load_config
 from minigpt4.common.modalities import STACK_ORDER
 
@@ -102,6 +103,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt, prefer_best=True)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
                                                              args.use_cls_head, args.no_brief)
+    check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
     parts = build_components(cfg, splits=[args.split])
     dataset, expected_ids, data_labels = build_eval_dataset(parts.datasets, args.split)
     model = parts.model
