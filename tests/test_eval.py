@@ -439,6 +439,23 @@ def test_an_output_folder_is_written_as_a_whole(trained_run, monkeypatch):
     assert (out / "notes.txt").read_text() == "mine" and not calls
 
 
+def test_config_drift_that_keeps_the_shapes_is_an_error(trained_run):
+    """Same shapes, other predictions (temporal positions off, a permuted label set): refused unless asked."""
+    from minigpt4.runners.components import ConfigDriftError
+
+    base = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"]), "--use_cls_head"]
+    with pytest.raises(ConfigDriftError, match=r"model\.temporal_position \(True in the run, False here\)"):
+        eval_cli.run(base + ["--options", "model.temporal_position=false"])
+    permuted = "[" + ", ".join(LABELS[1:] + LABELS[:1]) + "]"
+    with pytest.raises(ConfigDriftError, match=r"model\.label_names"):
+        eval_cli.run(base + ["--options", f"model.label_names={permuted}",
+                             f"datasets.hero_dataset.label_names={permuted}"])
+    out = trained_run["run"] / "eval_drift"
+    metrics = eval_cli.run(base + ["--out", str(out), "--allow_config_drift", "--options",
+                                   "model.temporal_position=false"])
+    assert metrics["n_clips"] == 7
+
+
 def test_classification_head_and_config_errors(trained_run, capsys):
     from minigpt4.common.checkpoint import CheckpointMismatchError
 

@@ -71,6 +71,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no_brief", action="store_true",
                         help="leave the evidence brief out of the prompt: the LLM reads only the integrated "
                              "video context and the instruction (what the context alone carries)")
+    parser.add_argument("--allow_config_drift", action="store_true",
+                        help="evaluate even if the config's model section differs from the run's config.yaml "
+                             "(a warning instead of an error)")
     parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
@@ -95,7 +98,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     from minigpt4.common import checkpoint as ckpt_api
     from minigpt4.common.dist_utils import barrier
     from minigpt4.evaluation.records import default_out_dir, gather_records, iter_batches_with_progress, parse_modalities
-    from minigpt4.runners.components import build_components, load_weights
+    from minigpt4.runners.components import ConfigDriftError, build_components, check_config_drift, load_weights
     from minigpt4.runners.runner_base import resolve_amp, sharded_loader
 
     t0 = time.time()
@@ -117,6 +120,12 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                         "(model.use_cls_head is false); evaluate the reports instead, or train with "
                         "model.use_cls_head=true")
     loaded = load_weights(model, ckpt_path, cfg, str(args.cfg_path))
+    try:
+        check_config_drift(ckpt_path, cfg, str(args.cfg_path))
+    except ConfigDriftError as exc:
+        if not args.allow_config_drift:
+            raise
+        logger.warning("--allow_config_drift: %s", exc)
     device = dist_info.device
     model.to(device).eval()
     amp_dtype, _ = resolve_amp(cfg.run.get("amp", "auto"), device)

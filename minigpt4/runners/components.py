@@ -104,3 +104,55 @@ def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
         if a != b:
             diff.append(f"model.{k} ({a!r} in the run, {b!r} here)")
     return diff
+
+
+class ConfigDriftError(ValueError):
+    """The config differs from the run's own `config.yaml` in keys that change what the model computes."""
+
+
+def typed_model_diff(saved_yaml: Path, cfg: Any) -> list[str]:
+    """`model.*` keys whose value differs between a run's config.yaml and `cfg`, compared after the schema
+    has filled both with its defaults (a key one side leaves unset is its default); raw keys without a schema."""
+    import dataclasses
+
+    from minigpt4.common.config import flatten_keys
+    from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, build
+
+    try:
+        saved = OmegaConf.load(saved_yaml)
+    except Exception:  # an unreadable config.yaml is the caller's to report
+        return []
+    old, new = saved.get("model"), cfg.get("model")
+    if old is None or new is None:
+        return []
+    schema = MODEL_SCHEMAS.get(str(new.get("arch")))
+    if schema is None or str(old.get("arch")) != str(new.get("arch")):
+        return model_cfg_diff(saved_yaml, cfg)
+    try:
+        a = OmegaConf.create(dataclasses.asdict(build(schema, old, "model.", str(saved_yaml))))
+        b = OmegaConf.create(dataclasses.asdict(build(schema, new, "model.", "config")))
+    except ConfigError:
+        return model_cfg_diff(saved_yaml, cfg)
+    diff = []
+    for k in flatten_keys(a):
+        x, y = OmegaConf.select(a, k), OmegaConf.select(b, k)
+        if not OmegaConf.is_config(x) and x != y:
+            diff.append(f"model.{k} ({x!r} in the run, {y!r} here)")
+    return diff
+
+
+def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> list[str]:
+    """Raise ConfigDriftError when `cfg` builds a model other than the one the checkpoint's run trained,
+    in a way the weights' shapes cannot show (a permuted label set, temporal positions off, another LoRA
+    scale: same shapes, other predictions). Returns the differences (empty: none, or no config.yaml)."""
+    from minigpt4.evaluation.records import run_dir_of
+
+    saved = run_dir_of(checkpoint) / "config.yaml"
+    diff = typed_model_diff(saved, cfg) if saved.is_file() else []
+    if diff:
+        raise ConfigDriftError(
+            f"{cfg_source or 'the config'} differs from the run's {saved} in " + "; ".join(diff[:8])
+            + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
+            + ": evaluate with the run's config.yaml (--cfg-path), or pass --allow_config_drift to do it anyway")
+    return diff
+
