@@ -83,20 +83,23 @@ def load_weights(model: nn.Module, checkpoint: Union[str, Path], cfg: DictConfig
             f"checkpoint does not match the model built from {cfg_source or 'the config'}: {exc}{hint}") from None
 
 
-def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
-    """Dotted `model.*` keys whose value differs between a run's saved config.yaml and `cfg`."""
-    from minigpt4.common.config import flatten_keys
-
+def _model_sections(saved_yaml: Path, cfg: Any) -> Optional[tuple[Any, Any]]:
+    """(the run's saved `model` section, `cfg`'s), or None if either is missing or config.yaml is unreadable
+    (then the callers report no difference: a hint or a drift check is lost, not the evaluation)."""
     try:
         saved = OmegaConf.load(saved_yaml)
-    except Exception:  # an unreadable config.yaml only loses the hint
-        return []
+    except Exception:
+        return None
     old, new = saved.get("model"), cfg.get("model")
-    if old is None or new is None:
-        return []
-    keys = set(flatten_keys(old)) | set(flatten_keys(new))
+    return None if old is None or new is None else (old, new)
+
+
+def _section_diff(old: Any, new: Any) -> list[str]:
+    """`model.<key> (<old> in the run, <new> here)` for every leaf key whose value differs (sorted)."""
+    from minigpt4.common.config import flatten_keys
+
     diff = []
-    for k in sorted(keys):
+    for k in sorted(set(flatten_keys(old)) | set(flatten_keys(new))):
         a = OmegaConf.select(old, k, default="<unset>", throw_on_missing=False)
         b = OmegaConf.select(new, k, default="<unset>", throw_on_missing=False)
         if OmegaConf.is_config(a) or OmegaConf.is_config(b):
@@ -104,6 +107,12 @@ def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
         if a != b:
             diff.append(f"model.{k} ({a!r} in the run, {b!r} here)")
     return diff
+
+
+def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
+    """Dotted `model.*` keys whose value differs between a run's saved config.yaml and `cfg`, as written."""
+    sections = _model_sections(saved_yaml, cfg)
+    return _section_diff(*sections) if sections else []
 
 
 class ConfigDriftError(ValueError):
@@ -115,30 +124,20 @@ def typed_model_diff(saved_yaml: Path, cfg: Any) -> list[str]:
     has filled both with its defaults (a key one side leaves unset is its default); raw keys without a schema."""
     import dataclasses
 
-    from minigpt4.common.config import flatten_keys
     from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, build
 
-    try:
-        saved = OmegaConf.load(saved_yaml)
-    except Exception:  # an unreadable config.yaml is the caller's to report
+    sections = _model_sections(saved_yaml, cfg)
+    if sections is None:
         return []
-    old, new = saved.get("model"), cfg.get("model")
-    if old is None or new is None:
-        return []
+    old, new = sections
     schema = MODEL_SCHEMAS.get(str(new.get("arch")))
-    if schema is None or str(old.get("arch")) != str(new.get("arch")):
-        return model_cfg_diff(saved_yaml, cfg)
-    try:
-        a = OmegaConf.create(dataclasses.asdict(build(schema, old, "model.", str(saved_yaml))))
-        b = OmegaConf.create(dataclasses.asdict(build(schema, new, "model.", "config")))
-    except ConfigError:
-        return model_cfg_diff(saved_yaml, cfg)
-    diff = []
-    for k in flatten_keys(a):
-        x, y = OmegaConf.select(a, k), OmegaConf.select(b, k)
-        if not OmegaConf.is_config(x) and x != y:
-            diff.append(f"model.{k} ({x!r} in the run, {y!r} here)")
-    return diff
+    if schema is not None and str(old.get("arch")) == str(new.get("arch")):
+        try:
+            old, new = (OmegaConf.create(dataclasses.asdict(build(schema, section, "model.", where)))
+                        for section, where in ((old, str(saved_yaml)), (new, "config")))
+        except ConfigError:
+            pass  # a config the schema cannot read: compare the keys as written
+    return _section_diff(old, new)
 
 
 def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> list[str]:
