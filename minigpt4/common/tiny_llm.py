@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import Callable
+
+from minigpt4.common.atomic_io import atomic_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -43,20 +44,20 @@ def load_smollm2_tokenizer():
     return AutoTokenizer.from_pretrained(str(smollm2_folder()), gguf_file=SMOLLM2_GGUF)
 
 
-def _write_atomically(out_dir: Path, save) -> Path:
-    """Save into a temp folder beside `out_dir`, then swap it in, so a crash leaves no half model."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+# what `save_pretrained` of a model and its tokenizer writes: such a folder may be replaced, any other refused
+_MODEL_FOLDER_SUFFIXES = (".json", ".safetensors", ".jinja", ".txt", ".model")
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and path.suffix in _MODEL_FOLDER_SUFFIXES
+
+
+def _write_atomically(out_dir: Path, save: Callable[[Path], None]) -> Path:
+    """Save into a temp folder beside `out_dir`, then swap it in, so a crash leaves no half model
+    (a folder holding anything but model files is refused, never deleted)."""
+    with atomic_dir(out_dir, _is_model_file) as tmp:
         save(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return Path(out_dir)
 
 
 def make_tiny_llm(
@@ -117,10 +118,16 @@ def make_tiny_llm(
 def convert_smollm2(out_dir: str | os.PathLike) -> Path:
     """Dequantise the packaged SmolLM2-135M-Instruct once into a fast-loading safetensors folder."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    folder = smollm2_folder()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    folder = str(smollm2_folder())
+    # A model loaded from GGUF stays marked as quantised and refuses `save_pretrained`: copy its
+    # dequantised weights into a plain model built from the same config, and save that one.
+    config = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(quantised.state_dict(), strict=True)
+    del quantised
     tok = load_smollm2_tokenizer()
 
     def save(tmp: Path) -> None:
@@ -132,7 +139,7 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo/tiny_llm", help="output folder (replaced if it exists)")
+    p.add_argument("--out", default="demo/tiny_llm", help="output folder (a model folder there is replaced; a folder with other files is refused)")
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
