@@ -124,8 +124,10 @@ def test_records_carry_the_batch_golden_evidence():
     recs = eu.records_from_batch(batch, outputs, label_names=LABELS)
     assert [r["golden_evidence"] for r in recs] == [{"audio": "A laugh."}, {}]
     assert list(recs[0]) == list(eu.RECORD_KEYS)
-    assert eu.RECORD_KEYS[-3:] == ("golden_evidence", "head_emotion", "head_confidence")
-    assert [r["head_emotion"] for r in recs] == [None, None]  # no classification head in these outputs
+    assert eu.RECORD_KEYS[-5:] == ("golden_evidence", "head_emotion", "head_confidence", "confidence_source",
+                                   "label_probs")
+    # no classification head in these outputs
+    assert [(r["head_emotion"], r["label_probs"], r["confidence_source"]) for r in recs] == [(None, None, None)] * 2
     no_evidence = eu.records_from_batch({"video_id": ["c"]}, [{"emotion": "sad"}])
     assert no_evidence[0]["golden_evidence"] == {}
 
@@ -172,7 +174,10 @@ def test_write_outputs_prints_the_summary_then_loud_warnings(tmp_path: Path, cap
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     summary = [l for l in lines if l.startswith("eval test")]
-    assert len(summary) == 1 and " | format 1.0000 | majority 0.2500 -> " in summary[0]
+    assert len(summary) == 1 and " | format 1.0000 | majority 0.2500 | ECE " in summary[0]
+    # every report says confidence 0.6 (one bin): the reliability diagram is drawn and ECE = 0.6 - accuracy
+    assert metrics["calibration"]["ece"] == pytest.approx(0.6 - metrics["accuracy"])
+    assert (out / "reliability.png").is_file() and "reliability.png" in metrics["files"]
     assert "evidence exact match: audio 0.00 | visual 0.10" in lines
     warned = [l for l in captured.err.splitlines() if l.startswith("WARNING: ")]
     assert len(warned) == 3 and warned == [f"WARNING: {w}" for w in metrics["collapse_warnings"]]

@@ -438,3 +438,29 @@ def test_brief_config_errors(llm_dir):
         build(make_cfg(llm_dir, brief_dropout=1.0))
     with pytest.raises(ValueError, match="decision_brief"):
         build(make_cfg(llm_dir, decision_brief=True))  # lambda_cls 0: no head to read
+
+
+def test_report_confidence_is_the_heads_probability_of_the_report_label(llm_dir, monkeypatch):
+    """With a classification head the printed confidence is measured: the head's probability of the
+    report's label (a distribution over the label set), written into the report's JSON as well."""
+    model = build(make_cfg(llm_dir, lambda_cls=1.0)).eval()
+    batch = make_batch()
+    written = [ANSWERS[0], ANSWERS[1], "### Prediction\nno json here"]  # the LLM writes 0.9 and 0.8
+    monkeypatch.setattr(model.reasoner, "generate", lambda context, turns, **kw: list(written))
+    results = model.generate(batch, max_new_tokens=4)
+    for res, label in zip(results[:2], LABELS[:2]):
+        probs = res["label_probs"]
+        assert list(probs) == list(model.label_names) and sum(probs.values()) == pytest.approx(1.0, abs=1e-6)
+        assert res["emotion"] == label and res["confidence_source"] == "head"
+        assert res["confidence"] == round(probs[label], cot.CONFIDENCE_DECIMALS) < 1.0
+        printed = cot.parse_report(res["report"], model.label_names)
+        assert printed.format_ok and printed.emotion == label and printed.confidence == res["confidence"]
+        assert res["report"].split("### Prediction")[0] == written[LABELS.index(label)].split("### Prediction")[0]
+    # a report without a prediction keeps no confidence; the head's distribution is still recorded
+    assert results[2]["confidence"] is None and results[2]["confidence_source"] == "report"
+    assert sum(results[2]["label_probs"].values()) == pytest.approx(1.0, abs=1e-6)
+    # without a head the number is the LLM's own, and says so
+    plain = build(make_cfg(llm_dir)).eval()
+    monkeypatch.setattr(plain.reasoner, "generate", lambda context, turns, **kw: list(written))
+    res = plain.generate(batch, max_new_tokens=4)[0]
+    assert res["confidence"] == 0.9 and res["confidence_source"] == "report" and res["label_probs"] is None

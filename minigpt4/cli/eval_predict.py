@@ -61,13 +61,15 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
         if output.cls_logits is None:
             raise EvalError("--use_cls_head: the evidence stack returned no cls_logits")
         readings = model.classify(output)
+        probs = model.head_probs(output).cpu().tolist()
         evidence = model.generated_evidence(output)
     weights = output.modality_weights.detach().float().cpu().tolist()
     synergy = output.synergy_score.detach().float().cpu().tolist()
     return [{"report": None, "emotion": label, "confidence": conf, "format_ok": None,
              "evidence": evidence[b], "synergy_score": float(synergy[b]),
              "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
-             "head_emotion": label, "head_confidence": conf}
+             "head_emotion": label, "head_confidence": conf, "confidence_source": "head",
+             "label_probs": dict(zip(model.label_names, probs[b]))}
             for b, (label, conf) in enumerate(readings)]
 
 

@@ -1,7 +1,8 @@
 """The output half of `hero-eval`: merge the ranks' records, score them, write the files.
 
 Into the output folder: `predictions.jsonl` (plus `predictions_full.jsonl` with `--missing`),
-`metrics.json`, `confusion_matrix.png` and `modality_weights.png` (`*_full.png` likewise);
+`metrics.json`, `confusion_matrix.png`, `modality_weights.png` and `reliability.png` (the
+confidence's reliability diagram, when the predictions carry one; `*_full.png` likewise);
 on stdout the summary line and the evidence line, on stderr every collapse warning.
 The folder is replaced as a whole once every file is written: files of an earlier evaluation
 never sit beside this one's, and a killed evaluation leaves the previous folder intact.
@@ -42,7 +43,7 @@ def write_outputs(
     from minigpt4.evaluation import records
     from minigpt4.evaluation.evidence import evidence_summary_line
     from minigpt4.evaluation.metrics import metric_drop, metrics_from_records, summary_line
-    from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights
+    from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights, plot_reliability
 
     with atomic_dir(out_dir, is_eval_output) as tmp:  # the folder is written as a whole, or not at all
         scored: dict[str, dict[str, Any]] = {}
@@ -68,6 +69,11 @@ def write_outputs(
                 files.append(f"modality_weights{suffix}.png")
             else:
                 logger.warning("no modality weights in the predictions: modality_weights%s.png not drawn", suffix)
+            calibration = m.get("calibration")
+            if calibration:
+                plot_reliability(calibration["bins"], tmp / f"reliability{suffix}.png", ece=calibration["ece"],
+                                 title=f"{meta['split']}{what}: confidence")
+                files.append(f"reliability{suffix}.png")
         main = scored["missing"] if missing else scored["full"]
         metrics: dict[str, Any] = {**meta, "missing_modalities": list(missing), "label_names": list(labels), **main}
         if missing:

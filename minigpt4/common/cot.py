@@ -14,6 +14,7 @@ from typing import Mapping, Optional, Sequence
 from minigpt4.common.modalities import VIDEO_PLACEHOLDER
 
 UNKNOWN = "unknown"
+CONFIDENCE_DECIMALS = 4  # places of the confidence a report prints (the record keeps the same number)
 
 COT_INSTRUCTION = (
     "{video} Observe the clip's face, motion, voice and words. Write an evidence analysis, "
@@ -80,9 +81,9 @@ class ParsedPrediction:
 _DECODER = json.JSONDecoder()
 
 
-def _json_objects(text: str) -> list[dict]:
-    """Every top-level JSON object in `text`, in order (scans each '{')."""
-    found: list[dict] = []
+def _json_spans(text: str) -> list[tuple[dict, int, int]]:
+    """Every top-level JSON object in `text` with its [start, end) span, in order (scans each '{')."""
+    found: list[tuple[dict, int, int]] = []
     i = 0
     while True:
         i = text.find("{", i)
@@ -94,8 +95,28 @@ def _json_objects(text: str) -> list[dict]:
             i += 1
             continue
         if isinstance(obj, dict):
-            found.append(obj)
+            found.append((obj, i, end))
         i = end
+
+
+def _json_objects(text: str) -> list[dict]:
+    """Every top-level JSON object in `text`, in order."""
+    return [obj for obj, _, _ in _json_spans(text)]
+
+
+def with_confidence(report: str, confidence: float, require_header: bool = True) -> str:
+    """`report` with the confidence of its prediction object (the one `parse_report` reads)
+    replaced by `confidence` (rounded to CONFIDENCE_DECIMALS places), so the printed number is the measured one;
+    a report without a prediction object is returned unchanged."""
+    start = report.rfind("### Prediction") if require_header else 0
+    if start < 0:
+        return report
+    spans = [(obj, a, b) for obj, a, b in _json_spans(report[start:]) if "emotion" in obj]
+    if not spans:
+        return report
+    obj, a, b = spans[-1]
+    obj = {**obj, "confidence": round(float(confidence), CONFIDENCE_DECIMALS)}
+    return report[: start + a] + json.dumps(obj) + report[start + b:]
 
 
 def parse_report(report: str, label_names: Optional[Sequence[str]] = None, require_header: bool = True) -> ParsedPrediction:

@@ -35,6 +35,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
+from minigpt4.evaluation.calibration import calibration_from_records
 from minigpt4.evaluation.evidence import evidence_metrics
 
 UNKNOWN = "unknown"
@@ -305,6 +306,7 @@ def metrics_from_records(
     out["evidence"] = evidence_metrics([r.get("evidence") for r in records],
                                        [r.get("golden_evidence") for r in records], experts)
     out["head"] = head_metrics(records, label_names)
+    out["calibration"] = calibration_from_records(records, label_names)
     out["collapse_warnings"] = collapse_warnings(out)
     return out
 
@@ -376,12 +378,17 @@ def metric_drop(full: Mapping[str, Any], reduced: Mapping[str, Any],
 
 
 def summary_line(metrics: Mapping[str, Any]) -> str:
-    """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000 | majority 0.3000`
-    (n/a where undefined; `majority` is the majority-class baseline's accuracy)."""
+    """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000 | majority 0.3000`, plus
+    `| ECE 0.0400 | Brier 0.2100` where the predictions carry a confidence (n/a where undefined;
+    `majority` is the majority-class baseline's accuracy)."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.4f}"
 
     base = metrics.get("majority_baseline")
-    return (f"accuracy {fmt(metrics.get('accuracy'))} | W-F1 {fmt(metrics.get('weighted_f1'))} | "
+    line = (f"accuracy {fmt(metrics.get('accuracy'))} | W-F1 {fmt(metrics.get('weighted_f1'))} | "
             f"UAR {fmt(metrics.get('uar'))} | format {fmt(metrics.get('format_compliance'))} | "
             f"majority {fmt(base.get('accuracy') if base else None)}")
+    cal = metrics.get("calibration")
+    if cal:
+        line += f" | ECE {fmt(cal.get('ece'))} | Brier {fmt(cal.get('brier'))}"
+    return line

@@ -1,4 +1,5 @@
-"""PNG plots of an evaluation run: the confusion matrix and the mean modality weights per class.
+"""PNG plots of an evaluation run: the confusion matrix, the mean modality weights per class and
+the reliability diagram of the confidence.
 
 Drawn on matplotlib's Agg canvas directly (`Figure` + `FigureCanvasAgg`), so importing this
 module never changes the global pyplot backend and works without a display. Each file is
@@ -98,4 +99,38 @@ def plot_modality_weights(
         for j in range(data.shape[1]):
             ax.text(j, i, f"{data[i, j]:.2f}", ha="center", va="center", fontsize=8,
                     color="black" if data[i, j] > 0.6 * vmax else "white")
+    return _save_png(fig, path)
+
+
+def plot_reliability(
+    bins: Sequence[Mapping[str, Optional[float]]],
+    path: PathLike,
+    title: str = "Reliability diagram",
+    ece: Optional[float] = None,
+) -> Path:
+    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration,
+    with the clip count per bin underneath (rows as `calibration.reliability_bins` returns them)."""
+    lo = np.array([float(b["lo"]) for b in bins])
+    hi = np.array([float(b["hi"]) for b in bins])
+    n = np.array([int(b["n"]) for b in bins])
+    acc = np.array([np.nan if b["accuracy"] is None else float(b["accuracy"]) for b in bins])
+    conf = np.array([np.nan if b["confidence"] is None else float(b["confidence"]) for b in bins])
+    fig = Figure(figsize=(4.6, 5.6))
+    ax, ax_n = fig.add_subplot(2, 1, 1), fig.add_subplot(2, 1, 2)
+    fig.subplots_adjust(hspace=0.35)
+    width = hi - lo
+    ax.bar(lo, np.nan_to_num(acc), width=width, align="edge", edgecolor="black", color="#4c72b0", label="accuracy")
+    ax.bar(lo, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width, align="edge",
+           color="#dd8452", alpha=0.45, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfectly calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title + ("" if ece is None else f" (ECE {ece:.3f})"))
+    ax.legend(loc="upper left", fontsize=7)
+    ax_n.bar(lo, n, width=width, align="edge", edgecolor="black", color="#8c8c8c")
+    ax_n.set_xlim(0, 1)
+    ax_n.set_xlabel("confidence")
+    ax_n.set_ylabel("clips")
     return _save_png(fig, path)

@@ -29,7 +29,7 @@ WEIGHTS_PNG = "modality_weights.png"
 RECORD_KEYS: tuple[str, ...] = (
     "video_id", "gold_emotion", "pred_emotion", "correct", "confidence", "format_ok", "parse_error",
     "prediction_source", "report", "evidence", "modality_weights", "synergy_score", "golden_evidence",
-    "head_emotion", "head_confidence",
+    "head_emotion", "head_confidence", "confidence_source", "label_probs",
 )
 
 
@@ -90,6 +90,11 @@ def make_record(
         "golden_evidence": {str(k): str(v) for k, v in (golden_evidence or {}).items() if v is not None},
         "head_emotion": None if output.get("head_emotion") is None else str(output["head_emotion"]),
         "head_confidence": _float_or_none(output.get("head_confidence")),
+        # where `confidence` comes from: "head" (the classification head's probability of the
+        # predicted label, also printed in the report) or "report" (the number the LLM wrote)
+        "confidence_source": output.get("confidence_source"),
+        "label_probs": None if output.get("label_probs") is None
+        else {str(k): float(v) for k, v in output["label_probs"].items()},
     }
     return record
 

@@ -299,8 +299,11 @@ class HEROModel(nn.Module):
 
         Keys: report, emotion, confidence, format_ok, evidence (expert -> generated sentence),
         modality_weights (expert -> float), synergy_score (float), head_emotion /
-        head_confidence (the classification head's reading; None without a head), video_id
-        (when given).
+        head_confidence (the classification head's reading; None without a head),
+        label_probs (the head's distribution over the label set; None without a head), video_id
+        (when given). With a head, `confidence` (and the number the report prints) is the head's
+        probability of the report's label (`confidence_source` "head"); without one it is the
+        number the LLM wrote ("report").
         The instruction is `cot.build_instruction(label_names, use_cot)`.
         """
         samples = self._on_device(samples)
@@ -316,14 +319,25 @@ class HEROModel(nn.Module):
         weights = output.modality_weights.detach().float().cpu().tolist()
         synergy = output.synergy_score.detach().float().cpu().tolist()
         head = self.classify(output)
+        probs = self.head_probs(output)
         ids = samples.get("video_id")
         results = []
         for b, report in enumerate(reports):
             parsed = cot.parse_report(report, self.label_names, require_header=use_cot)
+            confidence, source, label_probs = parsed.confidence, "report", None
+            if probs is not None:
+                label_probs = {name: float(probs[b, k]) for k, name in enumerate(self.label_names)}
+                if parsed.format_ok:
+                    # the confidence is measured, not written: the head's probability of the report's label
+                    confidence = round(label_probs[parsed.emotion], cot.CONFIDENCE_DECIMALS)
+                    report = cot.with_confidence(report, confidence, require_header=use_cot)
+                    source = "head"
             item = {
                 "report": report,
                 "emotion": parsed.emotion,
-                "confidence": parsed.confidence,
+                "confidence": confidence,
+                "confidence_source": source,
+                "label_probs": label_probs,
                 "format_ok": parsed.format_ok,
                 "evidence": evidence[b],
                 "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
