@@ -22,6 +22,9 @@ class VideoState:
     windows: int = 0  # non-silent audio windows sent to Whisper
     has_audio: bool = False
     audio_samples: int = 0
+    audio_damage: Optional[str] = None  # skipped packets or an unreadable track (audio_stream.py)
+    audio_packets: int = 0
+    audio_bad_packets: int = 0
     au: Any = None
     au_source: str = ""
     au_note: str = ""

@@ -72,6 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if not 0 <= args.shard_id < args.num_shards:
             raise ValueError(f"--shard_id must be in 0..{args.num_shards - 1}, got {args.shard_id}")
         jobs = list_videos(args.video_dir, args.video_list)[args.shard_id :: args.num_shards]
+        from minigpt4.extraction.media_checks import tolerance_from
+
+        tolerance_from(cfg)  # a bad value is an error now, not after the models load
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"extract_features: error: {exc}", file=sys.stderr)
         return 2
@@ -97,6 +100,11 @@ def report(summary: RunSummary) -> None:
     print(f"extract_features: {status}{summary.done} done, {summary.skipped} skipped, {summary.failed} failed "
           f"({summary.videos} videos, {summary.elapsed:.1f} s) -> {summary.out_dir}" +
           (f"; see {summary.failures_path}" if summary.failed else ""))
+    if summary.redone:
+        print(f"extract_features: {summary.redone} existing file(s) extracted again (settings changed, damaged "
+              f"or missing modalities; e.g. {summary.redo_example})")
+    if summary.temps_removed:
+        print(f"extract_features: removed {summary.temps_removed} temp file(s) left by an interrupted run")
     if summary.loader_error:
         print(f"extract_features: error: decoding stopped early ({summary.loader_error}); finished files are kept, "
               "rerun the same command to extract the rest", file=sys.stderr)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 import numpy as np
 
 from minigpt4.extraction.config import AUDIO_MODALITIES
+from minigpt4.extraction.media_checks import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +41,7 @@ class DecodePlan:
     au_min_confidence: float = 0.8
     au_fps: Optional[float] = 1.0
     au_timeout: float = 3600.0
+    tolerance: float = DEFAULT_TOLERANCE  # decode.truncation_tolerance: seconds a file may hold less than it declares
 
     @property
     def want_audio(self) -> bool:
@@ -126,7 +128,7 @@ def decode_video(
     mods = plan.modalities
     try:
         src = VideoSource(path, backend=plan.backend, short_side=plan.short_side,
-                          want_audio=plan.want_audio, num_threads=plan.threads)
+                          want_audio=plan.want_audio, num_threads=plan.threads, tolerance=plan.tolerance)
     except VideoDecodeError as exc:
         yield {**base, "error": f"decode: {exc.problem}", "last": True}
         return
@@ -180,6 +182,10 @@ def decode_video(
                     seg["hubert"] = _to_shared(pre.wave(wave) if preprocess else wave)
                 if ("transcript" in mods or "bert" in mods) and not silent:
                     seg["mel"] = _to_shared(pre.mel(wave) if preprocess else wave)
+            if last and plan.want_audio and info.has_audio:  # skipped or unreadable audio: the encoder decides
+                seg["audio_damage"] = src.audio_error or src.audio.damage()
+                if src.audio is not None:
+                    seg["audio_packets"], seg["audio_bad_packets"] = src.audio.packets, src.audio.bad_packets
             if last and "au" in mods:
                 au, seg["au_source"], seg["au_note"] = openface_aus(video_id, path, plan, dur)
                 seg["au"] = _to_shared(au)
@@ -259,6 +265,8 @@ def build_plan(cfg: "DictConfig", modalities: Sequence[str]) -> tuple[DecodePlan
     if cfg.audio.get("fps") is not None and float(cfg.audio.fps) <= 0:
         raise ValueError(f"audio.fps must be > 0 or null, got {cfg.audio.fps}")
     au_fps = cfg.au.fps if cfg.au.fps is not None else cfg.visual.fps
+    from minigpt4.extraction.media_checks import tolerance_from
+
     plan = DecodePlan(
         modalities=tuple(modalities),
         backend=str(cfg.decode.backend),
@@ -274,5 +282,6 @@ def build_plan(cfg: "DictConfig", modalities: Sequence[str]) -> tuple[DecodePlan
         au_min_confidence=float(cfg.au.min_confidence),
         au_fps=float(au_fps) if au_fps is not None else None,
         au_timeout=float(cfg.au.timeout),
+        tolerance=tolerance_from(cfg),
     )
     return plan, pre

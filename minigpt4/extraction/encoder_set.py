@@ -12,6 +12,8 @@ import numpy as np
 
 from minigpt4.extraction.batching import BatchQueue, VideoState
 from minigpt4.extraction.config import EXTRACTOR_VERSION, bert_path
+from minigpt4.extraction.rerun import CHECKSUM_META, SETTINGS_META, content_checksum, settings_meta
+from minigpt4.extraction.video_io import AUDIO_SAMPLE_RATE
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -73,6 +75,9 @@ class EncoderSet:
         if "whisper" in self.queues and seg.get("mel") is not None:
             st.windows += 1
             self.queues["whisper"].add(st, seg["mel"][None])
+        if seg.get("audio_damage"):
+            st.audio_damage = seg["audio_damage"]
+            st.audio_packets, st.audio_bad_packets = seg.get("audio_packets", 0), seg.get("audio_bad_packets", 0)
         if seg.get("last"):
             st.complete = True
             if "au_source" in seg:
@@ -85,14 +90,22 @@ class EncoderSet:
 
     def finalize(self, st: VideoState) -> tuple[dict[str, np.ndarray], Optional[str], dict[str, str]]:
         """BERT on the transcript, then the arrays, transcript and meta of the file."""
+        from minigpt4.extraction.audio_stream import audio_verdict
+
         arrays: dict[str, np.ndarray] = {}
         absent: list[str] = []
+        # Damaged audio: kept when most of it decoded, else only the audio modalities are lost.
+        lost = None
+        if st.audio_damage and not audio_verdict(st.audio_packets, st.audio_bad_packets, st.audio_samples):
+            lost = f"audio undecodable ({st.audio_damage})"
+            st.parts.pop("hubert", None)
+        no_audio = lost or "no audio track"
         for key in ("clip", "videomae", "hubert"):
             if key in self.modalities:
                 if st.parts.get(key):
                     arrays[key] = np.concatenate(st.parts[key]).astype(np.float32)
                 else:
-                    absent.append(f"{key}: " + ("no audio track" if key == "hubert" else "no frames"))
+                    absent.append(f"{key}: " + (no_audio if key == "hubert" else "no frames"))
         if "hubert" in arrays and self.hubert_fps < self.hubert.frame_rate:
             from minigpt4.extraction.resample import window_means
 
@@ -106,10 +119,12 @@ class EncoderSet:
             else:
                 absent.append("au: " + st.au_note.split(" (")[0])
         audio_state = "none" if not st.has_audio else ("present" if st.audio_samples else "empty")
+        if lost:
+            audio_state = "undecodable"
         transcript: Optional[str] = None
         if self.whisper is not None:
-            if not st.has_audio:
-                absent.append("transcript: no audio track")
+            if not st.has_audio or lost:
+                absent.append(f"transcript: {no_audio}")
             elif not st.windows:
                 transcript = ""
                 audio_state = "silent"
@@ -121,8 +136,11 @@ class EncoderSet:
             if vec is not None:
                 arrays["bert"] = vec
             else:
-                absent.append("bert: " + ("no audio track" if transcript is None else "empty transcript"))
+                absent.append("bert: " + (no_audio if transcript is None else "empty transcript"))
         meta = self.meta(st, audio_state)
+        meta[CHECKSUM_META] = content_checksum(arrays, transcript)
+        if st.audio_damage and not lost:
+            meta["audio_note"] = st.audio_damage
         if absent:
             meta["absent"] = "; ".join(absent)
         return arrays, transcript, meta
@@ -138,7 +156,11 @@ class EncoderSet:
             "duration": f"{float(info.get('duration', 0.0)):.3f}",
             "video_fps": f"{float(info.get('avg_fps', 0.0)):.3f}",
             "decoder": str(info.get("backend", "")),
+            **({"decoder_note": str(info["note"])} if info.get("note") else {}),
             "audio": audio_state,
+            # the span the audio rows cover (audio is cut to the video's; a shorter track ends earlier)
+            **({"audio_seconds": f"{st.audio_samples / AUDIO_SAMPLE_RATE:.3f}"} if st.audio_samples else {}),
+            SETTINGS_META: settings_meta(cfg, self.modalities),
         }
         if self.clip is not None:
             meta.update(clip_model=str(cfg.visual.path), clip_fps=str(cfg.visual.fps), clip_output=str(cfg.visual.output))

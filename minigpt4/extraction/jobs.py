@@ -37,7 +37,8 @@ def list_videos(video_dir: Optional[str] = None, video_list: Optional[str] = Non
 
 
 def existing_covers(path: Path, modalities: Sequence[str]) -> bool:
-    """True when `path` is a readable feature file made for (at least) these modalities."""
+    """True when `path` is a readable feature file made for (at least) these modalities
+    (settings not compared: the extractor uses rerun.reason_to_redo)."""
     if not path.is_file() or path.stat().st_size == 0:
         return False
     try:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from minigpt4.extraction.batching import VideoState
 from minigpt4.extraction.config import FAILURES_FILE
 from minigpt4.extraction.failures import FailureLog
-from minigpt4.extraction.jobs import existing_covers
+from minigpt4.extraction.rerun import clean_stale_temps, modality_settings, reason_to_redo
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -49,6 +49,9 @@ class RunSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    redone: int = 0  # files found but extracted again (other settings, damaged, fewer modalities)
+    temps_removed: int = 0  # temp files a killed run had left
+    redo_example: str = ""  # the first redone file and why ("v1: clip.fps: 1.0 -> 2.0")
     interrupted: bool = False
     loader_error: Optional[str] = None  # the decoding loader itself broke
     elapsed: float = 0.0
@@ -195,11 +198,25 @@ def extract(settings: RunSettings) -> RunSummary:
     failures_path = out_dir / FAILURES_FILE
     failures_path.unlink(missing_ok=True)  # this run's failures only
 
-    skip = settings.skip_existing
-    todo = [(vid, p) for vid, p in settings.jobs
-            if not (skip and existing_covers(out_dir / f"{vid}{settings.suffix}", settings.modalities))]
+    removed = clean_stale_temps(out_dir, (f"{vid}{settings.suffix}" for vid, _ in settings.jobs))
+    todo, redone, example = [], 0, ""
+    wanted = modality_settings(settings.cfg, settings.modalities)
+    whys = ["missing"] * len(settings.jobs)
+    if settings.skip_existing:  # every existing file is read back whole: threads overlap the reads and hashes
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            whys = list(pool.map(lambda job: reason_to_redo(out_dir / f"{job[0]}{settings.suffix}",
+                                                            settings.modalities, wanted), settings.jobs))
+    for (vid, p), why in zip(settings.jobs, whys):
+        if why is not None:
+            todo.append((vid, p))
+            if why != "missing":
+                redone += 1
+                example = example or f"{vid}: {why}"
     summary = RunSummary(videos=len(settings.jobs), out_dir=out_dir, failures_path=failures_path,
-                         skipped=len(settings.jobs) - len(todo))
+                         skipped=len(settings.jobs) - len(todo), redone=redone, temps_removed=len(removed),
+                         redo_example=example)
     start = time.time()
     failures = FailureLog(failures_path)
     if todo:

@@ -8,8 +8,13 @@ streamed segment by segment.
 
 Backends: decord (random access by frame index, resizing inside the decoder) where it
 installs, else PyAV (one forward pass; every frame is decoded but only the sampled ones are
-converted). Audio always comes from PyAV: decord's AudioReader decodes the whole track into
-memory at open, and PyAV streams it.
+converted). Audio always comes from PyAV (audio_stream.py): decord's AudioReader decodes the
+whole track into memory at open, and PyAV streams it.
+
+Before any frame is used, one demux pass checks that the file holds what its container
+declares and that decord's timestamps are the container's (media_checks.py): a truncated file
+is an error, never a partial or padded clip, and a decord timeline that disagrees falls back
+to PyAV.
 """
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ class VideoInfo:
     height: int
     has_audio: bool
     backend: str
+    note: str = ""  # why the backend is not the first choice, or what was skipped
 
 
 def sample_times(duration: float, fps: float) -> np.ndarray:
@@ -112,6 +118,7 @@ class _DecordFrames:
     ) -> None:
         import decord
 
+        decord.logging.set_level(decord.logging.PANIC)  # its libav messages would spill into the progress bar
         try:
             if native_size is None:
                 probe = decord.VideoReader(str(path), num_threads=1)
@@ -186,6 +193,9 @@ class _PyAVFrames:
         self._serial = 0
         self._converted: tuple[int, Optional[np.ndarray]] = (0, None)
         self._ended = False
+        self.expected_frames: Optional[int] = None  # frames the file holds (set from the packet scan)
+        self.slack_frames = 1
+        self.pad_limit: Optional[float] = None  # past this time the last frame would be padding
 
     def _duration(self, stream) -> float:
         if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
@@ -210,6 +220,10 @@ class _PyAVFrames:
             frame = next(self._frames)
         except StopIteration:
             self._ended = True
+            if self.expected_frames and self._serial < self.expected_frames - self.slack_frames:
+                # Never pad with the last frame: a decoder that stops early is a short read.
+                raise VideoDecodeError(self.path, f"short read: decoding ended after {self._serial} of "
+                                                  f"{self.expected_frames} frames") from None
             return False
         except Exception as exc:  # av.error.InvalidDataError etc.
             raise VideoDecodeError(self.path, f"PyAV decode error ({exc})") from exc
@@ -234,6 +248,9 @@ class _PyAVFrames:
                 break
             if self._prev is None:
                 raise VideoDecodeError(self.path, "video stream has no decodable frames")
+            if self._ended and self.pad_limit is not None and t > self.pad_limit:
+                raise VideoDecodeError(self.path, f"short read: frame asked at {t:.2f} s, the decoded frames end at "
+                                                  f"{self._prev[0]:.2f} s (never padded with the last frame)")
             if self._converted[0] != self._prev[2]:  # each frame is converted at most once
                 self._converted = (self._prev[2], self._convert(self._prev[1]))
             out[i] = self._converted[1]
@@ -263,98 +280,11 @@ def probe_streams(path: PathLike) -> tuple[Optional[tuple[int, int]], bool]:
         raise VideoDecodeError(path, f"cannot open the file as media ({exc})") from exc
 
 
-class AudioStream:
-    """The first audio track as 16 kHz mono float32, read in consecutive time segments."""
-
-    def __init__(self, path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> None:
-        av = _av()
-        self.path = str(path)
-        self.sample_rate = sample_rate
-        try:
-            self._container = av.open(self.path)
-        except Exception as exc:
-            raise VideoDecodeError(path, f"PyAV cannot open the file ({exc})") from exc
-        if not self._container.streams.audio:
-            self._container.close()
-            raise VideoDecodeError(path, "no audio stream")
-        stream = self._container.streams.audio[0]
-        self._origin = 0.0
-        vs = self._container.streams.video
-        if vs and vs[0].start_time is not None:
-            self._origin = float(vs[0].start_time * vs[0].time_base)
-        self._frames = self._container.decode(stream)
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
-        self._buf: list[np.ndarray] = []
-        self._buffered = 0
-        self._consumed = 0  # samples handed out so far (position of the buffer start)
-        self._started = False
-        self._ended = False
-
-    def _push(self, frames) -> None:
-        for f in frames:
-            a = f.to_ndarray().reshape(-1).astype(np.float32, copy=False)
-            if a.size:
-                self._buf.append(a)
-                self._buffered += a.size
-
-    def _decode_more(self) -> bool:
-        if self._ended:
-            return False
-        try:
-            frame = next(self._frames)
-        except StopIteration:
-            self._ended = True
-            self._push(self._resampler.resample(None))
-            return False
-        except Exception as exc:
-            raise VideoDecodeError(self.path, f"PyAV audio decode error ({exc})") from exc
-        if not self._started:
-            self._started = True
-            # Align the track with the video clock: a late start is silence, an early one is cut.
-            offset = int(round(((frame.time or 0.0) - self._origin) * self.sample_rate))
-            if offset > 0:
-                self._push_silence(offset)
-            elif offset < 0:
-                self._consumed += offset  # the first -offset samples fall before t = 0
-        self._push(self._resampler.resample(frame))
-        return True
-
-    def _push_silence(self, n: int) -> None:
-        self._buf.append(np.zeros(n, dtype=np.float32))
-        self._buffered += n
-
-    def read_until(self, end: Optional[float]) -> np.ndarray:
-        """Samples from the current position up to `end` seconds (None: to the end of the track)."""
-        target = None if end is None else int(round(end * self.sample_rate))
-        while target is None or self._consumed + self._buffered < target:
-            if not self._decode_more():
-                break
-        data = np.concatenate(self._buf) if self._buf else np.zeros(0, dtype=np.float32)
-        if self._consumed < 0:  # drop samples before t = 0
-            drop = min(-self._consumed, data.size)
-            data = data[drop:]
-            self._consumed += drop
-        take = data.size if target is None else max(0, min(data.size, target - self._consumed))
-        out, rest = data[:take], data[take:]
-        self._buf = [rest] if rest.size else []
-        self._buffered = rest.size
-        self._consumed += take
-        return np.ascontiguousarray(out, dtype=np.float32)
-
-    def close(self) -> None:
-        try:
-            self._container.close()
-        except Exception:
-            pass
-
-
 def read_audio(path: PathLike, sample_rate: int = AUDIO_SAMPLE_RATE) -> np.ndarray:
-    """The whole first audio track as float32 mono `[S]` (small files and tests; use AudioStream for long ones)."""
-    stream = AudioStream(path, sample_rate)
-    try:
-        return stream.read_until(None)
-    finally:
-        stream.close()
+    """The whole first audio track as float32 mono `[S]` (the reader lives in audio_stream.py)."""
+    from minigpt4.extraction.audio_stream import read_audio as _read
+
+    return _read(path, sample_rate)
 
 
 # ----------------------------------------------------------------------------- the source
@@ -374,7 +304,11 @@ class VideoSource:
         short_side: Optional[int] = None,
         want_audio: bool = True,
         num_threads: int = 1,
+        tolerance: Optional[float] = None,
     ) -> None:
+        """`tolerance`: seconds a file may hold less than it declares (None: media_checks' default)."""
+        from minigpt4.extraction.media_checks import DEFAULT_TOLERANCE, check_whole, scan_packets
+
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = Path(path)
@@ -382,12 +316,22 @@ class VideoSource:
         native_size, has_audio = probe_streams(self.path)
         if native_size is None:
             raise VideoDecodeError(self.path, "no video stream (or one without a frame size)")
+        self.tolerance = DEFAULT_TOLERANCE if tolerance is None else float(tolerance)
+        self.scan = scan_packets(self.path)
+        check_whole(self.path, self.scan, self.tolerance)
+        self._notes: list[str] = []
         self._frames = self._open_frames(backend, short_side, num_threads, native_size)
-        try:
-            self.audio: Optional[AudioStream] = AudioStream(self.path) if (has_audio and want_audio) else None
-        except BaseException:
-            self._frames.close()
-            raise
+        self.audio, self.audio_error = None, None
+        if has_audio and want_audio:
+            from minigpt4.extraction.audio_stream import AudioStream
+
+            try:  # an unreadable track costs the audio modalities only, never the video
+                self.audio = AudioStream(self.path)
+            except VideoDecodeError as exc:
+                self.audio_error = exc.problem
+            except BaseException:
+                self._frames.close()
+                raise
         f = self._frames
         self.info = VideoInfo(
             path=str(self.path),
@@ -398,6 +342,7 @@ class VideoSource:
             height=int(f.height),
             has_audio=has_audio,
             backend=f.name,
+            note="; ".join(self._notes),
         )
 
     def _open_frames(self, backend: str, short_side: Optional[int], num_threads: int, native_size: tuple[int, int]):
@@ -412,15 +357,35 @@ class VideoSource:
                         raise VideoDecodeError(self.path, "backend 'decord' requested but decord is not installed") from exc
                     continue
                 try:
-                    return _DecordFrames(self.path, short_side, num_threads, native_size)
+                    return self._checked_decord(short_side, num_threads, native_size)
                 except VideoDecodeError as exc:
                     errors.append(exc.problem)
             else:
                 try:
-                    return _PyAVFrames(self.path, short_side, num_threads)
+                    frames = _PyAVFrames(self.path, short_side, num_threads)
                 except VideoDecodeError as exc:
                     errors.append(exc.problem)
+                    continue
+                frames.expected_frames = self.scan.frames
+                if self.scan.video_end > 0:  # what the packets hold, as decord counts it (not other streams')
+                    frames.duration = min(frames.duration, self.scan.video_end)
+                    frames.pad_limit = self.scan.video_end + self.scan.frame_period
+                frames.slack_frames = self.scan.slack_frames(self.tolerance)
+                self._notes.extend(f"decord rejected: {e}" for e in errors)
+                return frames
         raise VideoDecodeError(self.path, "; ".join(errors) or "no decoder available")
+
+    def _checked_decord(self, short_side: Optional[int], num_threads: int, native_size: tuple[int, int]) -> _DecordFrames:
+        """decord, kept only when its timestamps are the container's (else it is closed and refused)."""
+        from minigpt4.extraction.media_checks import check_timestamps
+
+        frames = _DecordFrames(self.path, short_side, num_threads, native_size)
+        try:
+            check_timestamps(self.path, frames.starts, self.scan, self.tolerance, decoder="decord")
+        except VideoDecodeError:
+            frames.close()
+            raise
+        return frames
 
     def frames_at(self, times: np.ndarray) -> np.ndarray:
         return self._frames.frames_at(np.asarray(times, dtype=np.float64))
