@@ -33,7 +33,7 @@ def test_single_file_grouped_by_split(tmp_path: Path) -> None:
         {"video_id": "c", "split": "test"},
         {"video_id": "d", "emotion": "angry", "split": "dev"},
     ]
-    by_split = load_annotations(_write(tmp_path / "l.json", recs))
+    by_split = load_annotations(_write(tmp_path / "l.json", recs), splits=("train", "val", "test", "dev"))
     assert list(by_split) == ["train", "val", "test", "dev"]
     a = by_split["train"][0]
     assert a.emotion == "happy" and a.evidence == {"visual": "smiles", "au": "AU12", "synergy": "agree"}
@@ -44,7 +44,7 @@ def test_single_file_grouped_by_split(tmp_path: Path) -> None:
 
 def test_per_split_files(tmp_path: Path) -> None:
     tr = _write(tmp_path / "tr.json", [{"video_id": "a", "emotion": "happy"}])
-    va = _write(tmp_path / "va.json", [{"video_id": "a", "emotion": "sad", "split": "val"}])
+    va = _write(tmp_path / "va.json", [{"video_id": "b", "emotion": "sad", "split": "val"}])
     by_split = load_annotations({"val": va, "train": tr})
     assert list(by_split) == ["train", "val"] and by_split["train"][0].split == "train"
     wrong = _write(tmp_path / "w.json", [{"video_id": "a", "emotion": "sad", "split": "train"}])

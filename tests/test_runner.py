@@ -78,7 +78,8 @@ def test_logged_lr_follows_linear_warmup_cosine(tmp_path: Path):
         assert rec["lr"] == pytest.approx(expected, rel=1e-12), step
 
 
-@pytest.mark.parametrize("crash_after", [19, 16])  # mid-epoch (last ckpt: step 9) / epoch boundary (step 8)
+# mid-epoch (last ckpt: step 9) / epoch boundary (step 8) / two steps past the last ckpt (9; log.txt has 10, 11)
+@pytest.mark.parametrize("crash_after", [19, 16, 22])
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, crash_after: int):
     run = {"max_epoch": 3, "batch_size_train": 4, "accum_grad_iters": 2, "save_freq": 3, "keep_last_k": 3}
     model = {"dropout": 0.2}  # dropout makes the RNG state matter
@@ -88,7 +89,7 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, cra
     with pytest.raises(ToyCrash):
         train(crash_dir, run=run, model={**model, "crash_after_calls": crash_after})
     latest = find_latest_checkpoint(crash_dir / "run")
-    assert load_training_state(latest)["step"] == (9 if crash_after == 19 else 8)
+    assert load_training_state(latest)["step"] == {19: 9, 16: 8, 22: 9}[crash_after]
     resumed = train(crash_dir, run=run, model=model, extra=["--resume"])  # same dir, latest checkpoint
 
     a, b = train_records(tmp_path / "straight" / "run"), train_records(crash_dir / "run")
@@ -97,8 +98,29 @@ def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, cra
         for key in ("loss", "loss_task", "loss_reg", "loss_penalty", "loss_estimator", "lr", "grad_norm", "epoch"):
             assert a[step][key] == b[step][key], (step, key, a[step][key], b[step][key])
     assert val_records(tmp_path / "straight" / "run") == val_records(crash_dir / "run")
+    # log.txt was cut back to the checkpoint's step: every step and validation is logged once
+    lines = [(r["step"], r["phase"]) for r in read_log(crash_dir / "run")]
+    assert lines == [(r["step"], r["phase"]) for r in read_log(tmp_path / "straight" / "run")]
     for (name, p), (_, q) in zip(straight.model_raw.named_parameters(), resumed.model_raw.named_parameters()):
         assert torch.equal(p, q), name
+
+
+def test_truncate_log_keeps_what_the_resumed_checkpoint_has_done(tmp_path: Path):
+    """Resume at (step 8, epoch 1): epoch 0's validation at step 8 happened before its checkpoint and
+    stays; a validation at step 8 of an epoch the checkpoint had not finished is redone, so it goes,
+    and so does a line torn by a kill."""
+    from minigpt4.common.logger import truncate_log
+
+    recs = [{"step": 7, "epoch": 0, "phase": "train"}, {"step": 8, "epoch": 0, "phase": "train"},
+            {"step": 8, "epoch": 0, "phase": "val"}, {"step": 9, "epoch": 1, "phase": "train"},
+            {"step": 10, "epoch": 1, "phase": "train"}]
+    log = tmp_path / "log.txt"
+    log.write_text("".join(json.dumps(r) + "\n" for r in recs) + '{"step": 11, "ep')
+    assert truncate_log(tmp_path, 8, 1) == 3
+    assert read_log(log) == recs[:3]
+    assert truncate_log(tmp_path, 8, 0) == 1  # mid-epoch checkpoint: epoch 0's validation is redone
+    assert read_log(log) == recs[:2]
+    assert truncate_log(tmp_path, 8, 0) == 0 and truncate_log(tmp_path / "none", 1, 0) == 0
 
 
 def test_a_fresh_run_refuses_a_folder_that_holds_a_run(tmp_path: Path):

@@ -5,10 +5,17 @@ DDP: `torchrun --nproc_per_node N train_hero.py ...` (gloo on CPU, nccl on CUDA)
 Writes into run.output_dir: config.yaml, log.txt (JSON lines), tensorboard/, checkpoints/.
 Resume: `--resume` (latest checkpoint in run.output_dir) or `--resume PATH`
 (= `--options run.resume_ckpt_path=PATH`).
+
+An expected error (a bad config value, a missing or broken file, a used run folder) ends with
+one line `error: ...` naming the key or file and exit status 1; `--debug` (or HERO_DEBUG=1)
+shows the full traceback instead. Anything else keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from minigpt4.common.config import add_config_args, apply_options, load_config
@@ -20,6 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="PATH",
                         help="continue from a checkpoint folder or run folder; without PATH: the latest "
                              "checkpoint in run.output_dir (a fresh start if there is none)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: env HERO_DEBUG=1)")
     return parser.parse_args(argv)
 
 
@@ -45,6 +54,10 @@ def run(argv: Optional[Sequence[str]] = None) -> Any:
     from minigpt4.common.dist_utils import destroy_distributed, init_distributed_mode
     from minigpt4.common.logger import setup_logging
 
+    if not cfg.run.get("evaluate") and not cfg.run.get("resume_ckpt_path"):
+        from minigpt4.runners.checkpointing import refuse_used_folder
+
+        refuse_used_folder(Path(str(cfg.run.output_dir)))  # before minutes of building, not after
     dist_info = init_distributed_mode(cfg.run.device)
     setup_logging(dist_info.rank)
     try:
@@ -55,7 +68,27 @@ def run(argv: Optional[Sequence[str]] = None) -> Any:
     return runner
 
 
+# errors whose message already says what is wrong and where (config checks, files, annotations)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError, FileExistsError,
+                                                    NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def error_line(exc: BaseException) -> str:
+    """`error: <message>` (a KeyError's message without the quotes str() adds)."""
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    return f"error: {message}"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Console entry point (`hero-train`); exit status 0 when training finished."""
-    run(argv)
+    """Console entry point (`hero-train`); exit status 0 when training finished, 1 on an expected error
+    (one line on stderr; the traceback with --debug or HERO_DEBUG=1)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("HERO_DEBUG", "") not in ("", "0")
+    try:
+        run(args)
+    except EXPECTED_ERRORS as exc:
+        if debug:
+            raise
+        print(error_line(exc) + "  (--debug shows the traceback)", file=sys.stderr, flush=True)
+        return 1
     return 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import re
 from pathlib import Path
 from typing import Any, Iterable, List, Optional, Sequence, Tuple, Union
@@ -29,7 +28,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from minigpt4.common.atomic_io import atomic_write_text
-from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, RunConfig, build, check_keys, run_defaults
+from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, RunConfig, build, check_keys, nearest, run_defaults
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("model", "datasets", "run")
@@ -168,10 +167,9 @@ def flatten_keys(node: Any, prefix: str = "") -> List[str]:
 
 
 def _unknown_key_error(cfg: DictConfig, key: str, parent: str, source: str) -> ConfigError:
-    valid = flatten_keys(cfg)
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    close = nearest(key, flatten_keys(cfg), cutoff=0.5)
     if close:
-        hint = f"did you mean {close[0]!r}?"
+        hint = f"did you mean {close!r}?"
     else:
         node = OmegaConf.select(cfg, parent) if parent else cfg
         siblings = sorted(str(k) for k in node.keys()) if isinstance(node, DictConfig) else []

@@ -15,6 +15,8 @@ from typing import Any, Dict, Mapping, Optional, Union
 
 import torch
 
+from minigpt4.common.atomic_io import atomic_write_text
+
 LOG_FILE = "log.txt"
 TB_DIR = "tensorboard"
 
@@ -109,6 +111,34 @@ class MetricLogger:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def truncate_log(output_dir: Union[str, Path], step: int, epoch: int) -> int:
+    """Cut `log.txt` back to what a run resumed at (`step`, `epoch`) has already done, so the steps it
+    redoes are not logged twice: lines of steps <= `step` stay, except a validation line at `step` of
+    an epoch the checkpoint had not finished (it is redone). A torn last line (a killed write) goes too.
+    Returns the number of lines dropped."""
+    path = Path(output_dir) / LOG_FILE
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept = []
+    for i, text in enumerate(lines):
+        try:
+            rec = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError:
+            rec = None if i == len(lines) - 1 else {}  # a torn last line is dropped; others are not ours to judge
+        if rec is None:
+            continue
+        s = rec.get("step")
+        if isinstance(s, int) and (s > step or (s == step and rec.get("phase") == "val"
+                                                and int(rec.get("epoch", epoch)) >= epoch)):
+            continue
+        kept.append(text if text.endswith("\n") else text + "\n")
+    dropped = len(lines) - len(kept)
+    if dropped:
+        atomic_write_text(path, "".join(kept))
+    return dropped
 
 
 def read_log(path: Union[str, Path]) -> list[dict]:

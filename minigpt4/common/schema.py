@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,6 +25,11 @@ from minigpt4.common.modalities import DEFAULT_EMOTIONS
 
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
+# what `model.llm.dtype` may say (minigpt4/models/hero/llm_reasoner.resolve_dtype reads it)
+LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)
+# a Hugging Face hub id: `name` or `org/name` (huggingface_hub.utils.validate_repo_id's rule)
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 class ConfigError(ValueError):
@@ -87,6 +95,13 @@ class RunConfig:
         _one_of(self, "run", "amp", ("auto", "bf16", "fp16", "none"))
         _one_of(self, "run", "lr_sched", ("linear_warmup_cosine_lr", "constant_lr"))
         _one_of(self, "run", "best_mode", ("auto", "min", "max"))
+        if not _DEVICE.match(self.device):
+            raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        for key in ("task", "runner", "output_dir", "best_metric"):
+            if not getattr(self, key).strip():
+                raise ConfigError(f"run.{key} must not be empty")
+        if not self.train_splits or not all(s.strip() for s in self.train_splits):
+            raise ConfigError(f"run.train_splits must be a non-empty list of split names, got {self.train_splits}")
 
 
 # ------------------------------------------------------------------------------ model
@@ -109,6 +124,14 @@ class LLMConfig:
         _nonnegative(self, "model.llm", ("lora_r", "lora_alpha"))
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ConfigError(f"model.llm.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.dtype.lower() not in LLM_DTYPES:
+            raise ConfigError(f"model.llm.dtype must be one of {', '.join(LLM_DTYPES)}, got {self.dtype!r}")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise ConfigError("model.llm.load_in_4bit and model.llm.load_in_8bit are exclusive; set one")
+        if self.lora_r > 0 and not self.lora_target_modules:
+            raise ConfigError("model.llm.lora_target_modules must name at least one module when model.llm.lora_r > 0")
+        if self.path:
+            check_model_source(self.path, "model.llm.path")
 
 
 @dataclass
@@ -122,6 +145,8 @@ class STMILConfig:
 
     def check(self) -> None:
         _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound"))
+        if self.lr is not None and self.lr < 0:
+            raise ConfigError(f"model.stmil.lr must be >= 0 or null, got {self.lr}")
 
 
 @dataclass
@@ -140,6 +165,8 @@ class EvidenceDecoderConfig:
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.evidence_decoder.embed_dim ({self.embed_dim}) must be divisible by "
                               f"model.evidence_decoder.num_heads ({self.num_heads})")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.evidence_decoder.dropout must be in [0, 1) or null, got {self.dropout}")
 
 
 @dataclass
@@ -213,14 +240,32 @@ class ModelConfig:
             raise ConfigError(f"model.brief_dropout must be in [0, 1), got {self.brief_dropout}")
         if not self.label_names or len(set(self.label_names)) != len(self.label_names):
             raise ConfigError(f"model.label_names must be non-empty and unique, got {self.label_names}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ConfigError(f"model.num_classes must be >= 1 or null, got {self.num_classes}")
+        if self.num_classes is not None and self.num_classes < len(self.label_names):
+            raise ConfigError(f"model.num_classes must be null or >= len(model.label_names) = "
+                              f"{len(self.label_names)}, got {self.num_classes}")
         _one_of(self, "model", "integration_strategy", ("audio", "dynamic", "concat"))
         _one_of(self, "model", "brief_source", BRIEF_SOURCES)
         if self.prompt_template.count("{}") != 1:
             raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         for sub in (self.stmil, self.evidence_decoder, self.llm):
             sub.check()
+        self._check_heads()
+
+    def _check_heads(self) -> None:
+        """Keys that only work together; the model would refuse them only after loading the LLM."""
+        head = (self.lambda_cls > 0 or self.lambda_kl > 0) if self.use_cls_head is None else self.use_cls_head
+        for name in ("cls", "kl"):
+            if getattr(self, f"lambda_{name}") > 0 and not head:
+                raise ConfigError(f"model.lambda_{name} > 0 needs the classification head (model.use_cls_head: true)")
+        if self.decision_brief and not head:
+            raise ConfigError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
+                              "model.use_cls_head: true)")
+        if self.evidence_decoder.condition_on_readout and self.lambda_expert_cls <= 0:
+            raise ConfigError("model.evidence_decoder.condition_on_readout needs the expert read-outs "
+                              "(model.lambda_expert_cls > 0)")
+        if self.evidence_max_len > self.evidence_decoder.max_len - 1:
+            raise ConfigError(f"model.evidence_max_len must be <= model.evidence_decoder.max_len - 1 = "
+                              f"{self.evidence_decoder.max_len - 1} (room for EOS), got {self.evidence_max_len}")
 
 
 # arch -> schema of its `model` section; an arch not listed here keeps free-form keys
@@ -245,6 +290,24 @@ def _one_of(obj: Any, prefix: str, key: str, choices: Sequence[str]) -> None:
         raise ConfigError(f"{prefix}.{key} must be one of {', '.join(choices)}, got {getattr(obj, key)!r}")
 
 
+def check_model_source(path: str, key: str) -> None:
+    """A model a key names must be a local folder or a hub id: a missing local path otherwise reaches
+    Hugging Face as a "repo id" and its error blames the id's form, not the missing folder."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ConfigError(f"{key}={path!r} is a file; give the model's folder (or a hub id)")
+        return
+    if not (_HUB_ID.match(path) and "--" not in path and ".." not in path and len(path) <= 96
+            and not path.startswith((".", "-")) and not path.endswith((".", "-"))):
+        raise ConfigError(f"{key}={path!r}: no such local folder, and not a hub id (`name` or `org/name`)")
+
+
+def nearest(name: str, choices: Sequence[str], cutoff: float = 0.0) -> Optional[str]:
+    """The choice closest to `name` (difflib ratio >= `cutoff`), for "did you mean" hints; None if none."""
+    near = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
+    return near[0] if near else None
+
+
 def schema_keys(cls: type, prefix: str = "") -> list[str]:
     """Every dotted key a schema defines, nested sections included."""
     keys = []
@@ -264,9 +327,8 @@ def check_keys(node: Any, cls: type, where: str, prefix: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     for key in node.keys():
         if key not in names:
-            valid = schema_keys(cls, prefix)
-            near = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.0)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            near = nearest(prefix + str(key), schema_keys(cls, prefix))
+            hint = f"; did you mean {near!r}?" if near else ""
             raise ConfigError(f"{where}: unknown config key {prefix + str(key)!r}{hint}")
         sub = _dataclass_of(hints[str(key)])
         if sub is not None:
@@ -338,6 +400,8 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if isinstance(value, (dict, list, DictConfig, ListConfig)):

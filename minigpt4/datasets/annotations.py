@@ -5,6 +5,11 @@ Annotations are a JSON list of records `{"video_id", "emotion", "split", "sentim
 split. Every problem is an `AnnotationError` naming the file and the record index, because a
 typo in record 31 412 of a labels file must be findable from the message.
 
+Mistakes that would otherwise pass silently are errors too: a field name that is a near-miss
+of a known one (`Emotion`, `emtion`: the record would read as unlabelled), a split name
+outside the configured ones (`trian` would become a split nothing uses), and one `video_id`
+in two splits (a leak between train and test). Other extra fields are kept out of the way.
+
 A `video_id` names a feature file inside the features folder, so it must be a plain file
 stem: ids with a path separator, `..`, a leading dot-dot or NUL are rejected (a crafted
 labels file must not make the loader read outside its folder).
@@ -20,12 +25,17 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from minigpt4.common.modalities import EXPERT_ORDER
+from minigpt4.common.schema import nearest
 
 PathLike = Union[str, "os.PathLike[str]"]
 
 SPLIT_ORDER: tuple[str, ...] = ("train", "val", "test")
 # Splits whose records may come without an `emotion` (an unlabeled test set).
 UNLABELED_SPLITS: frozenset[str] = frozenset({"test"})
+# The record fields the loader reads; an unknown field this close to one (lower-cased) is a typo.
+RECORD_FIELDS: tuple[str, ...] = ("video_id", "emotion", "split", "sentiment", "text", "evidence", "reasoning",
+                                  "answer", "valence")
+_NEAR_MISS = 0.8
 
 
 class AnnotationError(ValueError):
@@ -106,6 +116,11 @@ def parse_record(record: Any, source: PathLike, index: Optional[int], split: Opt
     """
     if not isinstance(record, dict):
         raise AnnotationError(source, index, f"expected a JSON object, got {type(record).__name__}")
+    for key in record:
+        near = None if key in RECORD_FIELDS else nearest(str(key).lower(), RECORD_FIELDS, _NEAR_MISS)
+        if near is not None:
+            raise AnnotationError(source, index, f"video_id {record.get('video_id')!r}: unknown field {key!r}; "
+                                                 f"did you mean {near!r}? (the record would be read without it)")
     video_id = check_video_id(record.get("video_id"), source, index)
     rec_split = record.get("split")
     if rec_split is not None and not isinstance(rec_split, str):
@@ -193,20 +208,47 @@ def order_splits(names: Sequence[str]) -> list[str]:
     return [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER))
 
 
-def load_annotations(storage: Union[PathLike, Mapping[str, PathLike]]) -> dict[str, list[Annotation]]:
+def load_annotations(storage: Union[PathLike, Mapping[str, PathLike]],
+                     splits: Optional[Sequence[str]] = SPLIT_ORDER) -> dict[str, list[Annotation]]:
     """Records grouped by split.
 
     storage: one JSON file whose records carry `split`, or a mapping split -> JSON file.
+    splits: the split names a record (or a mapping key) may carry; None allows any name. A clip
+    (video_id) in two splits is an error either way.
     """
+    by_split: dict[str, list[Annotation]] = {}
     if isinstance(storage, Mapping):
-        by_split: dict[str, list[Annotation]] = {}
         for split, path in storage.items():
+            if splits is not None and str(split) not in splits:
+                raise AnnotationError(path, None, _unknown_split(str(split), splits, "this file's split"))
             by_split[str(split)] = load_annotation_file(path, str(split))
     else:
-        by_split = {}
         for rec in load_annotation_file(storage):
+            if splits is not None and rec.split not in splits:
+                raise AnnotationError(rec.source, rec.index,
+                                      _unknown_split(rec.split, splits, f"video_id {rec.video_id!r}: split"))
             by_split.setdefault(rec.split, []).append(rec)
+    _check_disjoint(by_split)
     return {s: by_split[s] for s in order_splits(list(by_split))}
+
+
+def _unknown_split(name: str, splits: Sequence[str], what: str) -> str:
+    near = nearest(name, list(splits), cutoff=0.6)
+    hint = f"; did you mean {near!r}?" if near else ""
+    return (f"{what} {name!r} is not one of the configured splits ({', '.join(splits)}){hint} "
+            "(list other split names in the dataset config's `splits`)")
+
+
+def _check_disjoint(by_split: Mapping[str, Sequence[Annotation]]) -> None:
+    """A clip in two splits leaks between them (trained on, then scored as unseen): an error at its second record."""
+    first: dict[str, Annotation] = {}
+    for records in by_split.values():
+        for rec in records:
+            seen = first.setdefault(rec.video_id, rec)
+            if seen.split != rec.split:
+                raise AnnotationError(rec.source, rec.index, f"video_id {rec.video_id!r} is in split {rec.split!r} "
+                                      f"and also in split {seen.split!r} ({seen.where()}): one clip in two splits "
+                                      "leaks between them")
 
 
 # ------------------------------------------------------------------ MER2023/2024 CSV

@@ -109,3 +109,17 @@ class CheckpointMixin:
             if key in old and old[key] != self.run_cfg.get(key):
                 logger.warning("run.%s changed since the checkpoint (%r -> %r): the resumed run will not match "
                                "an uninterrupted one", key, old[key], self.run_cfg.get(key))
+
+
+def refuse_used_folder(output_dir: Path) -> None:
+    """A fresh run must not start in another run's folder: its checkpoints would be pruned
+    against the old ones, config.yaml overwritten, both runs mixed in log.txt, and
+    `hero-eval --ckpt` would pick the old run's weights."""
+    output_dir = Path(output_dir)
+    existing = ckpt.list_checkpoints(output_dir)
+    log = output_dir / "log.txt"
+    if existing or (log.is_file() and log.stat().st_size > 0):
+        held = f"checkpoints up to {existing[-1].name}" if existing else "a log.txt"
+        raise FileExistsError(
+            f"run.output_dir {output_dir} already holds a run ({held}); continue it with --resume "
+            f"(run.resume_ckpt_path=auto), or start this one in another run.output_dir")

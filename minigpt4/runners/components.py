@@ -1,8 +1,9 @@
 """One set-up path from a config to what a run works on, shared by training and evaluation.
 
-`build_components(cfg)`: registry -> `run.imports` -> seed -> task -> datasets -> model, in
-that order, so `hero-train` and `hero-eval` build the same model (same parameter names,
-shapes and, with the same `run.seed`, the same initial weights) from the same config.
+`build_components(cfg)`: config check (run and model values; every dataset section before the
+first dataset) -> registry -> `run.imports` -> seed -> task -> datasets -> model, in that order,
+so `hero-train` and `hero-eval` build the same model (same parameter names, shapes and, with
+the same `run.seed`, the same initial weights) from the same config.
 Evaluation builds only the split it scores (`splits=[...]`) and then loads a checkpoint with
 `load_weights`; training hands the components to the runner, which owns resuming.
 """
@@ -36,9 +37,11 @@ def build_components(cfg: DictConfig, splits: Optional[Sequence[str]] = None) ->
     written into `cfg` (`datasets.<name>.splits`), so a config saved afterwards says what ran.
     """
     import minigpt4
+    from minigpt4.common.config import check_config
     from minigpt4.common.registry import registry
     from minigpt4.common.seed import set_seed
 
+    check_config(cfg)  # every run and model value, before anything is built (also for a hand-made cfg)
     minigpt4.setup_registry()
     for module in cfg.run.get("imports") or []:
         importlib.import_module(str(module))
@@ -46,9 +49,22 @@ def build_components(cfg: DictConfig, splits: Optional[Sequence[str]] = None) ->
     task = registry.get_task_class(cfg.run.task).setup_task(cfg)
     if splits is not None:
         restrict_splits(cfg, splits)
+    check_dataset_configs(cfg)
     datasets = task.build_datasets(cfg)
     model = task.build_model(cfg)
     return Components(task=task, datasets=datasets, model=model)
+
+
+def check_dataset_configs(cfg: DictConfig) -> None:
+    """Check every HERO feature dataset's section (types, ranges; `HEROBuilder.check`) before the first
+    dataset is built, so a bad value in the second one does not wait for the first one's files."""
+    from minigpt4.common.registry import registry
+    from minigpt4.datasets.builders.hero_builder import HEROBuilder
+
+    for name, section in (cfg.get("datasets") or {}).items():
+        builder_cls = registry.get_builder_class(name)
+        if builder_cls is not None and issubclass(builder_cls, HEROBuilder):
+            builder_cls(section)
 
 
 def restrict_splits(cfg: DictConfig, splits: Sequence[str]) -> None:

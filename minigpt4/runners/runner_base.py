@@ -9,7 +9,12 @@ Exact resume: a checkpoint records the epoch, the batches already consumed in it
 optimisers/scheduler/scaler, and every rank's RNG states. Data order depends only on
 `(run.seed, epoch)` (the sampler and the loader have their own generators, never the global
 one), so a resumed run starts the epoch's sampler past the consumed batches and continues
-with the same batches and random numbers as an uninterrupted run.
+with the same batches and random numbers as an uninterrupted run, and `log.txt` is cut back to
+the checkpoint's step so the redone steps are logged once.
+
+Before the first epoch (`ValidationMixin.preflight`) every validation sample is read and
+`run.best_metric` is checked against the terms validation produces, so neither fails only
+after an epoch of work.
 
 Auxiliary optimisers (docs/ARCHITECTURE.md "Runner <-> model"): parameters named by
 `model.auxiliary_parameter_groups()` get their own AdamW each and never enter the main one;
@@ -38,10 +43,11 @@ from torch.utils.data import IterableDataset
 from minigpt4.common import checkpoint as ckpt
 from minigpt4.common.config import save_config
 from minigpt4.common.dist_utils import DistInfo, init_distributed_mode
-from minigpt4.common.logger import MetricLogger
+from minigpt4.common.logger import MetricLogger, truncate_log
 from minigpt4.common.registry import registry
+from minigpt4.common.schema import RunConfig, build
 from minigpt4.common.seed import set_seed
-from minigpt4.runners.checkpointing import CheckpointMixin
+from minigpt4.runners.checkpointing import CheckpointMixin, refuse_used_folder
 from minigpt4.runners.loaders import (
     DataMixin,
     ResumableDistributedSampler,
@@ -72,6 +78,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
 
     def __init__(self, cfg: DictConfig, task: BaseTask, model: nn.Module,
                  datasets: Mapping[str, Mapping[str, Any]], dist_info: Optional[DistInfo] = None) -> None:
+        build(RunConfig, cfg.run, "run.", "run config")  # a runner may get a hand-made config: check it too
         self.cfg = cfg
         self.run_cfg = cfg.run
         self.task = task
@@ -82,7 +89,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.is_main = self.rank == 0
         self.output_dir = Path(str(self.run_cfg.output_dir))
         self.seed = int(self.run_cfg.seed)
-        self.accum = max(1, int(self.run_cfg.get("accum_grad_iters") or 1))
+        self.accum = int(self.run_cfg.accum_grad_iters)
         self.amp_dtype, use_scaler = resolve_amp(self.run_cfg.get("amp", "auto"), self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
 
@@ -109,13 +116,15 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         """Run training (or only validation when run.evaluate); returns the end-of-run summary."""
         rc = self.run_cfg
         if not rc.get("evaluate") and not rc.get("resume_ckpt_path"):
-            self._refuse_used_folder()
+            refuse_used_folder(self.output_dir)
+        if not rc.get("evaluate"):  # what the first epoch would fail on, found before the run folder is written
+            train_ds = self.train_dataset
+            n_iters = self.iters_per_epoch(train_ds)
+            self.preflight()
         if self.is_main:
             save_config(self.cfg, self.output_dir / "config.yaml")
         if rc.get("evaluate"):
             return self._evaluate_only()
-        train_ds = self.train_dataset
-        n_iters = self.iters_per_epoch(train_ds)
         steps_per_epoch = math.ceil(n_iters / self.accum)
         max_epoch = int(rc.max_epoch)
         self._build_optimizers(total_steps=max_epoch * steps_per_epoch)
@@ -126,9 +135,11 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                 logger.info("run.resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
         if resume:
             self.resume(str(resume))
+            if self.is_main:  # the steps after the checkpoint are redone: log them once
+                truncate_log(self.output_dir, self.step, self.epoch)
         self._logger = MetricLogger(self.output_dir, enabled=self.is_main, purge_step=self.step + 1 if resume else None)
         use_no_sync = self.dist.distributed and not isinstance(train_ds, IterableDataset)
-        log_freq = max(1, int(rc.get("log_freq") or 1))
+        log_freq = int(rc.log_freq)
         save_freq = int(rc.get("save_freq") or 0)
         save_every_epoch = bool(rc.get("save_every_epoch", True))
         t_start = time.time()
@@ -211,18 +222,6 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.epoch, self.iter_in_epoch = epoch + 1, 0
         if save_every_epoch:
             self.save_checkpoint(best=best)
-
-    def _refuse_used_folder(self) -> None:
-        """A fresh run must not start in another run's folder: its checkpoints would be pruned
-        against the old ones, config.yaml overwritten, both runs mixed in log.txt, and
-        `hero-eval --ckpt` would pick the old run's weights."""
-        existing = ckpt.list_checkpoints(self.output_dir)
-        log = self.output_dir / "log.txt"
-        if existing or (log.is_file() and log.stat().st_size > 0):
-            held = f"checkpoints up to {existing[-1].name}" if existing else "a log.txt"
-            raise FileExistsError(
-                f"run.output_dir {self.output_dir} already holds a run ({held}); continue it with --resume "
-                f"(run.resume_ckpt_path=auto), or start this one in another run.output_dir")
 
     def _evaluate_only(self) -> Dict[str, Any]:
         path = self.run_cfg.get("resume_ckpt_path")

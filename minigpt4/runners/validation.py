@@ -3,6 +3,10 @@ and which checkpoint is best.
 
 Every rank evaluates its shard (`loaders.sharded_loader`); the sample-weighted sums, counts and
 generated records are gathered, so the result is the mean over every validation clip once.
+
+`preflight` runs before the first epoch what would otherwise fail only at its end: every
+validation sample is read once (a corrupt file is an error at start, not after an epoch of
+work) and `run.best_metric` is checked against the terms one validation batch produces.
 """
 from __future__ import annotations
 
@@ -14,8 +18,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import nn
+from torch.utils.data import ConcatDataset, IterableDataset
 
 from minigpt4.common.dist_utils import DistInfo
+from minigpt4.common.schema import ConfigError
+from minigpt4.common.seed import capture_rng_state, restore_rng_state
 from minigpt4.runners.loaders import batch_size_of, move_to_device
 from minigpt4.tasks.base_task import BaseTask
 
@@ -80,6 +87,62 @@ class ValidationMixin:
                     logger.warning("validation by generation: %s", warning)
         return result
 
+    def preflight(self) -> None:
+        """Before epoch 1: read every validation sample of this rank's shard (a broken file fails now,
+        naming it) and check `run.best_metric` against what validation produces. Leaves the model,
+        its train/eval flags and every RNG state as they were (resume stays bit-exact)."""
+        dataset = self.valid_dataset
+        if dataset is None:
+            names = list(self.run_cfg.get("valid_splits") or [])
+            if names and self.is_main:
+                logger.warning("run.valid_splits=%s: no dataset has these splits; no validation, no best checkpoint",
+                               names)
+            return
+        failure: Optional[BaseException] = None
+        terms: Optional[set[str]] = None
+        try:
+            n = _read_samples(dataset, self.dist.rank, self.world_size)
+            terms = self._validation_terms(dataset)
+        except (ValueError, OSError, KeyError) as exc:
+            failure = exc
+        if self.dist.distributed:  # every rank stops, or none: a lone failure would hang the others
+            gathered: List[Any] = [None] * self.world_size
+            dist.all_gather_object(gathered, (None if failure is None else str(failure), terms))
+            if failure is None and any(f for f, _ in gathered):
+                raise RuntimeError(f"another rank failed the validation check: {next(f for f, _ in gathered if f)}")
+            terms = set().union(*(t for _, t in gathered if t)) if any(t for _, t in gathered) else None
+        if failure is not None:
+            raise failure
+        metric = self.best_metric()[0]
+        if terms is not None and metric not in terms:
+            raise ConfigError(f"run.best_metric={metric!r} is not a term validation produces; "
+                              f"it produces: {', '.join(sorted(terms))}")
+        logger.info("validation data checked: %d samples read on this rank, best checkpoint by %s", n, metric)
+
+    def _validation_terms(self, dataset: Any) -> Optional[set[str]]:
+        """Names of the terms validation reports, from one batch (generation with a 1-token budget);
+        None when this rank has no validation batch. The model's flags are set directly (no
+        `train()`/`eval()` call a model might count) and restored, as are the RNG states."""
+        rng = capture_rng_state()
+        flags = {m: m.training for m in self.model_raw.modules()}
+        try:
+            samples = next(iter(self._valid_loader(dataset)), None)
+            if samples is None:
+                return None
+            for m in flags:
+                m.training = False
+            samples = move_to_device(samples, self.device, non_blocking=self.device.type == "cuda")
+            with torch.no_grad(), self._autocast():
+                names = set(self.task.valid_step(self.model_raw, samples))
+                if self._generates_at_validation():
+                    records = self.task.valid_generate(self.model_raw, samples, 1)
+                    names |= set(self.task.generation_terms(records, list(self.model_raw.label_names))["terms"])
+            return names
+        finally:
+            for m, training in flags.items():
+                m.training = training
+            restore_rng_state(rng)
+
     def _generates_at_validation(self) -> bool:
         """`run.val_generate` and a task/model pair that can generate reports (HERO's can)."""
         return (bool(self.run_cfg.get("val_generate", True)) and hasattr(self.task, "valid_generate")
@@ -109,3 +172,16 @@ class ValidationMixin:
             return True
         mode = self.best_metric()[1]
         return value < self.best["value"] if mode == "min" else value > self.best["value"]
+
+
+def _read_samples(dataset: Any, rank: int, world_size: int) -> int:
+    """Read this rank's share of every map-style part of `dataset` (as validation will: each file is
+    opened and checked); returns the count. Streaming parts are read by validation itself."""
+    if isinstance(dataset, ConcatDataset):
+        return sum(_read_samples(d, rank, world_size) for d in dataset.datasets)
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        return 0
+    indices = range(rank, len(dataset), world_size)
+    for i in indices:
+        dataset[i]
+    return len(indices)

@@ -4,25 +4,42 @@ Features come from `build_info.images.storage` (a folder; MiniGPT-4's key name) 
 `build_info.shards` is set, from webdataset tar shards; labels from
 `build_info.annotations.storage` (one JSON file with a `split` field per record, or a
 mapping split -> file). Unset keys take the defaults of configs/datasets/hero_dataset.yaml;
-a key that file does not define is an error naming the nearest valid key.
+a key that file does not define is an error naming the nearest valid key, and a value of the
+wrong type or range is an error naming its key when the builder is made (before any file is read).
+Split names must be train, val, test or listed in `splits` (a record's `trian` is an error).
 """
 from __future__ import annotations
 
-import difflib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import Dataset
 
 from minigpt4.common.registry import registry
-from minigpt4.datasets.annotations import load_annotations, order_splits
+from minigpt4.common.schema import ConfigError, build, nearest
+from minigpt4.datasets.annotations import SPLIT_ORDER, load_annotations, order_splits
 from minigpt4.datasets.datasets.hero_dataset import HERODataset, SampleBuilder
 from minigpt4.datasets.shards import HEROShardDataset
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "datasets" / "hero_dataset.yaml"
 # Keys of MiniGPT-4 dataset configs that this feature dataset accepts and does not use.
 _IGNORED_KEYS = frozenset({"vis_processor", "text_processor", "sample_ratio"})
+_PREFIX = "datasets.hero_dataset."
+
+
+@dataclass
+class _ScalarKeys:
+    """Types of the section's scalar keys (the mappings are checked by `SampleBuilder`)."""
+
+    data_type: str = "features"
+    max_dim: int = 1024
+    skip_missing: bool = False
+    allow_pickle: bool = False
+    use_cot: bool = True
+    splits: Optional[list[str]] = None
+    seed: int = 42
 
 
 def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
@@ -34,8 +51,8 @@ def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
         if prefix == "" and key in _IGNORED_KEYS:
             continue
         if key not in ref:
-            near = difflib.get_close_matches(str(key), [str(v) for v in valid], n=1, cutoff=0.0)
-            hint = f"; did you mean {prefix + near[0]!r}?" if near else ""
+            near = nearest(str(key), [str(v) for v in valid])
+            hint = f"; did you mean {prefix + near!r}?" if near else ""
             raise KeyError(
                 f"unknown dataset config key {prefix + str(key)!r}{hint} (valid here: {sorted(map(str, valid))})"
             )
@@ -83,6 +100,24 @@ class HEROBuilder:
 
     def __init__(self, cfg: Union[DictConfig, Mapping[str, Any], None] = None) -> None:
         self.config = resolve_config(cfg)
+        self.check()
+
+    def check(self) -> None:
+        """Every value of the section, each error naming its key: a bad value must not cost a dataset build."""
+        c = self.config
+        build(_ScalarKeys, {k: _plain(c.get(k)) for k in ("data_type", "max_dim", "skip_missing", "allow_pickle",
+                                                           "use_cot", "splits", "seed")},
+              _PREFIX, "dataset config", check=False)
+        try:
+            self.sample_builder()
+        except ValueError as exc:
+            raise ConfigError(f"dataset config: {_PREFIX.rstrip('.')}: {exc}") from None
+
+    def known_splits(self) -> list[str]:
+        """Split names the annotations may use: train, val, test and those listed in `splits`."""
+        wanted = _plain(self.config.splits) or []
+        wanted = [wanted] if isinstance(wanted, str) else [str(s) for s in wanted]
+        return list(SPLIT_ORDER) + [s for s in wanted if s not in SPLIT_ORDER]
 
     def sample_builder(self) -> SampleBuilder:
         c = self.config
@@ -121,7 +156,7 @@ class HEROBuilder:
             raise ValueError(
                 "set datasets.hero_dataset.build_info.images.storage (the features folder) or build_info.shards"
             )
-        by_split = load_annotations(ann_storage)
+        by_split = load_annotations(ann_storage, self.known_splits())
         datasets: dict[str, Dataset] = {}
         for split in self._splits(list(by_split)):
             datasets[split] = HERODataset(
@@ -152,7 +187,7 @@ class HEROBuilder:
             wanted = _plain(c.splits)
             present = [wanted] if isinstance(wanted, str) else list(wanted)
         elif ann_storage is not None:
-            present = list(load_annotations(ann_storage))
+            present = list(load_annotations(ann_storage, self.known_splits()))
         else:
             raise ValueError(
                 "with a single build_info.shards pattern, set datasets.hero_dataset.splits or "
