@@ -218,6 +218,36 @@ def test_modality_dropout_keeps_one_and_updates_masks(corpus) -> None:
         _dataset(corpus, modality_dropout=1.5)
 
 
+def test_frame_dropout_masks_frames_in_place_and_keeps_one(corpus) -> None:
+    """Dropped frames become padding (zero, masked) at their own time position; the kept ones are
+    the file's frames where they were; draws depend on (seed, epoch, clip) only; off at eval."""
+    ds = _dataset(corpus, frame_dropout=0.5, seed=5)
+    full = _dataset(corpus, training=False)
+    masked = 0
+    for i in range(len(ds)):
+        s, ref = ds[i], full[i]
+        assert torch.equal(s["modality_mask"], ref["modality_mask"])  # frame dropout never drops a modality
+        fm, vf = s["feature_mask"], s["video_features"]
+        assert (fm <= ref["feature_mask"]).all()
+        for k in range(5):
+            if ref["modality_mask"][k]:
+                assert fm[k].any()  # at least one frame of a present modality is kept
+        assert torch.equal(vf[fm], ref["video_features"][fm]) and not vf[~fm].any()
+        masked += int((ref["feature_mask"] & ~fm).sum())
+        assert torch.equal(ds[i]["feature_mask"], fm)  # same clip, same epoch: same frames
+    assert masked > 0
+    ds.set_epoch(1)
+    assert any(not torch.equal(ds[i]["feature_mask"], _dataset(corpus, frame_dropout=0.5, seed=5)[i]["feature_mask"])
+               for i in range(len(ds)))
+    # a separate stream: turning frame dropout on leaves the modality-dropout draws as they were
+    a = _dataset(corpus, modality_dropout=0.6, seed=3)
+    b = _dataset(corpus, modality_dropout=0.6, frame_dropout=0.3, seed=3)
+    assert all(torch.equal(a[i]["modality_mask"], b[i]["modality_mask"]) for i in range(len(a)))
+    assert torch.equal(_dataset(corpus, frame_dropout=0.9, training=False)[0]["feature_mask"], full[0]["feature_mask"])
+    with pytest.raises(ValueError, match="frame_dropout"):
+        _dataset(corpus, frame_dropout=1.0)
+
+
 def test_drop_modalities(corpus) -> None:
     ds = _dataset(corpus, training=False)
     batch = ds.collater([ds[0], ds[5]])
@@ -397,7 +427,7 @@ def test_batched_fetch_equals_per_item_path(corpus, monkeypatch) -> None:
 
     hinted: list = []
     monkeypatch.setattr(hero_dataset, "prefetch", hinted.append)
-    for kw in ({"training": False}, {"modality_dropout": 0.5, "seed": 11}):
+    for kw in ({"training": False}, {"modality_dropout": 0.5, "seed": 11}, {"frame_dropout": 0.4, "seed": 2}):
         ds = _dataset(corpus, **kw)
         ds.set_epoch(2)
         idx = [5, 1, 4, 0]

@@ -76,7 +76,7 @@ def resolve_config(cfg: Union[DictConfig, Mapping[str, Any], None]) -> DictConfi
     _check_keys(user, base, "")
     merged = OmegaConf.merge(base, user)
     # per-modality mappings may legitimately be replaced by a scalar (one value for all)
-    for key in ("max_len", "modality_dropout"):
+    for key in ("max_len", "modality_dropout", "frame_dropout"):
         if key in user and not isinstance(user[key], DictConfig):
             merged[key] = user[key]
     # shards replace the folder: the default (demo) paths must not leak into a sharded set-up
@@ -128,6 +128,7 @@ class HEROBuilder:
             max_len=_plain(c.max_len),
             use_cot=bool(c.use_cot),
             modality_dropout=_plain(c.modality_dropout),
+            frame_dropout=_plain(c.frame_dropout),
             seed=int(c.seed),
         )
 
@@ -168,6 +169,7 @@ class HEROBuilder:
                 feature_keys=_plain(c.feature_keys),
                 max_len=_plain(c.max_len),
                 modality_dropout=_plain(c.modality_dropout),
+                frame_dropout=_plain(c.frame_dropout),
                 skip_missing=bool(c.skip_missing),
                 allow_pickle=bool(c.allow_pickle),
                 use_cot=bool(c.use_cot),

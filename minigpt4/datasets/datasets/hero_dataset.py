@@ -105,6 +105,7 @@ class HERODataset(Dataset):
         feature_keys: Optional[Mapping[str, Optional[str]]] = None,
         max_len: Union[int, Mapping[str, Optional[int]], None] = None,
         modality_dropout: Union[float, Mapping[str, float]] = 0.0,
+        frame_dropout: Union[float, Mapping[str, float]] = 0.0,
         skip_missing: bool = False,
         allow_pickle: bool = False,
         use_cot: bool = True,
@@ -125,6 +126,7 @@ class HERODataset(Dataset):
             max_len=max_len,
             use_cot=use_cot,
             modality_dropout=modality_dropout,
+            frame_dropout=frame_dropout,
             seed=seed,
         )
         self.label_names = self.builder.label_names

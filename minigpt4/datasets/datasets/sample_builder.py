@@ -87,6 +87,7 @@ class SampleBuilder:
         use_cot: bool = True,
         modality_dropout: Union[float, Mapping[str, float]] = 0.0,
         seed: int = 42,
+        frame_dropout: Union[float, Mapping[str, float]] = 0.0,
     ) -> None:
         if int(max_dim) < 1:
             raise ValueError(f"max_dim must be >= 1, got {max_dim}")
@@ -118,6 +119,12 @@ class SampleBuilder:
         for m, p in self.dropout.items():
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"modality_dropout[{m}] must be in [0, 1], got {p}")
+        self.frame_dropout: dict[str, float] = {
+            m: float(v) for m, v in _per_modality(frame_dropout, "frame_dropout", 0.0).items()
+        }
+        for m, p in self.frame_dropout.items():
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"frame_dropout[{m}] must be in [0, 1), got {p}")
         self.use_cot = bool(use_cot)
         self.seed = int(seed)
         self.instruction = cot.build_instruction(self.label_names, self.use_cot)
@@ -215,14 +222,39 @@ class SampleBuilder:
             drop.remove(present[int(rng.integers(len(present)))])
         return drop
 
+    def frames_kept(self, video_id: str, frames: Sequence[Optional[np.ndarray]],
+                    epoch: int) -> Optional[list[Optional[np.ndarray]]]:
+        """Frame dropout: per present modality a bool mask [n_k] of the frames kept (each dropped with
+        the modality's `frame_dropout`, at least one kept), None where nothing is dropped.
+
+        Masked, not removed: the kept frames keep their time positions. A stream of its own
+        ([seed, epoch, clip, 1]), so turning it on leaves the modality-dropout draws unchanged.
+        """
+        if not any(self.frame_dropout[STACK_ORDER[k]] > 0 for k, a in enumerate(frames) if a is not None):
+            return None
+        rng = np.random.default_rng([self.seed, int(epoch), stable_hash(video_id), 1])
+        keep: list[Optional[np.ndarray]] = []
+        for k, arr in enumerate(frames):
+            p = self.frame_dropout[STACK_ORDER[k]]
+            if arr is None or p <= 0 or arr.shape[0] <= 1:
+                keep.append(None)
+                continue
+            mask = rng.random(arr.shape[0]) >= p
+            if not mask.any():
+                mask[int(rng.integers(arr.shape[0]))] = True
+            keep.append(None if mask.all() else mask)
+        return keep if any(m is not None for m in keep) else None
+
     def prepare(
         self, rec: Annotation, feat: FeatureRecord, source: str, *, training: bool = False, epoch: int = 0
     ) -> "PreparedSample":
-        """A sample before padding (modality dropout applied when `training`)."""
+        """A sample before padding (modality and frame dropout applied when `training`)."""
         frames, t = self.select(feat, source)
+        keep = None
         if training:
             for k in self.dropped(rec.video_id, [k for k, a in enumerate(frames) if a is not None], epoch):
                 frames[k] = None
+            keep = self.frames_kept(rec.video_id, frames, epoch)
         fields = {
             "video_id": rec.video_id,
             "emotion": -1 if rec.emotion is None else self.label_index[rec.emotion],
@@ -233,7 +265,7 @@ class SampleBuilder:
             # the annotation's curated transcript wins over the file's ASR transcript
             "transcript": rec.text if rec.text else feat.transcript,
         }
-        return PreparedSample(frames=frames, t=t, max_dim=self.max_dim, fields=fields)
+        return PreparedSample(frames=frames, t=t, max_dim=self.max_dim, fields=fields, keep=keep)
 
     def build(
         self, rec: Annotation, feat: FeatureRecord, source: str, *, training: bool = False, epoch: int = 0
@@ -256,6 +288,7 @@ class PreparedSample:
     t: int  # T of the clip (its longest modality, counted before dropout)
     max_dim: int
     fields: dict[str, Any]  # the non-tensor sample keys
+    keep: Optional[list[Optional[np.ndarray]]] = None  # frame dropout: bool [n_k] of kept frames (None: all)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -275,8 +308,13 @@ class PreparedSample:
             if arr is None:
                 continue
             n, d = arr.shape
-            feats[k, :n, :d] = arr  # casts only in a mixed batch (float16 frames, float32 batch)
-            fmask[k, :n] = True
+            keep = None if self.keep is None else self.keep[k]
+            if keep is None:
+                feats[k, :n, :d] = arr  # casts only in a mixed batch (float16 frames, float32 batch)
+                fmask[k, :n] = True
+            else:  # dropped frames stay zero and masked, as padding is
+                feats[k, :n, :d][keep] = arr[keep]
+                fmask[k, :n] = keep
             mmask[k] = True
 
     def materialize(self) -> dict[str, Any]:
