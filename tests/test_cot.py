@@ -33,7 +33,7 @@ def test_target_folds_modalities_and_marks_missing_ones():
     ev = report_evidence(target)
     assert ev["visual"] == "Smiles. Nods."
     assert ev["audio"] == "Bright tone. Says thanks."
-    assert ev["physiological"] == "No facial action-unit evidence was annotated."
+    assert ev["physiological"] == "No facial action-unit evidence was observed."
     assert "point to happy" in target
 
 

@@ -64,10 +64,12 @@ def make_cfg(llm_path: Path, **overrides: Any):
     llm = {"path": str(llm_path), "dtype": "float32", "lora_r": 8, "lora_alpha": 16, "lora_dropout": 0.0,
            "lora_target_modules": ALL_LINEAR}
     llm.update(overrides.pop("llm", {}))
-    # golden briefs and no classification head unless a test asks: these tests pin the brief and
-    # reasoner mechanics; the shipped defaults (generated brief, head + [fused] line) have their own
+    # golden briefs, no classification head and LLM-written reports unless a test asks: these tests
+    # pin the brief and reasoner mechanics; the shipped defaults (generated brief, head + [fused]
+    # line, the experts' evidence section given) have their own
     base = dict(DIMS, arch="hero", hidden_dim=32, num_queries=4, num_qformer_layers=1, num_output_queries=6,
                 num_heads=4, dropout=0.0, evidence_max_len=12, max_txt_len=48, brief_source="golden", lambda_cls=0.0,
+                report_evidence="llm",
                 evidence_decoder={"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16, "dropout": 0.0},
                 llm=llm)
     base.update(overrides)
@@ -464,3 +466,40 @@ def test_report_confidence_is_the_heads_probability_of_the_report_label(llm_dir,
     monkeypatch.setattr(plain.reasoner, "generate", lambda context, turns, **kw: list(written))
     res = plain.generate(batch, max_new_tokens=4)[0]
     assert res["confidence"] == 0.9 and res["confidence_source"] == "report" and res["label_probs"] is None
+
+
+def test_report_evidence_from_the_experts_is_given_not_generated(llm_dir, monkeypatch):
+    """`report_evidence: experts`: the report's evidence section is built from the experts' own
+    sentences and handed to the LLM as the start of its answer; it cannot contradict them."""
+    from minigpt4.evaluation.faithfulness import evidence_line_agreement
+
+    model = build(make_cfg(llm_dir, report_evidence="experts")).eval()
+    batch = make_batch()
+    seen: list = []
+    generate = model.reasoner.generate
+
+    def spy(context, turns, prefixes=None, **kw):
+        seen.append(prefixes)
+        return generate(context, turns, prefixes=prefixes, **kw)
+
+    monkeypatch.setattr(model.reasoner, "generate", spy)
+    results = model.generate(batch, max_new_tokens=6)
+    for res, prefix in zip(results, seen[0]):
+        assert prefix == cot.build_evidence_section(res["evidence"]) + cot.RATIONALE_HEADER
+        assert res["report"].startswith(prefix.strip()) or res["report"] == prefix.strip()
+        assert all(evidence_line_agreement(res["report"], res["evidence"]).values())
+    assert "Physiological: No facial action-unit evidence was observed." in results[2]["report"]  # clip 2 has no AUs
+    # greedy decoding after a given prefix is the same with and without the KV cache
+    inputs = model.evidence_stack(model._on_device(batch), None, compute_losses=False)
+    turns = [cot.build_instruction(model.label_names)] * 3
+    a = model.reasoner.generate_ids(inputs.context, turns, max_new_tokens=5, prefixes=seen[0])
+    b = model.reasoner.generate_ids(inputs.context, turns, max_new_tokens=5, prefixes=seen[0], use_cache=False)
+    assert torch.equal(a[:, : b.shape[1]], b)
+    # `llm`: the LLM writes the whole report, no prefix
+    seen.clear()
+    llm_written = build(make_cfg(llm_dir, report_evidence="llm")).eval()
+    monkeypatch.setattr(llm_written.reasoner, "generate", spy)
+    llm_written.generate(batch, max_new_tokens=2)
+    assert seen == [None]
+    with pytest.raises(Exception, match="report_evidence"):
+        build(make_cfg(llm_dir, report_evidence="golden"))

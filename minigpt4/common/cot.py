@@ -35,34 +35,42 @@ def _join(*parts: Optional[str]) -> str:
     return " ".join(p.strip() for p in parts if p and p.strip())
 
 
+# The report's three evidence lines and the experts each one folds (EXPERT_ORDER names), in order.
+EVIDENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("Visual", ("visual", "motion")),
+    ("Audio", ("audio", "text")),
+    ("Physiological", ("au",)),
+)
+RATIONALE_HEADER = "### Rationale\n"
+
+
+def no_evidence_line(section: str) -> str:
+    """What a line says when none of its experts has a sentence (true at training and inference alike)."""
+    what = "facial action-unit" if section == "Physiological" else section.lower()
+    return f"No {what} evidence was observed."
+
+
+def build_evidence_section(evidence: Optional[Mapping[str, str]] = None) -> str:
+    """`### Evidence Analysis` and its three lines, from one sentence per expert: Visual = visual
+    global + motion, Audio = voice + words, Physiological = facial action units. A line without
+    any sentence says so rather than inventing some."""
+    ev = dict(evidence or {})
+    lines = [f"- {section}: {_join(*(ev.get(e) for e in experts)) or no_evidence_line(section)}\n"
+             for section, experts in EVIDENCE_SECTIONS]
+    return "### Evidence Analysis\n" + "".join(lines)
+
+
 def build_cot_target(
     emotion: str,
     evidence: Optional[Mapping[str, str]] = None,
     reasoning: Optional[str] = None,
     confidence: float = 1.0,
 ) -> str:
-    """Format a CoT report from annotation fields.
-
-    The three evidence lines of the template fold the five modalities: Visual = visual
-    global + motion, Audio = voice + words, Physiological = facial action units. A line
-    without any evidence says so rather than inventing some.
-    """
-    ev = dict(evidence or {})
-    visual = _join(ev.get("visual"), ev.get("motion")) or "No visual evidence was annotated."
-    audio = _join(ev.get("audio"), ev.get("text")) or "No audio evidence was annotated."
-    physio = _join(ev.get("au")) or "No facial action-unit evidence was annotated."
+    """Format a CoT report from annotation fields: the evidence section (`build_evidence_section`),
+    the rationale, the prediction."""
     rationale = (reasoning or "").strip() or f"Taken together, the cues point to {emotion}."
     prediction = json.dumps({"emotion": emotion, "confidence": round(float(confidence), 2)})
-    return (
-        "### Evidence Analysis\n"
-        f"- Visual: {visual}\n"
-        f"- Audio: {audio}\n"
-        f"- Physiological: {physio}\n"
-        "### Rationale\n"
-        f"{rationale}\n"
-        "### Prediction\n"
-        f"{prediction}"
-    )
+    return f"{build_evidence_section(evidence)}{RATIONALE_HEADER}{rationale}\n### Prediction\n{prediction}"
 
 
 def build_label_target(emotion: str) -> str:

@@ -25,6 +25,7 @@ from minigpt4.common.modalities import DEFAULT_EMOTIONS
 
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
+REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 # what `model.llm.dtype` may say (minigpt4/models/hero/llm_reasoner.resolve_dtype reads it)
 LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)
@@ -211,6 +212,9 @@ class ModelConfig:
     num_classes: Optional[int] = None  # null: len(label_names)
     brief_source: str = "generated"  # generated (as at inference) | golden (ablation) | none
     brief_dropout: float = 0.0  # share of training clips whose brief is left out
+    # who writes a generated report's evidence section: experts (their own sentences, given to
+    # the LLM as the start of its answer, so the report cannot contradict them) | llm
+    report_evidence: str = "experts"
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
     evidence_max_len: int = 32
     evidence_decoder: EvidenceDecoderConfig = field(default_factory=EvidenceDecoderConfig)
@@ -245,6 +249,7 @@ class ModelConfig:
                               f"{len(self.label_names)}, got {self.num_classes}")
         _one_of(self, "model", "integration_strategy", ("audio", "dynamic", "concat"))
         _one_of(self, "model", "brief_source", BRIEF_SOURCES)
+        _one_of(self, "model", "report_evidence", REPORT_EVIDENCE)
         if self.prompt_template.count("{}") != 1:
             raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         for sub in (self.stmil, self.evidence_decoder, self.llm):

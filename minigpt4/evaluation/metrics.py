@@ -37,6 +37,7 @@ from sklearn.metrics import (
 
 from minigpt4.evaluation.calibration import calibration_from_records
 from minigpt4.evaluation.evidence import evidence_metrics
+from minigpt4.evaluation.faithfulness import faithfulness_metrics
 
 UNKNOWN = "unknown"
 # metrics.json keys whose difference between two runs is reported by `metric_drop`
@@ -307,6 +308,7 @@ def metrics_from_records(
                                        [r.get("golden_evidence") for r in records], experts)
     out["head"] = head_metrics(records, label_names)
     out["calibration"] = calibration_from_records(records, label_names)
+    out["faithfulness"] = faithfulness_metrics(records, list(label_names))
     out["collapse_warnings"] = collapse_warnings(out)
     return out
 
@@ -379,7 +381,8 @@ def metric_drop(full: Mapping[str, Any], reduced: Mapping[str, Any],
 
 def summary_line(metrics: Mapping[str, Any]) -> str:
     """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000 | majority 0.3000`, plus
-    `| ECE 0.0400 | Brier 0.2100` where the predictions carry a confidence (n/a where undefined;
+    `| ECE 0.0400 | Brier 0.2100` where the predictions carry a confidence and `| faithful 0.9800 |
+    rationale 0.9900` where they carry reports (n/a where undefined;
     `majority` is the majority-class baseline's accuracy)."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.4f}"
@@ -391,4 +394,8 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
     cal = metrics.get("calibration")
     if cal:
         line += f" | ECE {fmt(cal.get('ece'))} | Brier {fmt(cal.get('brier'))}"
+    faith = metrics.get("faithfulness")
+    if faith:
+        line += (f" | faithful {fmt(faith.get('evidence_line_agreement'))}"
+                 f" | rationale {fmt(faith.get('rationale_consistency'))}")
     return line

@@ -60,6 +60,7 @@ class HEROModel(nn.Module):
         self.label_names: tuple[str, ...] = tuple(c.label_names)
         self.brief_source = c.brief_source
         self.brief_dropout = c.brief_dropout
+        self.report_evidence = c.report_evidence
         self.evidence_max_len = c.evidence_max_len
         self.stmil_lr: Optional[float] = c.stmil.lr
         reasoner_cfg = ReasonerConfig.from_model_cfg(c)
@@ -314,8 +315,12 @@ class HEROModel(nn.Module):
         brief_sentences = evidence if use_brief else [None] * batch
         instruction = cot.build_instruction(self.label_names, use_cot)
         turns = self._user_turns([instruction] * batch, brief_sentences, output)
-        reports = self.reasoner.generate(output.context, turns, max_new_tokens=max_new_tokens, num_beams=num_beams,
-                                         do_sample=do_sample, temperature=temperature, top_p=top_p, **gen_kwargs)
+        # the evidence section is the experts' own sentences, given, and the LLM writes the rest
+        prefixes = ([cot.build_evidence_section(e) + cot.RATIONALE_HEADER for e in evidence]
+                    if use_cot and self.report_evidence == "experts" else None)
+        reports = self.reasoner.generate(output.context, turns, prefixes=prefixes, max_new_tokens=max_new_tokens,
+                                         num_beams=num_beams, do_sample=do_sample, temperature=temperature,
+                                         top_p=top_p, **gen_kwargs)
         weights = output.modality_weights.detach().float().cpu().tolist()
         synergy = output.synergy_score.detach().float().cpu().tolist()
         head = self.classify(output)

@@ -283,11 +283,13 @@ class LLMReasoner(nn.Module):
         user_turns: Sequence[str],
         answers: Optional[Sequence[str]] = None,
         padding_side: str = "right",
+        prefixes: Optional[Sequence[str]] = None,
     ) -> LLMInputs:
         """Embed prompt [+ answer] with `context` [B, Q, D] in the video slot, padded to [B, L, D].
 
         Labels are the answer ids and IGNORE_INDEX on prompt, context and padding; the prompt is
-        never truncated (the answer is, by `answer_ids`).
+        never truncated (the answer is, by `answer_ids`). `prefixes` (generation only): the start
+        of each answer, given rather than generated (no EOS), which generation then continues.
         """
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -298,7 +300,10 @@ class LLMReasoner(nn.Module):
         if dim != self.hidden_size:
             raise ValueError(f"context width {dim} != LLM hidden size {self.hidden_size}")
         prompts = self.prompt_ids(user_turns)
-        targets = self.answer_ids(answers) if answers is not None else [[] for _ in range(batch)]
+        if prefixes is not None and (answers is not None or len(prefixes) != batch):
+            raise ValueError("prefixes are for generation: one per sample, and no answers")
+        targets = (self.answer_ids(answers) if answers is not None
+                   else self._encode(list(prefixes)) if prefixes is not None else [[] for _ in range(batch)])
         pad = int(self.tokenizer.pad_token_id)
         rows, ctx_flags, label_rows = [], [], []
         for (left, right), ans in zip(prompts, targets):
@@ -356,14 +361,16 @@ class LLMReasoner(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         use_cache: bool = True,
+        prefixes: Optional[Sequence[str]] = None,
         **gen_kwargs: Any,
     ) -> Tensor:
-        """Batched decoding (left padding, KV cache): new token ids [B, N], padded with pad id.
+        """Batched decoding (left padding, KV cache): new token ids [B, N], padded with pad id
+        (after each sample's given `prefixes` text, when set).
 
         `use_cache=False` runs `greedy_without_cache` instead (transformers 5 always caches when
         generating from `inputs_embeds`): the reference and benchmark baseline, greedy only.
         """
-        inputs = self.build_inputs(context, user_turns, None, padding_side="left")
+        inputs = self.build_inputs(context, user_turns, None, padding_side="left", prefixes=prefixes)
         if not use_cache:
             if num_beams != 1 or do_sample or self.cfg.end_sym or set(gen_kwargs) - {"min_new_tokens"}:
                 raise ValueError("use_cache=False supports plain greedy decoding only (num_beams=1, "
@@ -425,6 +432,8 @@ class LLMReasoner(nn.Module):
             texts = [t.split(self.cfg.end_sym)[0] for t in texts]
         return [t.strip() for t in texts]
 
-    def generate(self, context: Tensor, user_turns: Sequence[str], **kwargs: Any) -> list[str]:
-        """`generate_ids` then `decode`: the generated text per sample."""
-        return self.decode(self.generate_ids(context, user_turns, **kwargs))
+    def generate(self, context: Tensor, user_turns: Sequence[str], prefixes: Optional[Sequence[str]] = None,
+                 **kwargs: Any) -> list[str]:
+        """`generate_ids` then `decode`: the answer per sample (its given prefix + the generated rest)."""
+        texts = self.decode(self.generate_ids(context, user_turns, prefixes=prefixes, **kwargs))
+        return texts if prefixes is None else [(p + t).strip() for p, t in zip(prefixes, texts)]
