@@ -9,7 +9,8 @@ worker pipeline keeps decoding busy and the encoders hidden behind it.
     python bench/bench_extract.py [--videos 12 --seconds 8] [--workers 0 1 2]
     python bench/bench_extract.py --video_dir DIR --config my_models.yaml   # your own videos/models
 
-Prints one line per measurement and a final summary; nothing is timed inside the tests.
+Prints one line per measurement and a final summary; nothing is timed inside the tests. A file
+no decoder can read is reported, skipped and counted in the summary; the others are timed.
 """
 from __future__ import annotations
 
@@ -36,6 +37,32 @@ def make_videos(folder: Path, n: int, seconds: float) -> None:
                    text="this is a short benchmark sentence")
 
 
+def split_decodable(
+    jobs: list[tuple[str, Path]], plan: "DecodePlan"
+) -> tuple[list[tuple[str, Path]], list[tuple[str, Path, str]]]:
+    """Decode every video once, as the extractor does (this also warms the file cache and the
+    decoder libraries): the decodable (id, path) pairs, and (id, path, error) for each file that
+    cannot be decoded, so one broken file in a folder is skipped instead of ending the benchmark."""
+    from minigpt4.extraction.decode import decode_video
+
+    good: list[tuple[str, Path]] = []
+    bad: list[tuple[str, Path, str]] = []
+    for vid, path in jobs:
+        error = None
+        try:
+            for seg in decode_video(vid, path, plan, pre=None, preprocess=False):
+                if "error" in seg:
+                    error = str(seg["error"])
+                    break
+        except Exception as exc:  # a decoder may raise instead of yielding an error segment
+            error = f"{type(exc).__name__}: {exc}"
+        if error is None:
+            good.append((vid, path))
+        else:
+            bad.append((vid, path, error))
+    return good, bad
+
+
 def pure_decode(jobs: list[tuple[str, Path]], plan: "DecodePlan") -> float:
     """Seconds to decode every video exactly as the extractor does (frames + audio), no models."""
     from minigpt4.extraction.decode import decode_video
@@ -43,8 +70,8 @@ def pure_decode(jobs: list[tuple[str, Path]], plan: "DecodePlan") -> float:
     start = time.perf_counter()
     for vid, path in jobs:
         for seg in decode_video(vid, path, plan, pre=None, preprocess=False):
-            if "error" in seg:
-                raise RuntimeError(seg["error"])
+            if "error" in seg:  # it decoded in split_decodable: a flaky decoder, worth stopping for
+                raise RuntimeError(f"{path}: {seg['error']}")
     return time.perf_counter() - start
 
 
@@ -80,19 +107,24 @@ def main() -> int:
         options = [] if args.config else tiny_options(make_tiny_encoders(tmp / "encoders"))
         cfg = load_extract_config(config, options)
         modalities = tuple(cfg.extract.modalities)
-        jobs = list_videos(str(video_dir))
         plan, _ = build_plan(cfg, modalities)
-        print(f"{len(jobs)} videos in {video_dir}, modalities {','.join(modalities)}, "
-              f"torch threads {torch.get_num_threads()}, decode short side {plan.short_side}")
+        jobs, undecodable = split_decodable(list_videos(str(video_dir)), plan)
+        for _, path, error in undecodable:
+            print(f"skipped undecodable {path}: {error}")
+        if not jobs:
+            raise SystemExit(f"no decodable video in {video_dir} ({len(undecodable)} undecodable)")
+        video_list = tmp / "decodable.txt"  # extraction times the same files as pure decoding
+        video_list.write_text("".join(f"{path.resolve()}\n" for _, path in jobs), encoding="utf-8")
+        print(f"{len(jobs)} videos in {video_dir} ({len(undecodable)} undecodable skipped), modalities "
+              f"{','.join(modalities)}, torch threads {torch.get_num_threads()}, decode short side {plan.short_side}")
 
-        pure_decode(jobs[:1], plan)  # warm the file cache and the decoder libraries
         decode_s = min(pure_decode(jobs, plan) for _ in range(args.repeat))
         print(f"pure decode (1 process, best of {args.repeat}): {decode_s:.2f} s, {len(jobs) / decode_s:.2f} videos/s")
 
         results = []
         for w in args.workers:
             out = tmp / f"out_w{w}"
-            argv = ["--video_dir", str(video_dir), "--output_dir", str(out), "--config", config,
+            argv = ["--video_list", str(video_list), "--output_dir", str(out), "--config", config,
                     "--device", args.device, "--num_workers", str(w), "--batch_size", str(args.batch_size),
                     "--no-skip_existing"]
             if options:
@@ -116,7 +148,8 @@ def main() -> int:
         best_w, best = min(results, key=lambda r: r[1])
         verdict = "meets" if best <= 1.5 * decode_s else "misses"
         print(f"summary: best {best:.2f} s with {best_w} workers = {best / decode_s:.2f}x pure decode "
-              f"({verdict} the <= 1.5x goal); {len(jobs) / best:.2f} videos/s")
+              f"({verdict} the <= 1.5x goal); {len(jobs) / best:.2f} videos/s; "
+              f"{len(undecodable)} undecodable file(s) skipped")
     return 0
 
 

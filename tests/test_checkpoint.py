@@ -100,8 +100,12 @@ def test_bad_paths(tmp_path: Path):
 
 def test_training_state_is_loaded_without_unpickling_objects(tmp_path: Path):
     path = save_checkpoint(tmp_path, 1, trainable_state_dict(Net()), state(1))
-    # replace the state by one holding an arbitrary object: weights_only loading must refuse it
+    # replace the state by one holding an arbitrary object: weights_only loading must refuse it,
+    # even when whoever replaced it also rewrote the checksums (they guard against accidents only)
     torch.save({"step": 1, "evil": argparse_namespace()}, path / ckpt.STATE_FILE)
+    with pytest.raises(ckpt.CheckpointCorruptError, match="training_state.pt: sha256"):
+        load_training_state(path)
+    ckpt._write_checksums(path, (ckpt.MODEL_FILE, ckpt.STATE_FILE))
     with pytest.raises(ValueError, match="cannot load training state safely"):
         load_training_state(path)
 
@@ -170,3 +174,61 @@ def test_leftovers_of_a_killed_process_are_ignored_and_cleaned(tmp_path: Path):
     save_checkpoint(tmp_path, 4, trainable_state_dict(Net()), state(4))
     assert not stale.exists()
     assert find_latest_checkpoint(tmp_path).endswith("ckpt_00000004")
+
+
+def _flip_bit(path: Path, offset_from_end: int = 1) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) - offset_from_end] ^= 0x01  # the last bytes are tensor data, not the header
+    path.write_bytes(bytes(raw))
+
+
+def test_checksums_are_written_with_the_checkpoint(tmp_path: Path):
+    path = save_checkpoint(tmp_path, 3, trainable_state_dict(Net()), state(3))
+    record = json.loads((path / ckpt.CHECKSUM_FILE).read_text())
+    assert record["algorithm"] == "sha256"
+    assert record["files"] == {name: ckpt.file_sha256(path / name) for name in (ckpt.MODEL_FILE, ckpt.STATE_FILE)}
+    assert sorted(os.listdir(path)) == sorted([ckpt.CHECKSUM_FILE, ckpt.MODEL_FILE, ckpt.STATE_FILE])
+
+
+def test_bit_flip_in_model_file_is_an_error_naming_it(tmp_path: Path, caplog):
+    """Issue 20 case 8: one flipped bit in model.safetensors used to load silently (still a valid
+    safetensors file, one weight changed); now the recorded sha256 catches it, in eval and resume."""
+    from safetensors.torch import load_file
+
+    torch.manual_seed(2)
+    path = save_checkpoint(tmp_path, 4, trainable_state_dict(Net()), state(4))
+    weights = path / ckpt.MODEL_FILE
+    before = {k: v.clone() for k, v in load_file(weights).items()}
+    _flip_bit(weights)
+    after = load_file(weights)  # the old behaviour: readable, silently different
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    for target in (path, tmp_path, weights):
+        with pytest.raises(ckpt.CheckpointCorruptError) as err:
+            load_model_weights(Net(), target)
+        assert str(weights) in str(err.value) and "does not match" in str(err.value)
+    _flip_bit(weights)  # flipped back: loads again, without a warning
+    with caplog.at_level("WARNING", logger=ckpt.logger.name):
+        load_model_weights(Net(), path)
+    assert not caplog.records
+    _flip_bit(path / ckpt.STATE_FILE, offset_from_end=40)
+    with pytest.raises(ckpt.CheckpointCorruptError, match=str(path / ckpt.STATE_FILE)):
+        load_training_state(path)
+    (path / ckpt.CHECKSUM_FILE).write_text("{not json", encoding="utf-8")
+    with pytest.raises(ckpt.CheckpointCorruptError, match="checksums.json: unreadable checksum record"):
+        load_model_weights(Net(), path)
+
+
+def test_checkpoint_without_checksums_loads_with_one_warning(tmp_path: Path, caplog):
+    """A checkpoint written before checksums existed still loads (weights and state), warned once."""
+    torch.manual_seed(5)
+    src = Net()
+    path = save_checkpoint(tmp_path, 7, trainable_state_dict(src), state(7))
+    (path / ckpt.CHECKSUM_FILE).unlink()
+    with caplog.at_level("WARNING", logger=ckpt.logger.name):
+        for _ in range(2):
+            dst = Net()
+            load_model_weights(dst, path)
+            assert torch.equal(dst.adapter.weight, src.adapter.weight)
+            assert load_training_state(path)["step"] == 7
+    warnings = [r for r in caplog.records if "loading it unverified" in r.getMessage()]
+    assert len(warnings) == 1 and str(path) in warnings[0].getMessage()

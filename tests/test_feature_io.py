@@ -156,7 +156,7 @@ def test_unreadable_zero_byte_missing_and_truncated_files(tmp_path: Path) -> Non
         read_features(empty)
     garbage = tmp_path / "garbage.npz"
     garbage.write_bytes(b"this is not a zip archive at all")
-    with pytest.raises(FeatureFileError, match="unreadable"):
+    with pytest.raises(FeatureFileError, match="not a valid .npz file"):
         read_features(garbage)
     good = tmp_path / "good.npz"
     write_features(good, {"au": np.ones((50, 35))})
@@ -168,7 +168,10 @@ def test_unreadable_zero_byte_missing_and_truncated_files(tmp_path: Path) -> Non
         read_features(tmp_path / "missing.npz")
     st = tmp_path / "bad.safetensors"
     st.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
-    with pytest.raises(FeatureFileError, match="unreadable .safetensors"):
+    with pytest.raises(FeatureFileError, match="not a valid .safetensors file"):
+        read_features(st)
+    st.write_bytes(b"\x0a\x00\x00\x00\x00\x00\x00\x00{not json}")
+    with pytest.raises(FeatureFileError, match="header is not JSON"):
         read_features(st)
     with pytest.raises(FeatureFileError, match="zero-byte"):
         read_features_bytes(b"", ".npz", "shard.tar:0001.npz")
@@ -322,11 +325,9 @@ def test_stored_dtype_reads_and_float64_overflow(tmp_path: Path) -> None:
     raw = read_features(path, dtype=None)
     assert raw.arrays["au"].dtype == np.float16
     np.testing.assert_array_equal(raw.arrays["au"].astype(np.float32), read_features(path).arrays["au"])
-    big = tmp_path / "big.npz"
-    _raw_npz(big, au=np.array([[1e300, 0.0]]))
-    assert read_features(big, dtype=None).arrays["au"].dtype == np.float64
-    with pytest.raises(FeatureFileError, match="overflow float32"):
-        read_features(big)
+    ok64 = tmp_path / "ok64.npz"
+    _raw_npz(ok64, au=np.array([[1e30, -2.0]]))
+    assert read_features(ok64, dtype=None).arrays["au"].dtype == np.float64  # in float32 range: kept
     nan16 = tmp_path / "nan16.npz"
     _raw_npz(nan16, au=np.array([[np.nan, np.inf, -np.inf, 1.0, 65504.0]], dtype=np.float16))
     with pytest.raises(FeatureFileError, match="3 NaN/Inf"):
@@ -355,3 +356,57 @@ def test_prefetch_hints_each_file_and_never_fails(tmp_path: Path, monkeypatch) -
     feature_io.prefetch([tmp_path / "missing.npz", fifo, folder, good])
     assert (good.stat().st_ino, os.POSIX_FADV_WILLNEED) in hinted
     assert read_features(good).arrays["au"].shape == (3, 35)
+
+
+@pytest.mark.parametrize("dtype", [None, np.float32])
+@pytest.mark.parametrize("value", [1e300, -1e300, 3.5e38])
+def test_float64_beyond_float32_names_file_and_key(tmp_path: Path, dtype, value: float) -> None:
+    """Issue 20 case 8: a finite float64 value that overflows float32 used to pass `dtype=None`
+    (the dataset's read) and become Inf in the batch: a loss crash naming no file, and an eval
+    with all weights 0 for the clip and exit 0. Now the read refuses it, naming file and key."""
+    big = tmp_path / "big.npz"
+    _raw_npz(big, hubert=np.array([[1.0, value], [0.0, 2.0]]), transcript=np.array("t"))
+    with pytest.raises(FeatureFileError) as err:
+        read_features(big, dtype=dtype)
+    assert err.value.path == str(big) and err.value.key == "hubert"
+    assert f"values up to {value:g} overflow float32" in str(err.value)
+    with pytest.raises(FeatureFileError, match="overflow float32"):
+        read_features_bytes(big.read_bytes(), ".npz", "shard.tar:big.npz", dtype=dtype)
+    st = tmp_path / "big.safetensors"
+    from safetensors.numpy import save_file
+
+    save_file({"clip": np.array([[value]])}, str(st))
+    with pytest.raises(FeatureFileError, match="overflow float32") as err:
+        read_features(st, dtype=dtype)
+    assert err.value.key == "clip"
+    ints = tmp_path / "ints.npz"  # int64 always fits float32: read, not refused
+    _raw_npz(ints, au=np.array([[2**62, -(2**62)]], dtype=np.int64))
+    assert read_features(ints).arrays["au"].dtype == np.float32
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".npy", ".safetensors"])
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_random_bytes_are_not_called_pickled(tmp_path: Path, suffix: str, allow_pickle: bool) -> None:
+    """Issue 20 case 8: random bytes named .npz were reported as "pickled (object) data" (numpy's
+    words) and as .npy as a refused legacy pickle; now: not a valid file of that format."""
+    path = tmp_path / f"noise{suffix}"
+    path.write_bytes(np.random.default_rng(7).bytes(4096))
+    with pytest.raises(FeatureFileError) as err:
+        read_features(path, allow_pickle=allow_pickle)
+    msg = str(err.value)
+    assert f"not a valid {suffix} file" in msg and str(path) in msg and "pickled" not in msg
+    with pytest.raises(FeatureFileError, match=f"not a valid \\{suffix} file"):
+        read_features_bytes(path.read_bytes(), suffix, "shard.tar:noise", allow_pickle=allow_pickle)
+
+
+def test_plain_npy_and_renamed_npy_are_named_as_such(tmp_path: Path) -> None:
+    """A .npy holding a plain array is no pickle (and no legacy dict); an .npy renamed .npz is no archive."""
+    plain = tmp_path / "plain.npy"
+    np.save(plain, np.ones((2, 3), np.float32))
+    for allow in (False, True):
+        with pytest.raises(FeatureFileError, match=r"a plain float32 array of shape \(2, 3\), not a legacy feature dict"):
+            read_features(plain, allow_pickle=allow)
+    renamed = tmp_path / "renamed.npz"
+    renamed.write_bytes(plain.read_bytes())
+    with pytest.raises(FeatureFileError, match="a single .npy array, not an .npz archive"):
+        read_features(renamed)

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from minigpt4.datasets.npz_container import MemberCRCError, npz_members
+from minigpt4.datasets.npz_container import MemberCRCError, npz_members, signature_problem
 
 
 def _npz_bytes(compress: bool = False, **arrays: np.ndarray) -> np.ndarray:
@@ -95,3 +95,26 @@ def test_every_truncation_and_byte_flip_is_none_crc_error_or_valid() -> None:
             continue
         if got is not None:  # e.g. a flip in a name or an unchecked field: still views of the buffer
             assert all(isinstance(v, np.ndarray) for v in got.values())
+
+
+def test_signature_problem_tells_formats_apart() -> None:
+    """Issue 20 case 8: random bytes were "pickled (object) data"; the signature check says what
+    the bytes are not, and lets every real file of each format (and a pickled .npy) through."""
+    noise = np.random.default_rng(3).bytes(1000)
+    for suffix in (".npz", ".npy", ".safetensors"):
+        assert signature_problem(noise, suffix).startswith(f"not a valid {suffix} file")
+    assert signature_problem(_npz_bytes(a=np.ones(3)), ".npz") is None
+    assert signature_problem(_npz_bytes(compress=True, a=np.ones(3)), ".npz") is None
+    npy = io.BytesIO()
+    np.save(npy, {"clip": np.ones((2, 2))}, allow_pickle=True)  # a legacy pickled dict: the caller decides
+    assert signature_problem(npy.getvalue(), ".npy") is None
+    assert signature_problem(b"\x80\x04\x95" + noise[:20], ".npy") is None  # a pickle.dump file
+    plain = io.BytesIO()
+    np.save(plain, np.zeros((2, 3), np.float16))
+    assert "a plain float16 array of shape (2, 3)" in signature_problem(plain.getvalue(), ".npy")
+    assert "not an .npz archive" in signature_problem(plain.getvalue(), ".npz")
+    from safetensors.numpy import save
+
+    assert signature_problem(save({"a": np.ones((1, 2), np.float16)}), ".safetensors") is None
+    assert "8 bytes" in signature_problem(b"\x00" * 8, ".safetensors")
+    assert signature_problem(noise, ".mp4") is None  # not a feature format: the caller reports the suffix

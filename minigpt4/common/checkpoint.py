@@ -5,15 +5,20 @@ Layout (docs/ARCHITECTURE.md "Checkpoints")::
     <run_dir>/checkpoints/ckpt_<step:08d>/model.safetensors     requires_grad parameters only
     <run_dir>/checkpoints/ckpt_<step:08d>/training_state.pt     optimisers, scheduler, scaler,
                                                                 step, epoch, RNG, config text
+    <run_dir>/checkpoints/ckpt_<step:08d>/checksums.json        sha256 of both files
     <run_dir>/checkpoints/best.json                             which checkpoint is best
 
 A checkpoint is written into a hidden temp folder and renamed into place only once both files
 are complete, so a crash mid-write leaves the previous checkpoints untouched and no half
-checkpoint under a `ckpt_` name. The training state is read with `weights_only=True`
-(no unpickling of arbitrary objects), so it must hold only tensors and plain containers.
+checkpoint under a `ckpt_` name. Loading verifies each file against `checksums.json`, so a
+flipped bit on disk is an error naming the file instead of silently different weights (a
+checkpoint from before checksums loads with one warning). The training state is read with
+`weights_only=True` (no unpickling of arbitrary objects), so it must hold only tensors and plain
+containers.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -21,7 +26,7 @@ import re
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -35,6 +40,8 @@ CKPT_SUBDIR = "checkpoints"
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "training_state.pt"
 BEST_FILE = "best.json"
+CHECKSUM_FILE = "checksums.json"
+_UNVERIFIED_WARNED: Set[str] = set()  # checkpoint folders already warned about (once per process)
 _CKPT_RE = re.compile(r"^ckpt_(\d{8,})$")
 _TMP_PREFIX = ".tmp-"
 
@@ -43,6 +50,10 @@ PathLike = Union[str, Path]
 
 class CheckpointMismatchError(ValueError):
     """Checkpoint keys/shapes do not fit the model; the message names the first offenders."""
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint file whose bytes differ from the sha256 recorded when it was written."""
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -144,6 +155,47 @@ def _fsync_file(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def file_sha256(path: PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in chunks."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _write_checksums(folder: Path, names: Any) -> None:
+    """`checksums.json` for the files just written into the (not yet renamed) checkpoint folder."""
+    record = {"algorithm": "sha256", "files": {name: file_sha256(folder / name) for name in names}}
+    (folder / CHECKSUM_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint_file(file: PathLike) -> None:
+    """Check `file` against the sha256 in `checksums.json` beside it; raise CheckpointCorruptError
+    naming it on a mismatch. Without a recorded checksum (a checkpoint from before they were
+    written, or an exported weights file) it loads unverified, with one warning per folder."""
+    file = Path(file)
+    sums = file.parent / CHECKSUM_FILE
+    want = None
+    if sums.is_file():
+        try:
+            record = json.loads(sums.read_text(encoding="utf-8"))
+            if record.get("algorithm") != "sha256" or not isinstance(record.get("files"), dict):
+                raise ValueError("expected {'algorithm': 'sha256', 'files': {name: hex}}")
+        except (ValueError, AttributeError) as exc:
+            raise CheckpointCorruptError(f"{sums}: unreadable checksum record ({exc})") from None
+        want = record["files"].get(file.name)
+    if want is None:
+        if str(file.parent) not in _UNVERIFIED_WARNED:
+            _UNVERIFIED_WARNED.add(str(file.parent))
+            logger.warning("%s: no sha256 recorded in %s (written before checkpoints had checksums?); "
+                           "loading it unverified", file, sums.name)
+        return
+    got = file_sha256(file)
+    if got != want:
+        raise CheckpointCorruptError(
+            f"{file}: sha256 {got[:16]}... does not match {want[:16]}... recorded in {sums.name} when it was "
+            "saved; the file is corrupted (disk or copy error) or was changed. Use another checkpoint "
+            "(e.g. an older ckpt_* folder) or restore this one from a backup")
+
+
 def save_checkpoint(run_dir: PathLike, step: int, model_state: Mapping[str, torch.Tensor],
                     training_state: Mapping[str, Any], keep_last_k: Optional[int] = None,
                     best: Optional[Mapping[str, Any]] = None) -> Path:
@@ -164,7 +216,8 @@ def save_checkpoint(run_dir: PathLike, step: int, model_state: Mapping[str, torc
         save_file({k: v.contiguous() for k, v in model_state.items()}, str(tmp / MODEL_FILE),
                   metadata={"format": "pt", "step": str(int(step))})
         torch.save(dict(training_state), tmp / STATE_FILE)
-        for f in (MODEL_FILE, STATE_FILE):
+        _write_checksums(tmp, (MODEL_FILE, STATE_FILE))
+        for f in (MODEL_FILE, STATE_FILE, CHECKSUM_FILE):
             _fsync_file(tmp / f)
         old = None
         if final.exists():  # re-saving the same step: swap, then drop the old copy
@@ -201,6 +254,7 @@ def load_training_state(path: PathLike, map_location: Union[str, torch.device] =
     f = ckpt / STATE_FILE if ckpt.is_dir() else ckpt.parent / STATE_FILE
     if not f.is_file():
         raise FileNotFoundError(f"{ckpt}: no {STATE_FILE} (weights-only checkpoint cannot resume training)")
+    verify_checkpoint_file(f)
     try:
         return torch.load(f, map_location=map_location, weights_only=True)
     except Exception as exc:
@@ -213,7 +267,8 @@ def _first(items: List[str], n: int = 5) -> str:
 
 
 def load_model_weights(model: nn.Module, path: PathLike, strict: bool = True) -> str:
-    """Copy saved trainable weights into `model`; returns the `.safetensors` file used.
+    """Copy saved trainable weights into `model` (verified against `checksums.json`); returns the
+    `.safetensors` file used.
 
     `path`: a checkpoint dir, a `.safetensors` file or a run dir (latest checkpoint).
     Strict (default): every trainable parameter must be in the file, every key of the file must
@@ -222,6 +277,7 @@ def load_model_weights(model: nn.Module, path: PathLike, strict: bool = True) ->
     """
     ckpt = resolve_checkpoint(path)
     file = ckpt if ckpt.is_file() else ckpt / MODEL_FILE
+    verify_checkpoint_file(file)
     try:
         state = load_file(str(file))
     except Exception as exc:

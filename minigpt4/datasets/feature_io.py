@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from minigpt4.common.atomic_io import atomic_open
-from minigpt4.datasets.npz_container import MemberCRCError, npz_members
+from minigpt4.datasets.npz_container import MemberCRCError, npz_members, signature_problem
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -59,7 +59,7 @@ class FeatureRecord:
     """The contents of one feature file.
 
     arrays: feature key -> float32 `[T, D]` (T >= 1 frames, D >= 1 dims, all finite); the
-        stored dtype instead when read with `dtype=None`.
+        stored dtype instead when read with `dtype=None` (values still within float32 range).
     transcript: the Whisper transcript ("" when the file has none).
     meta: `meta_<name>` entries, keyed by `<name>`.
     """
@@ -90,13 +90,25 @@ def _validate_array(path: PathLike, key: str, arr: Any, max_dim: Optional[int], 
     bad = _count_nonfinite(arr)
     if bad:
         raise FeatureFileError(path, key, f"{bad} NaN/Inf value(s)")
+    # dtype None: every consumer casts to float32 at most, so that range is checked now
+    _check_range(path, key, arr, np.dtype(np.float32 if dtype is None else dtype))
     if dtype is None or arr.dtype == dtype:
         return arr
+    return arr.astype(dtype)
+
+
+def _check_range(path: PathLike, key: str, arr: np.ndarray, target: np.dtype) -> None:
+    """Refuse finite values that the cast to `target` would turn into Inf (a float64 1e300 is
+    Inf as float32), here where the file and key are known rather than as a NaN loss later.
+    Exact and cheap: casts are monotonic, so only the min and max need casting."""
+    if arr.dtype.kind == "b" or np.can_cast(arr.dtype, target, "safe"):
+        return
+    extremes = np.array([arr.min(), arr.max()], dtype=arr.dtype)
     with np.errstate(over="ignore"):
-        out = arr.astype(dtype)
-    if not np.isfinite(out).all():
-        raise FeatureFileError(path, key, f"value(s) overflow {np.dtype(dtype).name} (|x| > {np.finfo(dtype).max:g})")
-    return out
+        fits = np.isfinite(extremes.astype(target)).all()
+    if not fits:
+        peak, limit = max((float(x) for x in extremes), key=abs), float(np.finfo(target).max)
+        raise FeatureFileError(path, key, f"values up to {peak:g} overflow {target.name} (largest finite {limit:g})")
 
 
 def _count_nonfinite(arr: np.ndarray) -> int:
@@ -126,8 +138,7 @@ def _as_float32(arr: np.ndarray) -> np.ndarray:
         except ImportError:  # pragma: no cover - torch is a dependency of the package
             return arr.astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(arr)).float().numpy()
-    with np.errstate(over="ignore"):  # float64 overflow is reported by the caller
-        return arr.astype(np.float32)
+    return arr.astype(np.float32)  # in range: _check_range ran when the array was validated
 
 
 def _validate_string(path: PathLike, key: str, value: Any) -> str:
@@ -220,12 +231,7 @@ def _convert(path: PathLike, record: FeatureRecord, dtype: Any) -> FeatureRecord
         return record
     if np.dtype(dtype) != np.float32:
         raise ValueError(f"dtype must be float32 or None, got {dtype}")
-    out = {}
-    for key, arr in record.arrays.items():
-        conv = _as_float32(arr)
-        if arr.dtype.itemsize > 4 and not np.isfinite(conv).all():
-            raise FeatureFileError(path, key, "value(s) overflow float32")
-        out[key] = conv
+    out = {key: _as_float32(arr) for key, arr in record.arrays.items()}
     return FeatureRecord(arrays=out, transcript=record.transcript, meta=record.meta)
 
 
@@ -303,13 +309,11 @@ def _safetensors_metadata(path: PathLike, data: bytes) -> dict[str, str]:
     """The `__metadata__` of a safetensors header (8-byte little-endian length + JSON)."""
     import json
 
-    if len(data) < 8:
-        raise FeatureFileError(path, None, "unreadable .safetensors (truncated header)")
-    n = int.from_bytes(data[:8], "little")
+    n = int.from_bytes(data[:8], "little")  # the length was checked by signature_problem
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise FeatureFileError(path, None, f"unreadable .safetensors header ({exc})") from exc
+        raise FeatureFileError(path, None, f"not a valid .safetensors file (header is not JSON: {exc})") from exc
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return dict(meta or {})
 
@@ -372,8 +376,8 @@ def read_features(
 
     Returns float32 `[T, D]` arrays with D <= max_dim (`dtype=None` keeps the stored dtype,
     float16 for files written here, so a caller that subsamples frames converts only those);
-    raises FeatureFileError on a missing, empty or unreadable file, a NaN/Inf value, a
-    non-2-D array, D > max_dim or an object array.
+    raises FeatureFileError on a missing, empty, unreadable or not-this-format file, a NaN/Inf
+    value, a value beyond float32 range (any dtype), a non-2-D array, D > max_dim or an object array.
     """
     path = path if isinstance(path, Path) else Path(path)
     data = _read_file(path)
@@ -399,6 +403,9 @@ def _decode(
     """A feature file's contents by format. `data`: its bytes, or (from `_read_file`) a writable
     uint8 buffer; each format copies only what it needs (the .npz arrays view a writable buffer,
     safetensors wants `bytes`)."""
+    problem = signature_problem(data, suffix)  # before a format's reader misnames random bytes
+    if problem is not None:
+        raise FeatureFileError(path, None, problem)
     if suffix == NPZ_SUFFIX:
         buf = data if isinstance(data, np.ndarray) else np.frombuffer(bytearray(data), dtype=np.uint8)
         record = _read_npz(path, buf, max_dim)

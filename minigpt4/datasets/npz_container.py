@@ -16,7 +16,7 @@ import functools
 import math
 import re
 import struct
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
@@ -40,6 +40,9 @@ _NPY_HEADER = re.compile(
 )
 _NPY_MAGIC = b"\x93NUMPY"
 _PLAIN_KINDS = frozenset("fiubU")
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first local header, or an empty archive
+_PICKLE_PROTOCOLS = range(2, 6)  # pickle.dump's b"\x80" + protocol byte (2..5)
+_NOT_VALID = "not a valid {fmt} file ({why}; starts with {head!r}: random bytes, a partial copy or another format)"
 
 
 class MemberCRCError(ValueError):
@@ -146,3 +149,44 @@ def npz_members(data: np.ndarray) -> Optional[dict[str, np.ndarray]]:
             return None
         out[key] = arr
     return out
+
+
+def signature_problem(data: Union[bytes, np.ndarray], suffix: str) -> Optional[str]:
+    """Why `data` (a whole file) cannot be a `suffix` file (.npz/.npy/.safetensors), or None.
+
+    Checked before a format's own reader, which misnames other bytes (numpy calls random bytes
+    "pickled (object) data", and a legacy reader would refuse them as pickles), so the message
+    says what is wrong. A pickled .npy is not judged here: the caller refuses or reads it.
+    """
+    view = memoryview(data)
+    head = bytes(view[:16])
+    if suffix == ".npz":
+        if head.startswith(_NPY_MAGIC):
+            return "a single .npy array, not an .npz archive (a renamed .npy file?)"
+        if not head.startswith(_ZIP_MAGICS):
+            return _NOT_VALID.format(fmt=".npz", why="no zip archive signature", head=head[:8])
+    elif suffix == ".npy":
+        if head.startswith(_NPY_MAGIC):
+            return _plain_npy_problem(view)
+        if not (len(head) > 1 and head[0] == 0x80 and head[1] in _PICKLE_PROTOCOLS):
+            return _NOT_VALID.format(fmt=".npy", why="neither a .npy array nor a pickle", head=head[:8])
+    elif suffix == ".safetensors":
+        size, n = len(view), int.from_bytes(head[:8], "little")
+        if size < 10 or n > size - 8 or head[8:9] != b"{":
+            why = f"{size} bytes" if size < 10 else (
+                f"header length {n} exceeds the file's {size} bytes" if n > size - 8 else "no JSON header")
+            return _NOT_VALID.format(fmt=".safetensors", why=why, head=head[:8])
+    return None
+
+
+def _plain_npy_problem(view: memoryview) -> Optional[str]:
+    """A .npy holding a plain (not pickled) array is no legacy feature dict; None otherwise."""
+    if len(view) < 10 or view[6] != 1:  # versions 2/3 (rare): left to the legacy reader
+        return None
+    hlen = view[8] | view[9] << 8
+    parsed = _npy_header(bytes(view[10 : 10 + hlen]))
+    if parsed is None:  # object dtype (a pickle) or an unusual header
+        return None
+    dtype, shape, _ = parsed
+    return (f"a plain {dtype} array of shape {shape}, not a legacy feature dict (feature files are .npz or "
+            ".safetensors with one [T, D] array per key)")
