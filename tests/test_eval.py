@@ -380,9 +380,13 @@ def test_command_end_to_end_with_missing_audio_writes_every_file(trained_run):
                 "--missing", "audio", "--max_new_tokens", "6", "--batch_size", "3"], timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     out = trained_run["run"] / "eval_test_missing-audio"  # default: inside the run folder
+    written = json.loads((out / "metrics.json").read_text())
+    # the reliability diagram is drawn for each condition whose reports parsed with a confidence
+    reliability = [f"reliability{sfx}.png" for sfx, m in (("", written), ("_full", written["full"]))
+                   if m["calibration"] is not None]
     assert sorted(p.name for p in out.iterdir()) == sorted([
         "predictions.jsonl", "predictions_full.jsonl", "metrics.json", "confusion_matrix.png",
-        "confusion_matrix_full.png", "modality_weights.png", "modality_weights_full.png"])
+        "confusion_matrix_full.png", "modality_weights.png", "modality_weights_full.png", *reliability])
     summary = [l for l in res.stdout.splitlines() if l.startswith("eval test")]
     assert len(summary) == 1 and "(7 clips, without audio): accuracy " in summary[0]
     assert " | W-F1 " in summary[0] and " | UAR " in summary[0] and " | format " in summary[0]
@@ -398,6 +402,7 @@ def test_command_end_to_end_with_missing_audio_writes_every_file(trained_run):
     assert metrics["n_clips"] == 7 and metrics["n_unlabeled"] == 1 and metrics["world_size"] == 1
     assert metrics["missing_modalities"] == ["audio"] and metrics["split"] == "test"
     assert metrics["checkpoint"].endswith("ckpt_00000001") and metrics["prediction_source"] == "report"
+    assert metrics["command"][-6:] == ["--missing", "audio", "--max_new_tokens", "6", "--batch_size", "3"]
     assert metrics["use_cot"] is True and metrics["generation"] == {"max_new_tokens": 6, "num_beams": 1}
     for key in ("accuracy", "weighted_f1", "uar", "format_compliance"):
         assert metrics["drop"][key] == pytest.approx(metrics["full"][key] - metrics[key]), key
@@ -454,6 +459,11 @@ def test_config_drift_that_keeps_the_shapes_is_an_error(trained_run):
     metrics = eval_cli.run(base + ["--out", str(out), "--allow_config_drift", "--options",
                                    "model.temporal_position=false"])
     assert metrics["n_clips"] == 7
+    # how the model is asked is not drift: the report's evidence section written by the LLM instead
+    asked = eval_cli.run(["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"]), "--max_new_tokens",
+                          "2", "--out", str(trained_run["run"] / "eval_llm_evidence"), "--options",
+                          "model.report_evidence=llm"])
+    assert asked["n_clips"] == 7
 
 
 def test_classification_head_and_config_errors(trained_run, capsys):

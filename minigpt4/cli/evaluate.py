@@ -80,6 +80,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                              f"{DEFAULT_LABEL_TOKENS} with --no_cot)")
     parser.add_argument("--num_beams", type=int, default=1, help="beam search width (default: 1, greedy)")
     args = parser.parse_args(argv)
+    args.command = list(sys.argv[1:] if argv is None else argv)  # recorded in metrics.json
     if args.no_cot and args.use_cls_head:
         parser.error("--no_cot and --use_cls_head exclude each other (the classification head writes no text)")
     if args.no_brief and args.use_cls_head:
@@ -155,6 +156,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     if is_main:
         result = write_outputs(out_dir, gathered, expected_ids, labels, missing, {
             "split": args.split, "checkpoint": str(ckpt_path), "config": str(args.cfg_path),
+            "command": getattr(args, "command", None),  # the arguments that produced this folder
             "world_size": dist_info.world_size, "prediction_source": "cls_head" if args.use_cls_head else "report",
             "use_cot": None if args.use_cls_head else use_cot,
             # was the evidence brief in the prompt: false with --no_brief, else as the model is configured

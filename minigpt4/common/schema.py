@@ -26,6 +26,9 @@ from minigpt4.common.modalities import DEFAULT_EMOTIONS
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
+# model keys that choose how a trained model is asked, not what its weights compute: an eval may
+# set them differently from the run's config.yaml without that being config drift
+INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence"})
 # what `model.llm.dtype` may say (minigpt4/models/hero/llm_reasoner.resolve_dtype reads it)
 LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)

@@ -159,11 +159,14 @@ def typed_model_diff(saved_yaml: Path, cfg: Any) -> list[str]:
 def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> list[str]:
     """Raise ConfigDriftError when `cfg` builds a model other than the one the checkpoint's run trained,
     in a way the weights' shapes cannot show (a permuted label set, temporal positions off, another LoRA
-    scale: same shapes, other predictions). Returns the differences (empty: none, or no config.yaml)."""
+    scale: same shapes, other predictions). Keys that only choose how the model is asked
+    (`schema.INFERENCE_MODEL_KEYS`) may differ. Returns the differences (empty: none, or no config.yaml)."""
+    from minigpt4.common.schema import INFERENCE_MODEL_KEYS
     from minigpt4.evaluation.records import run_dir_of
 
     saved = run_dir_of(checkpoint) / "config.yaml"
     diff = typed_model_diff(saved, cfg) if saved.is_file() else []
+    diff = [d for d in diff if d.split(" ", 1)[0].removeprefix("model.") not in INFERENCE_MODEL_KEYS]
     if diff:
         raise ConfigDriftError(
             f"{cfg_source or 'the config'} differs from the run's {saved} in " + "; ".join(diff[:8])
