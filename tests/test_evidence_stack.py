@@ -26,7 +26,8 @@ def _one_thread():
 
 def _cfg(**overrides: Any):
     base = dict(DIMS, hidden_dim=32, num_queries=4, num_qformer_layers=2, num_output_queries=6, num_heads=4,
-                dropout=0.1, evidence_decoder={"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16})
+                dropout=0.1, evidence_max_len=15,
+                evidence_decoder={"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16})
     base.update(overrides)
     return OmegaConf.create(base)
 
