@@ -60,8 +60,9 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
         output = stack(samples, None, compute_losses=False)
         if output.cls_logits is None:
             raise EvalError("--use_cls_head: the evidence stack returned no cls_logits")
-        readings = model.classify(output)
-        probs = model.head_probs(output).cpu().tolist()
+        head_probs = model.head_probs(output)
+        readings = model.readings(head_probs)
+        probs = head_probs.cpu().tolist()
         evidence = model.generated_evidence(output)
     weights = output.modality_weights.detach().float().cpu().tolist()
     synergy = output.synergy_score.detach().float().cpu().tolist()

@@ -107,24 +107,28 @@ def _json_spans(text: str) -> list[tuple[dict, int, int]]:
         i = end
 
 
-def _json_objects(text: str) -> list[dict]:
-    """Every top-level JSON object in `text`, in order."""
-    return [obj for obj, _, _ in _json_spans(text)]
+def _prediction_object(report: str, require_header: bool) -> tuple[Optional[tuple[dict, int, int]], Optional[str]]:
+    """The prediction object `parse_report` reads, with its [start, end) span in `report`, else
+    (None, why): the last JSON object with an `emotion` key after the last `### Prediction`
+    header (anywhere when `require_header` is False)."""
+    start = report.rfind("### Prediction") if require_header else 0
+    if start < 0:
+        return None, "no '### Prediction' section"
+    spans = [(obj, start + a, start + b) for obj, a, b in _json_spans(report[start:]) if "emotion" in obj]
+    if not spans:
+        return None, "no JSON object with an 'emotion' key"
+    return spans[-1], None
 
 
 def with_confidence(report: str, confidence: float, require_header: bool = True) -> str:
     """`report` with the confidence of its prediction object (the one `parse_report` reads)
-    replaced by `confidence` (rounded to CONFIDENCE_DECIMALS places), so the printed number is the measured one;
-    a report without a prediction object is returned unchanged."""
-    start = report.rfind("### Prediction") if require_header else 0
-    if start < 0:
+    replaced by `confidence` (rounded to CONFIDENCE_DECIMALS places), so the printed number is the
+    measured one; a report without a prediction object is returned unchanged."""
+    found, _ = _prediction_object(report, require_header)
+    if found is None:
         return report
-    spans = [(obj, a, b) for obj, a, b in _json_spans(report[start:]) if "emotion" in obj]
-    if not spans:
-        return report
-    obj, a, b = spans[-1]
-    obj = {**obj, "confidence": round(float(confidence), CONFIDENCE_DECIMALS)}
-    return report[: start + a] + json.dumps(obj) + report[start + b:]
+    obj, a, b = found
+    return report[:a] + json.dumps({**obj, "confidence": round(float(confidence), CONFIDENCE_DECIMALS)}) + report[b:]
 
 
 def parse_report(report: str, label_names: Optional[Sequence[str]] = None, require_header: bool = True) -> ParsedPrediction:
@@ -135,17 +139,10 @@ def parse_report(report: str, label_names: Optional[Sequence[str]] = None, requi
     whose emotion is not a string in `label_names` (when given), is a format failure with
     emotion `unknown`: the label is never guessed from free text.
     """
-    if require_header:
-        head = report.rfind("### Prediction")
-        if head < 0:
-            return ParsedPrediction(UNKNOWN, None, False, "no '### Prediction' section")
-        body = report[head:]
-    else:
-        body = report
-    objects = [o for o in _json_objects(body) if "emotion" in o]
-    if not objects:
-        return ParsedPrediction(UNKNOWN, None, False, "no JSON object with an 'emotion' key")
-    obj = objects[-1]
+    found, why = _prediction_object(report, require_header)
+    if found is None:
+        return ParsedPrediction(UNKNOWN, None, False, why)
+    obj = found[0]
     emotion = obj.get("emotion")
     if not isinstance(emotion, str):
         return ParsedPrediction(UNKNOWN, None, False, "'emotion' is not a string")

@@ -52,17 +52,17 @@ def reliability_bins(confidence: Sequence[float], correct: Sequence[bool],
     return rows
 
 
+def _ece_from_bins(bins: Sequence[Mapping[str, Any]]) -> Optional[float]:
+    n = sum(row["n"] for row in bins)
+    if n == 0:
+        return None
+    return float(sum(row["n"] / n * abs(row["accuracy"] - row["confidence"]) for row in bins if row["n"]))
+
+
 def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool],
                                n_bins: int = DEFAULT_BINS) -> Optional[float]:
     """ECE (see the module docstring); None without clips."""
-    conf, _ = _arrays(confidence, correct)
-    if conf.size == 0:
-        return None
-    total = 0.0
-    for row in reliability_bins(confidence, correct, n_bins):
-        if row["n"]:
-            total += row["n"] / conf.size * abs(row["accuracy"] - row["confidence"])
-    return float(total)
+    return _ece_from_bins(reliability_bins(confidence, correct, n_bins))
 
 
 def brier_score(confidence: Sequence[float], correct: Sequence[bool],
@@ -105,9 +105,10 @@ def calibration_metrics(confidence: Sequence[float], correct: Sequence[bool],
     conf, hit = _arrays(confidence, correct)
     if conf.size == 0:
         return None
+    bins = reliability_bins(conf, hit, n_bins)
     return {
         "n_clips": int(conf.size),
-        "ece": expected_calibration_error(conf, hit, n_bins),
+        "ece": _ece_from_bins(bins),
         "brier": brier_score(conf, hit, probs, gold_index),
         "brier_kind": "top_label" if probs is None else "multiclass",
         f"selective_accuracy@{coverage:g}": selective_accuracy(conf, hit, coverage),
@@ -115,7 +116,7 @@ def calibration_metrics(confidence: Sequence[float], correct: Sequence[bool],
         "mean_confidence": float(conf.mean()),
         "mean_confidence_correct": float(conf[hit].mean()) if hit.any() else None,
         "mean_confidence_wrong": float(conf[~hit].mean()) if (~hit).any() else None,
-        "bins": reliability_bins(conf, hit, n_bins),
+        "bins": bins,
     }
 
 

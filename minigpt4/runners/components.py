@@ -110,12 +110,13 @@ def _model_sections(saved_yaml: Path, cfg: Any) -> Optional[tuple[Any, Any]]:
     return None if old is None or new is None else (old, new)
 
 
-def _section_diff(old: Any, new: Any) -> list[str]:
-    """`model.<key> (<old> in the run, <new> here)` for every leaf key whose value differs (sorted)."""
+def _section_diff(old: Any, new: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """`model.<key> (<old> in the run, <new> here)` for every leaf key whose value differs (sorted),
+    keys in `ignore` left out."""
     from minigpt4.common.config import flatten_keys
 
     diff = []
-    for k in sorted(set(flatten_keys(old)) | set(flatten_keys(new))):
+    for k in sorted((set(flatten_keys(old)) | set(flatten_keys(new))) - ignore):
         a = OmegaConf.select(old, k, default="<unset>", throw_on_missing=False)
         b = OmegaConf.select(new, k, default="<unset>", throw_on_missing=False)
         if OmegaConf.is_config(a) or OmegaConf.is_config(b):
@@ -135,9 +136,10 @@ class ConfigDriftError(ValueError):
     """The config differs from the run's own `config.yaml` in keys that change what the model computes."""
 
 
-def typed_model_diff(saved_yaml: Path, cfg: Any) -> list[str]:
-    """`model.*` keys whose value differs between a run's config.yaml and `cfg`, compared after the schema
-    has filled both with its defaults (a key one side leaves unset is its default); raw keys without a schema."""
+def typed_model_diff(saved_yaml: Path, cfg: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """`model.*` keys (but those in `ignore`) whose value differs between a run's config.yaml and `cfg`,
+    compared after the schema has filled both with its defaults (a key one side leaves unset is its
+    default); raw keys without a schema."""
     import dataclasses
 
     from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, build
@@ -153,7 +155,7 @@ def typed_model_diff(saved_yaml: Path, cfg: Any) -> list[str]:
                         for section, where in ((old, str(saved_yaml)), (new, "config")))
         except ConfigError:
             pass  # a config the schema cannot read: compare the keys as written
-    return _section_diff(old, new)
+    return _section_diff(old, new, ignore)
 
 
 def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> list[str]:
@@ -165,8 +167,7 @@ def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source
     from minigpt4.evaluation.records import run_dir_of
 
     saved = run_dir_of(checkpoint) / "config.yaml"
-    diff = typed_model_diff(saved, cfg) if saved.is_file() else []
-    diff = [d for d in diff if d.split(" ", 1)[0].removeprefix("model.") not in INFERENCE_MODEL_KEYS]
+    diff = typed_model_diff(saved, cfg, INFERENCE_MODEL_KEYS) if saved.is_file() else []
     if diff:
         raise ConfigDriftError(
             f"{cfg_source or 'the config'} differs from the run's {saved} in " + "; ".join(diff[:8])

@@ -219,8 +219,10 @@ class HEROModel(nn.Module):
     def classify(self, output: Any) -> Optional[list[tuple[str, float]]]:
         """(label, probability) of the classification head per clip, or None without a head."""
         probs = self.head_probs(output)
-        if probs is None:
-            return None
+        return None if probs is None else self.readings(probs)
+
+    def readings(self, probs: Tensor) -> list[tuple[str, float]]:
+        """(most likely label, its probability) per row of head probabilities [B, C]."""
         conf, idx = probs.max(dim=-1)
         return [(self.label_names[int(i)], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
 
@@ -323,8 +325,8 @@ class HEROModel(nn.Module):
                                          top_p=top_p, **gen_kwargs)
         weights = output.modality_weights.detach().float().cpu().tolist()
         synergy = output.synergy_score.detach().float().cpu().tolist()
-        head = self.classify(output)
         probs = self.head_probs(output)
+        head = None if probs is None else self.readings(probs)
         ids = samples.get("video_id")
         results = []
         for b, report in enumerate(reports):
