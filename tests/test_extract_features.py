@@ -152,9 +152,18 @@ def test_shapes_follow_the_fps_and_clip_rules(extracted):
         assert z["videomae"].shape == (n_clips, DIMS["videomae"]), vid
         assert "au" not in z  # no OpenFace output given: absent, never zero-filled
         assert str(z["meta_au_source"]) == "none" and "no --openface_dir" in str(z["meta_au_note"])
-        assert str(z["meta_modalities"]) == "clip,videomae,hubert,au,transcript,bert"
+        assert str(z["meta_modalities"]) == "clip,videomae,hubert,au,transcript,bert,prosody,flow,scene"
         assert str(z["meta_clip_fps"]) == "1.0" and str(z["meta_videomae_clip_len"]) == "16"
         assert np.isfinite(z["clip"].astype(np.float32)).all()
+        # measured signals (tests/test_signals.py checks their values): flow steps between the
+        # frames sampled at 8 fps (the VideoMAE frames), prosody 10 Hz windows of the audio
+        motion_frames = {"speech": 24, "silent": 16, "noaudio": 24, "short": 4, "vfr": 26}[vid]
+        assert z["flow"].shape == (motion_frames - 1, 2) and str(z["meta_flow_columns"]) == "mean_speed,p90_speed"
+        if "meta_audio_seconds" in z:
+            assert z["prosody"].shape == (math.ceil(float(z["meta_audio_seconds"]) * 10 - 1e-6), 4), vid
+        else:
+            assert "prosody" not in z and "prosody: no audio track" in str(z["meta_absent"])
+        assert "scene" not in z and "without a text tower" in str(z["meta_absent"])  # the tiny CLIP is vision-only
     assert float(load(out / "vfr.npz")["meta_duration"]) == pytest.approx(3.132, abs=0.01)
 
 
@@ -189,15 +198,18 @@ def test_features_equal_a_direct_forward_of_the_encoders(extracted, encoders, vi
 
     _, out = extracted
     speech, short = load(out / "speech.npz"), load(out / "short.npz")
+    # Frames are decoded once for every modality, at the largest short side any of them needs:
+    # flow's 112 px here (the tiny encoders take 32 px and their processors scale the frames down).
+    side = 112
     with torch.no_grad():
         # CLIP: the pooled output of the frame on screen at t = 1 s.
-        with VideoSource(video_dir / "speech.mp4", backend="decord", short_side=32) as src:
+        with VideoSource(video_dir / "speech.mp4", backend="decord", short_side=side) as src:
             frame = src.frames_at(np.array([1.0]))
         pix = AutoImageProcessor.from_pretrained(encoders["clip"])(images=list(frame), return_tensors="pt")
         ref = CLIPVisionModel.from_pretrained(encoders["clip"])(**pix).pooler_output[0].numpy()
         np.testing.assert_allclose(speech["clip"][1].astype(np.float32), ref, atol=2e-2, rtol=1e-2)
         # VideoMAE: 0.4 s at 8 fps = 4 frames, each repeated 4 times to fill the 16-frame clip.
-        with VideoSource(video_dir / "short.mp4", backend="decord", short_side=32) as src:
+        with VideoSource(video_dir / "short.mp4", backend="decord", short_side=side) as src:
             four = src.frames_at(sample_times(src.info.duration, 8.0))
         assert len(four) == 4
         pix = AutoImageProcessor.from_pretrained(encoders["videomae"])([list(np.repeat(four, 4, axis=0))], return_tensors="pt")
@@ -318,6 +330,8 @@ def test_openface_csv_and_binary_give_au(encoders, video_dir, tmp_path, capsys):
         expected = np.mean([v for t, v in aus if window <= t < window + 1], axis=0)
         np.testing.assert_allclose(row.astype(np.float32), expected, atol=1e-2)
     assert "25 dropped" in str(speech["meta_au_note"])
+    # the rows' windows, since the face-less one is left out (measured_evidence words AU timings from them)
+    assert str(speech["meta_au_fps"]) == "1" and str(speech["meta_au_windows"]) == "0,2"
     short = load(out / "short.npz")  # no CSV: the binary ran
     assert short["au"].shape == (1, 35) and str(short["meta_au_source"]) == "openface_bin"
     failure = json.loads((out / "failures.jsonl").read_text())

@@ -28,6 +28,7 @@ class VideoState:
     au: Any = None
     au_source: str = ""
     au_note: str = ""
+    au_windows: str = ""  # indices of the au rows' windows when some had no usable face ("0-9,15-30")
     outstanding: int = 0
     complete: bool = False
     error: Optional[str] = None

@@ -2,11 +2,11 @@
 
     python scripts/extract_features.py --video_dir videos/ --output_dir features/ \\
         [--config configs/extract/default.yaml] [--device cuda] [--num_workers 4] \\
-        [--modalities clip videomae hubert au transcript bert] [--openface_dir of_csv/] \\
+        [--modalities clip videomae hubert au transcript bert prosody flow scene] [--openface_dir of_csv/] \\
         [--options visual.path=/models/clip-vit-large-patch14 text.language=zh]
 
 Writes `<output_dir>/<video_id>.npz` (float16 arrays `clip`, `videomae`, `hubert`, `au`,
-`bert`, the `transcript` string and `meta_*` strings; format in docs/ARCHITECTURE.md,
+`bert`, `prosody`, `flow`, `scene`, the `transcript` string and `meta_*` strings; format in docs/ARCHITECTURE.md,
 "Feature files") atomically, so an interrupted run never leaves a partial file and a rerun
 (`--skip_existing`, the default) only does what is missing. Failures (unreadable video, bad
 OpenFace CSV, ...) are written to `<output_dir>/failures.jsonl` and the others go on.
@@ -30,8 +30,8 @@ from minigpt4.extraction.pipeline import RunSettings, RunSummary, extract
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options (names and defaults are the interface scripts and docs rely on)."""
     p = argparse.ArgumentParser(
-        description="Extract HERO features (CLIP, VideoMAE, HuBERT, OpenFace AUs, Whisper + BERT) "
-        "from raw videos into one .npz per video.",
+        description="Extract HERO features (CLIP, VideoMAE, HuBERT, OpenFace AUs, Whisper + BERT) and measured "
+        "signals (prosody, optical flow, CLIP scene labels) from raw videos into one .npz per video.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--video_dir", help="folder of videos (searched recursively; id = file stem)")
@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
         from minigpt4.extraction.media_checks import tolerance_from
 
         tolerance_from(cfg)  # a bad value is an error now, not after the models load
+        from minigpt4.extraction.decode import signal_settings
+
+        signal_settings(cfg, modalities)
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"extract_features: error: {exc}", file=sys.stderr)
         return 2

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "extract" / "default.yaml"
-MODALITIES: tuple[str, ...] = ("clip", "videomae", "hubert", "au", "transcript", "bert")
-AUDIO_MODALITIES = ("hubert", "transcript", "bert")
+MODALITIES: tuple[str, ...] = ("clip", "videomae", "hubert", "au", "transcript", "bert", "prosody", "flow", "scene")
+AUDIO_MODALITIES = ("hubert", "transcript", "bert", "prosody")
+# Modalities made from the CLIP frames sampled at visual.fps (scene: CLIP's zero-shot labels).
+CLIP_FRAME_MODALITIES = ("clip", "scene")
 FAILURES_FILE = "failures.jsonl"
 EXTRACTOR_VERSION = "hero-extract-1"
 

@@ -14,13 +14,16 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from minigpt4.extraction.config import AUDIO_MODALITIES
+from minigpt4.extraction.config import AUDIO_MODALITIES, CLIP_FRAME_MODALITIES
 from minigpt4.extraction.media_checks import DEFAULT_TOLERANCE
 
 if TYPE_CHECKING:
     import torch
     from omegaconf import DictConfig
     from torch.utils.data import DataLoader
+
+    from minigpt4.extraction.flow import FlowSettings
+    from minigpt4.extraction.prosody import ProsodySettings
 
 
 @dataclass
@@ -42,6 +45,8 @@ class DecodePlan:
     au_fps: Optional[float] = 1.0
     au_timeout: float = 3600.0
     tolerance: float = DEFAULT_TOLERANCE  # decode.truncation_tolerance: seconds a file may hold less than it declares
+    prosody: Optional["ProsodySettings"] = None  # set when `prosody` is requested (measured in the workers)
+    flow: Optional["FlowSettings"] = None  # set when `flow` is requested
 
     @property
     def want_audio(self) -> bool:
@@ -66,8 +71,20 @@ def stretch_to(frames: np.ndarray, length: int) -> np.ndarray:
     return frames[idx]
 
 
-def openface_aus(video_id: str, path: Path, plan: DecodePlan, duration: float) -> tuple[Optional[np.ndarray], str, str]:
-    """(au `[M, 35]` or None, au_source, note). A bad CSV or a failing binary raises OpenFaceError."""
+def signal_settings(cfg: "DictConfig", modalities: Sequence[str]) -> tuple[Optional["ProsodySettings"], Optional["FlowSettings"]]:
+    """The checked `prosody` and `flow` settings of the requested ones (a bad value is a ValueError)."""
+    from minigpt4.extraction.flow import FlowSettings
+    from minigpt4.extraction.prosody import ProsodySettings
+
+    return (ProsodySettings.from_config(cfg) if "prosody" in modalities else None,
+            FlowSettings.from_config(cfg) if "flow" in modalities else None)
+
+
+def openface_aus(video_id: str, path: Path, plan: DecodePlan, duration: float) -> tuple[Optional[np.ndarray], str, str, str]:
+    """(au `[M, 35]` or None, au_source, note, windows). A bad CSV or a failing binary raises OpenFaceError.
+
+    Windows without a usable face are left out of `au`; `windows` then lists the kept windows'
+    indices ("0-9,15-30", `meta_au_windows`) so each row's time stays known ("" when none is missing)."""
     import shutil
     import tempfile
 
@@ -89,12 +106,18 @@ def openface_aus(video_id: str, path: Path, plan: DecodePlan, duration: float) -
             source = "openface_bin"
         if csv_path is None:
             where = f"no {video_id}.csv in {plan.openface_dir}" if plan.openface_dir else "no --openface_dir/--openface_bin"
-            return None, "none", f"{where} ({BUILTIN_ESTIMATOR_NOTE})"
+            return None, "none", f"{where} ({BUILTIN_ESTIMATOR_NOTE})", ""
         track = read_openface_csv(csv_path, min_confidence=plan.au_min_confidence)
         note = f"{track.rows_total} frames, {track.rows_dropped} dropped (success 0 or confidence < {plan.au_min_confidence})"
         if track.values.shape[0] == 0:
-            return None, source, f"no usable face frame ({note})"
-        return resample_track(track, plan.au_fps, duration), source, note
+            return None, source, f"no usable face frame ({note})", ""
+        au = resample_track(track, plan.au_fps, duration)
+        windows = ""
+        if plan.au_fps is not None and len(au) < max(1, int(math.ceil(duration * plan.au_fps - 1e-6))):
+            from minigpt4.extraction.resample import index_ranges, kept_windows
+
+            windows = index_ranges(kept_windows(track.timestamps, plan.au_fps, duration))
+        return au, source, note, windows
     finally:
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -110,15 +133,18 @@ def _to_shared(x: Optional[np.ndarray]) -> Optional["torch.Tensor"]:
 
 
 def decode_video(
-    video_id: str, path: Path, plan: DecodePlan, pre: Optional[Preprocessors], preprocess: bool = True
+    video_id: str, path: Path, plan: DecodePlan, pre: Optional[Preprocessors], preprocess: bool = True,
+    measure: Optional[bool] = None,
 ) -> Iterator[dict]:
     """Yield one dict per time segment of the video (`last` marks the final one).
 
     Keys: video_id, path, seg, last, info (first segment), and per requested modality:
     `clip` `[n, 3, h, w]`, `videomae` `[c, L, 3, h, w]` (the model inputs; raw uint8 frames
     when preprocess=False), `hubert` `[S']`, `mel` `[M, 3000]` or None when silent, `silent`,
-    `has_audio`; on the last segment `au`, `au_source`, `au_note`. A problem yields a single
-    dict with `error` (and last=True) instead, so the main process records it and goes on.
+    `has_audio`, the measured `prosody` `[w, 3]` and `flow` `[s, 2]` rows of the segment (when
+    `measure`, which defaults to `preprocess`); on the last segment `au`, `au_source`, `au_note`.
+    A problem yields a single dict with `error` (and last=True) instead, so the main process
+    records it and goes on. Frames that several modalities sample at one instant are decoded once.
     """
     from minigpt4.extraction.action_units import OpenFaceError
     from minigpt4.extraction.encoders import is_silent
@@ -138,27 +164,33 @@ def decode_video(
     try:
         info = src.info
         dur = info.duration
-        vis_t = sample_times(dur, plan.visual_fps) if "clip" in mods else np.zeros(0)
+        clip_frames = any(m in mods for m in CLIP_FRAME_MODALITIES)
+        vis_t = sample_times(dur, plan.visual_fps) if clip_frames else np.zeros(0)
         mot_t = sample_times(dur, plan.motion_fps) if "videomae" in mods else np.zeros(0)
+        flo_t = sample_times(dur, plan.flow.fps) if plan.flow is not None else np.zeros(0)
+        measure = preprocess if measure is None else measure
+        flow = prosody = None  # the measured signals are worker-side CPU work, like decoding
+        if measure and plan.flow is not None:
+            from minigpt4.extraction.flow import FlowTracker
+
+            flow = FlowTracker(plan.flow)
+        if measure and plan.prosody is not None:
+            from minigpt4.extraction.prosody import ProsodyTracker
+
+            prosody = ProsodyTracker(plan.prosody)
         seg_len = float(plan.segment_seconds)
         n_seg = max(1, int(math.ceil(dur / seg_len - 1e-9)))
         carry: list[np.ndarray] = []
         for k in range(n_seg):
             t0, t1, last = k * seg_len, (k + 1) * seg_len, k == n_seg - 1
-            v = vis_t[(vis_t >= t0) & ((vis_t < t1) | last)]
-            m = mot_t[(mot_t >= t0) & ((mot_t < t1) | last)]
+            picked = [t[(t >= t0) & ((t < t1) | last)] for t in (vis_t, mot_t, flo_t)]
             seg: dict[str, Any] = {**base, "seg": k, "last": last}
             if k == 0:
                 seg["info"] = asdict(info)
-            if len(v) or len(m):
-                times = np.concatenate([v, m])
-                order = np.argsort(times, kind="stable")
-                frames = np.empty((len(times),) + (info.height, info.width, 3), np.uint8)
-                frames[order] = src.frames_at(times[order])  # one pass in time order (streaming backends)
-                vf, mf = frames[: len(v)], frames[len(v):]
-            else:
-                vf = mf = np.zeros((0, info.height, info.width, 3), np.uint8)
-            if "clip" in mods:
+            vf, mf, ff = _frames_for(src, picked, (info.height, info.width))
+            if flow is not None:
+                seg["flow"] = flow.push(ff)
+            if clip_frames:
                 seg["clip"] = _to_shared(pre.image(vf) if preprocess else vf)
             if "videomae" in mods:
                 carry.extend(mf)
@@ -178,6 +210,8 @@ def decode_video(
                 silent = is_silent(wave, plan.silence_dbfs)
                 seg["silent"] = silent
                 seg["audio_samples"] = int(wave.size)
+                if prosody is not None:
+                    seg["prosody"] = prosody.push(wave, final=last)
                 if "hubert" in mods and wave.size:
                     seg["hubert"] = _to_shared(pre.wave(wave) if preprocess else wave)
                 if ("transcript" in mods or "bert" in mods) and not silent:
@@ -187,7 +221,7 @@ def decode_video(
                 if src.audio is not None:
                     seg["audio_packets"], seg["audio_bad_packets"] = src.audio.packets, src.audio.bad_packets
             if last and "au" in mods:
-                au, seg["au_source"], seg["au_note"] = openface_aus(video_id, path, plan, dur)
+                au, seg["au_source"], seg["au_note"], seg["au_windows"] = openface_aus(video_id, path, plan, dur)
                 seg["au"] = _to_shared(au)
             yield seg
     except (VideoDecodeError, OpenFaceError) as exc:
@@ -197,6 +231,18 @@ def decode_video(
         yield {**base, "error": f"decode: {type(exc).__name__}: {exc}", "last": True}
     finally:
         src.close()
+
+
+def _frames_for(src: Any, groups: Sequence[np.ndarray], size: tuple[int, int]) -> list[np.ndarray]:
+    """The frames shown at each group's times (uint8 `[n, h, w, 3]` per group), every instant decoded
+    once, in one pass in time order (streaming backends need that)."""
+    times = np.concatenate(groups)
+    if not len(times):
+        return [np.zeros((0, *size, 3), np.uint8) for _ in groups]
+    uniq, inverse = np.unique(times, return_inverse=True)
+    frames = src.frames_at(uniq)
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    return [frames[inverse[a:b]] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def _worker_init(_: int) -> None:
@@ -217,6 +263,20 @@ def _identity(x: Any) -> Any:
     return x
 
 
+def _fork_safe_opencv() -> None:
+    """Stop OpenCV's thread pool in this process before decoding workers fork from it.
+
+    The pool does not survive fork: a worker forked from a process whose pool had run (optical
+    flow measured in the main process, e.g. an earlier run with --num_workers 0) hung forever on
+    its first OpenCV call. One thread here joins the pool; it leaves OpenCV single-threaded in
+    this process, as the workers are (one core each)."""
+    import sys
+
+    cv2 = sys.modules.get("cv2")
+    if cv2 is not None:
+        cv2.setNumThreads(1)
+
+
 def make_segment_loader(jobs: list[tuple[str, Path]], plan: DecodePlan, pre: Preprocessors, num_workers: int) -> "DataLoader":
     """A DataLoader over decoded segments; videos are dealt round-robin to the workers."""
     from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -230,6 +290,7 @@ def make_segment_loader(jobs: list[tuple[str, Path]], plan: DecodePlan, pre: Pre
 
     kwargs: dict[str, Any] = dict(batch_size=None, num_workers=num_workers, collate_fn=_identity)
     if num_workers > 0:
+        _fork_safe_opencv()
         kwargs.update(prefetch_factor=2, worker_init_fn=_worker_init, in_order=False)
     return DataLoader(SegmentStream(), **kwargs)
 
@@ -243,13 +304,20 @@ def build_plan(cfg: "DictConfig", modalities: Sequence[str]) -> tuple[DecodePlan
     pre = Preprocessors()
     sides = []
     clip_len = 16
-    if "clip" in modalities:
+    if any(m in modalities for m in CLIP_FRAME_MODALITIES):
         pre.image = fx.ImagePreprocessor(cfg.visual.path)
         sides.append(pre.image.short_side)
     if "videomae" in modalities:
         pre.clip = fx.ClipPreprocessor(cfg.motion.path)
         sides.append(pre.clip.short_side)
         clip_len = int(AutoConfig.from_pretrained(cfg.motion.path).num_frames)
+    prosody, flow = signal_settings(cfg, modalities)
+    if flow is not None:
+        sides.append(flow.short_side)
+    if prosody is not None:
+        from minigpt4.extraction.prosody import warm_up
+
+        warm_up(prosody)  # before the workers fork: librosa's import and numba cache load happen once
     if "hubert" in modalities:
         pre.wave = fx.WaveformPreprocessor(cfg.audio.path)
     if "transcript" in modalities or "bert" in modalities:
@@ -283,5 +351,7 @@ def build_plan(cfg: "DictConfig", modalities: Sequence[str]) -> tuple[DecodePlan
         au_fps=float(au_fps) if au_fps is not None else None,
         au_timeout=float(cfg.au.timeout),
         tolerance=tolerance_from(cfg),
+        prosody=prosody,
+        flow=flow,
     )
     return plan, pre

@@ -2,7 +2,8 @@
 
 `EncoderSet.consume` takes each decoded segment, `finalize` turns a finished video's outputs
 into the arrays, transcript and `meta_*` strings of its feature file (format: docs/ARCHITECTURE.md,
-"Feature files").
+"Feature files"). The measured signals (`prosody`, `flow`) arrive as rows computed in the
+decoding workers; `scene` is scored here from the CLIP frames' projected embeddings.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 import numpy as np
 
 from minigpt4.extraction.batching import BatchQueue, VideoState
-from minigpt4.extraction.config import EXTRACTOR_VERSION, bert_path
+from minigpt4.extraction.config import CLIP_FRAME_MODALITIES, EXTRACTOR_VERSION, bert_path
 from minigpt4.extraction.rerun import CHECKSUM_META, SETTINGS_META, content_checksum, settings_meta
 from minigpt4.extraction.video_io import AUDIO_SAMPLE_RATE
 
@@ -27,10 +28,11 @@ class EncoderSet:
 
         self.cfg = cfg
         self.modalities = tuple(modalities)
-        self.clip = self.videomae = self.hubert = self.whisper = self.bert = None
+        self.clip = self.videomae = self.hubert = self.whisper = self.bert = self.scene = None
+        self.scene_note = ""  # why `scene` is skipped (no text tower), when it is
         self.queues: dict[str, BatchQueue] = {}
-        if "clip" in modalities:
-            self.clip = fx.CLIPFrameEncoder(cfg.visual.path, device, precision, batch_size, output=cfg.visual.output)
+        if any(m in modalities for m in CLIP_FRAME_MODALITIES):
+            self._load_clip(cfg, device, precision, batch_size)
             self.queues["clip"] = BatchQueue("clip", self.clip.encode, batch_size)
         if "videomae" in modalities:
             clips_per_batch = max(1, batch_size // 4)  # a clip is 16 frames
@@ -48,6 +50,29 @@ class EncoderSet:
             self.queues["whisper"] = BatchQueue("whisper", self.whisper.transcribe, batch_size)
         if "bert" in modalities:
             self.bert = fx.BertTextEncoder(bert_path(cfg), device, precision, batch_size, max_length=int(cfg.text.bert.max_length))
+        from minigpt4.extraction.decode import signal_settings
+
+        self.prosody, self.flow = signal_settings(cfg, modalities)
+
+    def _load_clip(self, cfg: "DictConfig", device: str, precision: str, batch_size: int) -> None:
+        """The CLIP frame encoder; the whole CLIPModel (text tower too) when `scene` is requested and there is one."""
+        from minigpt4.extraction import encoders as fx
+
+        path = str(cfg.visual.path)
+        with_text = False
+        if "scene" in self.modalities:
+            from minigpt4.extraction.scene import text_tower_problem
+
+            self.scene_note = text_tower_problem(path) or ""
+            with_text = not self.scene_note
+        self.clip = fx.CLIPFrameEncoder(path, device, precision, batch_size, output=cfg.visual.output, with_text=with_text)
+        if with_text:
+            from transformers import AutoTokenizer
+
+            from minigpt4.extraction.scene import SceneScorer
+
+            self.scene = SceneScorer(self.clip.model, AutoTokenizer.from_pretrained(path), list(cfg.visual.scene_prompts),
+                                     self.clip.device)
 
     @property
     def hubert_fps(self) -> float:
@@ -64,6 +89,9 @@ class EncoderSet:
         st.audio_samples += int(seg.get("audio_samples", 0))
         if "clip" in self.queues:
             self.queues["clip"].add(st, seg.get("clip"))
+        for key in ("prosody", "flow"):  # rows measured in the decoding worker
+            if seg.get(key) is not None:
+                st.parts.setdefault(key, []).append(np.asarray(seg[key], np.float32))
         if "videomae" in self.queues:
             self.queues["videomae"].add(st, seg.get("videomae"))
         if self.hubert is not None and seg.get("hubert") is not None:
@@ -82,6 +110,7 @@ class EncoderSet:
             st.complete = True
             if "au_source" in seg:
                 st.au, st.au_source, st.au_note = seg.get("au"), seg["au_source"], seg["au_note"]
+                st.au_windows = seg.get("au_windows", "")
 
     def drain(self) -> None:
         """Run every queue, full or not (end of input, or to free waiting videos)."""
@@ -99,13 +128,19 @@ class EncoderSet:
         if st.audio_damage and not audio_verdict(st.audio_packets, st.audio_bad_packets, st.audio_samples):
             lost = f"audio undecodable ({st.audio_damage})"
             st.parts.pop("hubert", None)
+            st.parts.pop("prosody", None)
         no_audio = lost or "no audio track"
+        if st.parts.get("clip") and self.clip.with_projection:  # [pooled | projected]: scene takes the latter
+            both = np.concatenate(st.parts["clip"])
+            st.parts["clip"] = [both[:, : self.clip.dim]]
+            arrays["scene"] = self.scene.probabilities(both[:, self.clip.dim:])
         for key in ("clip", "videomae", "hubert"):
             if key in self.modalities:
                 if st.parts.get(key):
                     arrays[key] = np.concatenate(st.parts[key]).astype(np.float32)
                 else:
                     absent.append(f"{key}: " + (no_audio if key == "hubert" else "no frames"))
+        absent += self._signals(st, arrays, no_audio)
         if "hubert" in arrays and self.hubert_fps < self.hubert.frame_rate:
             from minigpt4.extraction.resample import window_means
 
@@ -145,6 +180,27 @@ class EncoderSet:
             meta["absent"] = "; ".join(absent)
         return arrays, transcript, meta
 
+    def _signals(self, st: VideoState, arrays: dict[str, np.ndarray], no_audio: str) -> list[str]:
+        """Put the measured `prosody`, `flow` and `scene` into `arrays`; returns the absent notes."""
+        from minigpt4.extraction.prosody import prosody_track
+
+        absent = []
+        if self.prosody is not None:
+            track = prosody_track(st.parts.get("prosody", []), self.prosody)
+            if len(track):
+                arrays["prosody"] = track
+            else:
+                absent.append("prosody: " + no_audio)
+        if self.flow is not None:
+            rows = st.parts.get("flow", [])
+            if rows and sum(len(r) for r in rows):
+                arrays["flow"] = np.concatenate(rows)
+            else:
+                absent.append("flow: fewer than 2 frames at flow.fps")
+        if "scene" in self.modalities and "scene" not in arrays:
+            absent.append("scene: " + (self.scene_note or "no frames"))
+        return absent
+
     def meta(self, st: VideoState, audio_state: str) -> dict[str, str]:
         """The `meta_*` strings: which models and rates made the file, so features stay traceable."""
         cfg = self.cfg
@@ -162,8 +218,9 @@ class EncoderSet:
             **({"audio_seconds": f"{st.audio_samples / AUDIO_SAMPLE_RATE:.3f}"} if st.audio_samples else {}),
             SETTINGS_META: settings_meta(cfg, self.modalities),
         }
-        if self.clip is not None:
+        if "clip" in self.modalities:
             meta.update(clip_model=str(cfg.visual.path), clip_fps=str(cfg.visual.fps), clip_output=str(cfg.visual.output))
+        meta.update(self._signal_meta())
         if self.videomae is not None:
             meta.update(videomae_model=str(cfg.motion.path), videomae_fps=str(cfg.motion.fps),
                         videomae_clip_len=str(self.videomae.clip_len))
@@ -176,4 +233,23 @@ class EncoderSet:
             meta.update(bert_model=self.bert.path)
         if "au" in self.modalities:
             meta.update(au_source=st.au_source or "none", au_note=st.au_note)
+            if st.au is not None and len(st.au):
+                au_fps = cfg.au.fps if cfg.au.fps is not None else cfg.visual.fps
+                meta.update(au_fps=f"{float(au_fps):g}", **({"au_windows": st.au_windows} if st.au_windows else {}))
+        return meta
+
+    def _signal_meta(self) -> dict[str, str]:
+        """Column names, rates and labels of the measured signals (what measured_evidence.py reads)."""
+        from minigpt4.extraction.flow import FLOW_COLUMNS, FLOW_UNIT
+        from minigpt4.extraction.prosody import PROSODY_COLUMNS
+        from minigpt4.extraction.scene import labels_meta
+
+        meta = {}
+        if self.prosody is not None:
+            meta.update(prosody_columns=",".join(PROSODY_COLUMNS), prosody_fps=f"{self.prosody.fps:g}")
+        if self.flow is not None:
+            meta.update(flow_columns=",".join(FLOW_COLUMNS), flow_fps=f"{self.flow.fps:g}", flow_unit=FLOW_UNIT,
+                        flow_method=self.flow.method)
+        if self.scene is not None:
+            meta.update(scene_labels=labels_meta(self.scene.prompts), scene_model=str(self.cfg.visual.path))
         return meta

@@ -3,7 +3,8 @@
 Each encoder wraps a Hugging Face model loaded once with `from_pretrained(path_or_id)` (a hub
 id or a local folder) and turns preprocessed inputs into a float32 numpy array:
 
-  CLIPFrameEncoder     frames  [N, 3, h, w]      -> clip     [N, D]    (D = 1024 for ViT-L/14)
+  CLIPFrameEncoder     frames  [N, 3, h, w]      -> clip     [N, D]    (D = 1024 for ViT-L/14; + the
+                                                    projected embeddings scene.py scores)
   VideoMAEClipEncoder  clips   [C, L, 3, h, w]   -> videomae [C, D]    (D = 768 for base)
   HuBERTEncoder        wave    [S] (16 kHz)      -> hubert   [T_a, D]  (D = 1024 for large, 50 Hz)
   WhisperTranscriber   log-mel [B, M, 3000]      -> transcripts (list of str)
@@ -204,33 +205,50 @@ def is_silent(wave: np.ndarray, threshold_dbfs: float = -45.0, frame_seconds: fl
 
 
 class CLIPFrameEncoder(_Runner):
-    """CLIP vision tower: one embedding per sampled frame."""
+    """CLIP vision tower: one embedding per sampled frame.
+
+    `with_projection`: `encode` also returns each frame's projected joint-space embedding (the
+    `image_embeds` the scene labels compare with text, scene.py) after the chosen output's D
+    columns; `with_text` loads the whole CLIPModel, so the text tower is there for those labels.
+    """
 
     key = "clip"
     OUTPUTS = ("pooled", "image_embeds")
 
-    def __init__(self, path: str, device: str = "cpu", precision: str = "auto", batch_size: int = 32, output: str = "pooled") -> None:
+    def __init__(self, path: str, device: str = "cpu", precision: str = "auto", batch_size: int = 32,
+                 output: str = "pooled", with_text: bool = False, with_projection: bool = False) -> None:
         super().__init__(device, precision, batch_size)
         if output not in self.OUTPUTS:
             raise ValueError(f"clip output must be one of {self.OUTPUTS}, got {output!r}")
-        from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
+        from transformers import CLIPModel, CLIPVisionModel, CLIPVisionModelWithProjection
 
-        self.path, self.output = path, output
-        cls = CLIPVisionModel if output == "pooled" else CLIPVisionModelWithProjection
+        self.path, self.output, self.with_projection = path, output, with_projection or with_text
+        if with_text:
+            cls = CLIPModel
+        else:
+            cls = CLIPVisionModel if output == "pooled" and not self.with_projection else CLIPVisionModelWithProjection
         self.model = self._load(cls, path)
+        self.vision = self.model if isinstance(self.model, CLIPVisionModel) else self.model.vision_model
+        self.projection = getattr(self.model, "visual_projection", None)
+        cfg = self.vision.config
+        self.projection_dim = None if self.projection is None else int(self.projection.out_features)
+        self.dim = int(cfg.hidden_size) if output == "pooled" else int(self.projection_dim)
 
     def encode(self, pixel_values: np.ndarray) -> np.ndarray:
-        """pixel_values float32 `[N, 3, h, w]` -> `[N, D]`."""
+        """pixel_values float32 `[N, 3, h, w]` -> `[N, D]` (`[N, D + P]` with_projection)."""
         import torch
 
         outs = []
         with torch.inference_mode(), self._ctx():
             for lo in range(0, len(pixel_values), self.batch_size):
-                o = self.model(pixel_values=self._tensor(pixel_values[lo : lo + self.batch_size]))
-                emb = o.pooler_output if self.output == "pooled" else o.image_embeds
+                pooled = self.vision(pixel_values=self._tensor(pixel_values[lo : lo + self.batch_size])).pooler_output
+                proj = self.projection(pooled) if self.projection is not None else None
+                emb = pooled if self.output == "pooled" else proj
+                if self.with_projection:
+                    emb = torch.cat([emb, proj], dim=1)
                 outs.append(emb.float().cpu().numpy())
-        dim = self.model.config.hidden_size if self.output == "pooled" else self.model.config.projection_dim
-        return np.concatenate(outs) if outs else np.zeros((0, dim), np.float32)
+        width = self.dim + (self.projection_dim if self.with_projection else 0)
+        return np.concatenate(outs) if outs else np.zeros((0, width), np.float32)
 
 
 class VideoMAEClipEncoder(_Runner):

@@ -57,6 +57,16 @@ def modality_settings(cfg: "DictConfig", modalities: Sequence[str]) -> dict[str,
         "transcript": speech,
         "bert": {**speech, "path": bert_path(cfg), "max_length": text.bert.max_length},
     }
+    if "prosody" in modalities:  # pyin's smoothing restarts at each segment: its length matters too
+        p = cfg.prosody
+        table["prosody"] = {"fps": p.fps, "fmin": p.fmin, "fmax": p.fmax, "resolution": p.resolution,
+                            "speech_dbfs": p.speech_dbfs, "speech_bridge": p.speech_bridge,
+                            "segment_seconds": dec.segment_seconds}
+    if "flow" in modalities:
+        table["flow"] = {"fps": cfg.flow.fps, "short_side": cfg.flow.short_side, "method": cfg.flow.method}
+    if "scene" in modalities:
+        table["scene"] = {"path": cfg.visual.path, "fps": cfg.visual.fps,
+                          "prompts": json.dumps([str(x) for x in cfg.visual.scene_prompts], ensure_ascii=False)}
     return {m: {k: _norm(v) for k, v in table[m].items()} for m in modalities if m in table}
 
 

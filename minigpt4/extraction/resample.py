@@ -12,6 +12,31 @@ from typing import Optional
 import numpy as np
 
 
+def _window_of(timestamps: np.ndarray, fps: float, duration: Optional[float]) -> np.ndarray:
+    """The window index of each timestamp (a frame at or just past `duration` joins the last window)."""
+    end = duration if duration is not None else float(timestamps.max()) + 1e-6
+    n_windows = max(1, int(math.ceil(end * fps - 1e-6)))
+    return np.clip(np.floor(timestamps * fps + 1e-9).astype(np.int64), 0, n_windows - 1)
+
+
+def kept_windows(timestamps: np.ndarray, fps: float, duration: Optional[float] = None) -> np.ndarray:
+    """Sorted indices of the windows `window_means` returns a row for (the windows holding a frame)."""
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    if timestamps.size == 0:
+        return np.zeros(0, np.int64)
+    return np.unique(_window_of(timestamps, fps, duration))
+
+
+def index_ranges(indices: np.ndarray) -> str:
+    """Sorted integers as compact ranges: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" (minigpt4/datasets/measured_evidence.py reads it back)."""
+    idx = np.asarray(indices, dtype=np.int64)
+    if idx.size == 0:
+        return ""
+    breaks = np.flatnonzero(np.diff(idx) != 1)
+    starts, ends = idx[np.r_[0, breaks + 1]], idx[np.r_[breaks, idx.size - 1]]
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in zip(starts, ends))
+
+
 def window_means(values: np.ndarray, timestamps: np.ndarray, fps: float, duration: Optional[float] = None) -> np.ndarray:
     """float32 `[M, D]`: the mean of the frames whose timestamp lies in each window
     [k/fps, (k+1)/fps), in time order.
@@ -28,9 +53,7 @@ def window_means(values: np.ndarray, timestamps: np.ndarray, fps: float, duratio
         raise ValueError(f"expected values [N, D] and timestamps [N], got {values.shape} and {timestamps.shape}")
     if values.shape[0] == 0:
         return values.astype(np.float32)
-    end = duration if duration is not None else float(timestamps.max()) + 1e-6
-    n_windows = max(1, int(math.ceil(end * fps - 1e-6)))
-    win = np.clip(np.floor(timestamps * fps + 1e-9).astype(np.int64), 0, n_windows - 1)
+    win = _window_of(timestamps, fps, duration)
     order = np.argsort(win, kind="stable")
     win = win[order]
     starts = np.flatnonzero(np.r_[True, win[1:] != win[:-1]])

