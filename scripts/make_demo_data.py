@@ -36,6 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="one total (split 8:1:2 into train/val/test) or three sizes TRAIN VAL TEST (default: 480 60 120)",
     )
     p.add_argument(
+        "--label_only", action="store_true",
+        help="also write <out>/annotations_label_only.json: the same records without any `evidence` or "
+        "`reasoning` (labels, splits and transcripts kept), to see what HERO does with label-only data",
+    )
+    p.add_argument(
         "--report", action="store_true",
         help="also measure the mean-pool and pooled-stats logistic-regression baselines on the test split "
         "and the oracle ceilings; written to <out>/demo_report.json",
@@ -64,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         "max_dim": demo_data.DEMO_MAX_DIM,
         "max_len": demo_data.DEMO_MAX_LEN,
     }
+    if args.label_only:
+        records = json.loads(summary.annotations.read_text())
+        stripped = [{k: v for k, v in r.items() if k not in ("evidence", "reasoning", "answer")} for r in records]
+        info["annotations_label_only"] = str(atomic_write_json(summary.out_dir / "annotations_label_only.json", stripped))
     if args.report:
         info.update(demo_data.measure_report(summary, seed=args.seed))
         atomic_write_json(summary.out_dir / "demo_report.json", info)

@@ -130,6 +130,16 @@ def test_records_carry_the_batch_golden_evidence():
     assert [(r["head_emotion"], r["label_probs"], r["confidence_source"]) for r in recs] == [(None, None, None)] * 2
     no_evidence = eu.records_from_batch({"video_id": ["c"]}, [{"emotion": "sad"}])
     assert no_evidence[0]["golden_evidence"] == {}
+    # a measured sentence is the model's input, not a reference: it stays out of golden_evidence;
+    # the sources and the transcript the prompt quoted are kept
+    measured = {"video_id": ["d"], "emotion_label": ["sad"], "transcript": ["I miss her."],
+                "evidence": [{"audio": "A sob.", "au": "AU15 lip corner depressor (peak 2.0 of 5)"}],
+                "evidence_source": [{"audio": "annotated", "au": "measured"}]}
+    out = {"emotion": "sad", "evidence": {"au": "AU15 lip corner depressor (peak 2.0 of 5)", "audio": "a sob"},
+           "evidence_source": {"au": "measured", "audio": "generated", "motion": "none"}}
+    rec = eu.records_from_batch(measured, [out])[0]
+    assert rec["golden_evidence"] == {"audio": "A sob."} and rec["transcript"] == "I miss her."
+    assert rec["evidence_source"] == {"au": "measured", "audio": "generated", "motion": "none"}
 
 
 # -------------------------------------------------------------------- --no_brief

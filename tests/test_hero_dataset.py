@@ -156,11 +156,19 @@ def test_targets_labels_and_evidence(corpus) -> None:
     s = ds[0]
     assert s["emotion"] == 0 and s["emotion_label"] == "neutral"
     assert s["instruction"] == cot.build_instruction(DEFAULT_EMOTIONS, True)
-    assert s["evidence"] == {"visual": "She smiles.", "audio": "Bright voice.", "synergy": "Voice and face agree."}
+    annotated = {"visual": "She smiles.", "audio": "Bright voice.", "synergy": "Voice and face agree."}
+    # annotated sentences as they are; the file's AUs and transcript word the two unannotated experts
+    assert {k: s["evidence"][k] for k in annotated} == annotated
+    assert set(s["evidence"]) == set(annotated) | {"au", "text"}
+    assert s["evidence"]["text"] == 'says "words 0"' and s["evidence"]["au"].startswith("AU12 lip corner puller")
+    assert s["evidence_source"] == {**{k: "annotated" for k in annotated}, "au": "measured", "text": "measured"}
     assert s["answer"] == cot.build_cot_target("neutral", s["evidence"], "Smile and bright voice.")
     assert cot.parse_report(s["answer"], DEFAULT_EMOTIONS).emotion == "neutral"
     assert s["transcript"] == "words 0"
-    assert ds[1]["evidence"] == {}
+    assert set(ds[1]["evidence_source"].values()) <= {"measured"}  # nothing annotated: only what was measured
+    # off: only annotated sentences, none for a clip without them
+    bare = _dataset(corpus, training=False, measured_evidence=False)
+    assert bare[0]["evidence"] == annotated and bare[1]["evidence"] == {} and bare[1]["evidence_source"] == {}
     plain = _dataset(corpus, training=False, use_cot=False)
     assert plain[2]["answer"] == cot.build_label_target("happy")
     assert plain[2]["instruction"] == cot.build_instruction(DEFAULT_EMOTIONS, False)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from minigpt4.common import cot
 from minigpt4.common.modalities import AUDIO, AU, DEFAULT_EMOTIONS, EXPERT_ORDER, TEXT, VIDEO_PLACEHOLDER
 from minigpt4.common.registry import registry
+from minigpt4.models.hero.hero_model import NO_EVIDENCE_BRIEF
 from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER
 
 DIMS = {"video_dim": 6, "audio_dim": 8, "au_dim": 5, "text_dim": 6, "visual_dim": 8}
@@ -198,8 +199,10 @@ def test_batched_generation_equals_one_by_one(trained):
 
 def test_checkpoint_round_trip_restores_generation(trained, llm_dir, tmp_path):
     model = trained["model"]
+    from minigpt4.common.checkpoint import trainable_state_dict
+
     path = tmp_path / "model.safetensors"
-    save_file(trainable_state(model), str(path))
+    save_file(trainable_state_dict(model), str(path))  # what a checkpoint holds: incl. the coverage buffer
     fresh = build(trained["cfg"], seed=123).eval()
     before = fresh.generate(trained["batch"], max_new_tokens=40)
     missing, unexpected = fresh.load_state_dict(load_file(str(path)), strict=False)
@@ -212,6 +215,8 @@ def test_checkpoint_round_trip_restores_generation(trained, llm_dir, tmp_path):
     names = list(load_file(str(path)))
     assert any(".lora_A." in n for n in names) and any(n.startswith("evidence_stack.") for n in names)
     assert not any(".base_layer." in n or "embed_tokens" in n for n in names)  # the frozen LLM is not saved
+    # which experts the decoder was trained on travels with the weights: motion and synergy never had a target
+    assert load_file(str(path))["coverage.seen"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
 
 
 # -------------------------------------------------------------------- gradients & losses
@@ -322,9 +327,13 @@ def test_golden_brief_at_training_generated_at_inference(llm_dir, monkeypatch):
                                                   "feature_mask": batch["feature_mask"]}, None, compute_losses=False)
     generated = model.generated_evidence(output)
     present = output.expert_present
+    # no clip annotates motion or synergy: their decoder never had a target, so they say nothing was observed
+    assert model.coverage.trained().tolist() == [False, True, True, True, True, False]
     for b, turn in enumerate(turns):
         golden = {k: v for k, v in batch["evidence"][b].items() if present[b, EXPERT_ORDER.index(k)]}
-        expected = {**generated[b], **golden}  # golden where annotated, generated for the other present experts
+        untrained = {n: NO_EVIDENCE_BRIEF for n in ("motion", "synergy") if present[b, EXPERT_ORDER.index(n)]}
+        # golden where annotated, generated for the other present (trained) experts
+        expected = {**generated[b], **untrained, **golden}
         assert set(generated[b]) == {n for e, n in enumerate(EXPERT_ORDER) if present[b, e]}
         assert len(brief_lines(turn)) == len(expected)
         assert all(f"[{n}] {s}" in turn for n, s in expected.items())
@@ -336,9 +345,11 @@ def test_golden_brief_at_training_generated_at_inference(llm_dir, monkeypatch):
     results = model.generate(batch, max_new_tokens=2)
     for turn, res in zip(seen[-1], results):
         weights = res["modality_weights"]
-        expected_order = sorted(res["evidence"], key=lambda n: (-weights[n], EXPERT_ORDER.index(n)))
+        expected_order = sorted(res["evidence_source"], key=lambda n: (-weights[n], EXPERT_ORDER.index(n)))
         assert [line.split("]")[0][1:] for line in brief_lines(turn)] == expected_order
         assert all(f"[{n}] {s}" in turn for n, s in res["evidence"].items())
+        assert f"[motion] {NO_EVIDENCE_BRIEF}" in turn and "motion" not in res["evidence"]
+        assert res["evidence_source"]["motion"] == "none" and res["evidence_source"]["visual"] == "generated"
         assert "Laughs." not in turn  # inference never sees golden sentences
     assert "audio" not in results[1]["evidence"]
 
@@ -349,11 +360,13 @@ def test_brief_sources_generated_and_none(llm_dir, monkeypatch):
     seen = capture_turns(gen_model, monkeypatch)
     gen_model(batch)
     output = gen_model.evidence_stack(batch, None, compute_losses=False)
-    generated = gen_model.generated_evidence(output)
-    assert any(generated)  # untrained decoder still writes something for present experts
-    for turn, clip in zip(seen[-1], generated):
-        assert len(brief_lines(turn)) == len(clip) and all(f"[{n}] {s}" in turn for n, s in clip.items())
+    generated, sources = gen_model.expert_evidence(batch, output)
+    assert any(generated)  # the decoder writes for present experts that had a target in training
+    for turn, clip, src in zip(seen[-1], generated, sources):
+        shown = {**clip, **{n: NO_EVIDENCE_BRIEF for n, where in src.items() if where == "none"}}
+        assert len(brief_lines(turn)) == len(shown) and all(f"[{n}] {s}" in turn for n, s in shown.items())
         assert "Laughs." not in turn
+        assert src.get("motion") == "none" and "motion" not in clip  # no clip annotates motion
     none_model = build(make_cfg(llm_dir, brief_source="none"))
     seen = capture_turns(none_model, monkeypatch)
     none_model(batch)
@@ -503,3 +516,31 @@ def test_report_evidence_from_the_experts_is_given_not_generated(llm_dir, monkey
     assert seen == [None]
     with pytest.raises(Exception, match="report_evidence"):
         build(make_cfg(llm_dir, report_evidence="golden"))
+
+
+def test_transcript_and_measured_evidence_reach_the_prompt_and_the_report(llm_dir, monkeypatch):
+    model = build(make_cfg(llm_dir, brief_source="generated", report_evidence="experts", transcript_max_tokens=4))
+    batch = make_batch()
+    batch["transcript"] = ["Oh great, another meeting today at noon.", "", "Fine."]
+    batch["evidence"] = [{"au": "AU12 lip corner puller (peak 2.4 of 5)"}, {"au": "AU15."}, {}]
+    batch["evidence_source"] = [{"au": "measured"}, {"au": "annotated"}, {}]
+    seen = capture_turns(model, monkeypatch)
+    model(batch)
+    train_turns = seen[-1]
+    model.eval()
+    results = model.generate(batch, max_new_tokens=2)
+    for turns in (train_turns, seen[-1]):  # training and inference prompts alike
+        words = model.reasoner.tokenizer.decode(
+            model.reasoner.tokenizer("Oh great, another meeting today at noon.", add_special_tokens=False)["input_ids"][:4])
+        assert f'The person in the video says: "{words.strip()} ..."' in turns[0]
+        assert "says:" not in turns[1] and 'says: "Fine."' in turns[2]
+        assert "[au] AU12 lip corner puller (peak 2.4 of 5)" in turns[0]  # measured: shown as it is
+        assert "AU15." not in turns[1]  # annotated: a target, never an input
+    assert results[0]["evidence"]["au"] == "AU12 lip corner puller (peak 2.4 of 5)"
+    assert results[0]["evidence_source"]["au"] == "measured" and results[1]["evidence_source"]["au"] == "generated"
+    assert "- Physiological: AU12 lip corner puller (peak 2.4 of 5)" in results[0]["report"]
+    off = build(make_cfg(llm_dir, use_transcript=False))
+    seen = capture_turns(off, monkeypatch)
+    off.eval()
+    off.generate(batch, max_new_tokens=2)
+    assert not any("says:" in turn for turn in seen[-1])

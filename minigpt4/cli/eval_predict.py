@@ -63,11 +63,11 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
         head_probs = model.head_probs(output)
         readings = model.readings(head_probs)
         probs = head_probs.cpu().tolist()
-        evidence = model.generated_evidence(output)
+        evidence, sources = model.expert_evidence(samples, output)
     weights = output.modality_weights.detach().float().cpu().tolist()
     synergy = output.synergy_score.detach().float().cpu().tolist()
     return [{"report": None, "emotion": label, "confidence": conf, "format_ok": None,
-             "evidence": evidence[b], "synergy_score": float(synergy[b]),
+             "evidence": evidence[b], "evidence_source": sources[b], "synergy_score": float(synergy[b]),
              "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
              "head_emotion": label, "head_confidence": conf, "confidence_source": "head",
              "label_probs": dict(zip(model.label_names, probs[b]))}

@@ -64,9 +64,17 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """`{name: tensor}` of every parameter with `requires_grad` (CPU, contiguous, detached copies)."""
-    return {name: p.detach().to("cpu", copy=True).contiguous()
-            for name, p in unwrap_model(model).named_parameters() if p.requires_grad}
+    """`{name: tensor}` of every parameter with `requires_grad`, plus the buffers the model names in
+    `checkpoint_buffer_names()` (state learned from the data, not by gradients) (CPU, contiguous,
+    detached copies)."""
+    module = unwrap_model(model)
+    state = {name: p.detach().to("cpu", copy=True).contiguous()
+             for name, p in module.named_parameters() if p.requires_grad}
+    names = getattr(module, "checkpoint_buffer_names", None)
+    if callable(names):
+        buffers = dict(module.named_buffers())
+        state.update({n: buffers[n].detach().to("cpu", copy=True).contiguous() for n in names()})
+    return state
 
 
 def checkpoint_name(step: int) -> str:

@@ -219,6 +219,11 @@ class ModelConfig:
     # the LLM as the start of its answer, so the report cannot contradict them) | llm
     report_evidence: str = "experts"
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
+    # the clip's transcript in the prompt (Emotion-LLaMA style), at training and inference alike:
+    # the annotation's `text`, else the feature file's; cut to transcript_max_tokens LLM tokens
+    use_transcript: bool = True
+    transcript_template: str = 'The person in the video says: "{}"'
+    transcript_max_tokens: int = 64
     evidence_max_len: int = 32
     evidence_decoder: EvidenceDecoderConfig = field(default_factory=EvidenceDecoderConfig)
     # the reasoner
@@ -233,7 +238,7 @@ class ModelConfig:
         _positive(self, "model", ("visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim",
                                   "num_heads", "num_queries", "num_qformer_layers", "num_output_queries",
                                   "ffn_ratio", "sccl_dim", "sccl_temperature", "kl_temperature", "max_txt_len",
-                                  "evidence_max_len"))
+                                  "evidence_max_len", "transcript_max_tokens"))
         _nonnegative(self, "model", ("frame_encoder_layers", "lambda_stmil", "lambda_sccl", "lambda_synergy",
                                      "lambda_evidence", "lambda_cls", "lambda_expert_cls", "lambda_kl"))
         if self.hidden_dim % self.num_heads:
@@ -253,6 +258,8 @@ class ModelConfig:
         _one_of(self, "model", "integration_strategy", ("audio", "dynamic", "concat"))
         _one_of(self, "model", "brief_source", BRIEF_SOURCES)
         _one_of(self, "model", "report_evidence", REPORT_EVIDENCE)
+        if self.transcript_template.count("{}") != 1:
+            raise ConfigError(f"model.transcript_template must contain exactly one '{{}}', got {self.transcript_template!r}")
         if self.prompt_template.count("{}") != 1:
             raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         for sub in (self.stmil, self.evidence_decoder, self.llm):

@@ -28,7 +28,7 @@ WEIGHTS_PNG = "modality_weights.png"
 # The keys of one line of predictions.jsonl, in the order they are written.
 RECORD_KEYS: tuple[str, ...] = (
     "video_id", "gold_emotion", "pred_emotion", "correct", "confidence", "format_ok", "parse_error",
-    "prediction_source", "report", "evidence", "modality_weights", "synergy_score", "golden_evidence",
+    "prediction_source", "report", "evidence", "evidence_source", "transcript", "modality_weights", "synergy_score", "golden_evidence",
     "head_emotion", "head_confidence", "confidence_source", "label_probs",
 )
 
@@ -60,13 +60,15 @@ def make_record(
     prediction_source: str = "report",
     parse_error: Optional[str] = None,
     golden_evidence: Optional[Mapping[str, str]] = None,
+    transcript: Optional[str] = None,
 ) -> dict[str, Any]:
     """One predictions.jsonl line from one item of `model.generate` (or the classifier path).
 
     `output` holds report, emotion, confidence, format_ok, evidence, modality_weights and
     synergy_score (docs/ARCHITECTURE.md); absent optional fields become null.
     `golden_evidence` is the annotation's sentence per expert (`{}` if none), kept next to the
-    generated `evidence` so the evidence decoder can be scored from the file alone.
+    model's `evidence` (and its `evidence_source` per expert: measured / generated / none) so the
+    evidence decoder can be scored from the file alone; `transcript` is what the prompt quoted.
     """
     if "emotion" not in output:
         raise KeyError(f"prediction for {video_id!r} has no 'emotion' (keys: {sorted(output)})")
@@ -85,6 +87,8 @@ def make_record(
         "prediction_source": prediction_source,
         "report": output.get("report"),
         "evidence": dict(output.get("evidence") or {}),
+        "evidence_source": dict(output.get("evidence_source") or {}),
+        "transcript": transcript,
         "modality_weights": None if weights is None else {str(k): float(v) for k, v in weights.items()},
         "synergy_score": _float_or_none(output.get("synergy_score")),
         "golden_evidence": {str(k): str(v) for k, v in (golden_evidence or {}).items() if v is not None},
@@ -118,8 +122,13 @@ def records_from_batch(
     goldens = list(batch.get("evidence") or [None] * len(ids))
     if len(goldens) != len(ids):
         raise ValueError(f"the batch has {len(goldens)} evidence entries for {len(ids)} clips")
+    # only annotated sentences are references; measured ones are the model's input
+    sources = list(batch.get("evidence_source") or [None] * len(ids))
+    goldens = [None if ev is None else {k: v for k, v in ev.items() if (src or {}).get(k, "annotated") == "annotated"}
+               for ev, src in zip(goldens, sources)]
+    transcripts = list(batch.get("transcript") or [None] * len(ids))
     records = []
-    for vid, gold, golden, out in zip(ids, golds, goldens, outputs):
+    for vid, gold, golden, out, words in zip(ids, golds, goldens, outputs, transcripts):
         if "video_id" in out and str(out["video_id"]) != str(vid):
             raise ValueError(f"prediction for {out['video_id']!r} came back in the slot of {vid!r}")
         error = None
@@ -127,7 +136,7 @@ def records_from_batch(
             from minigpt4.common.cot import parse_report
 
             error = parse_report(out["report"], label_names, require_header=use_cot).error
-        records.append(make_record(vid, gold, out, prediction_source, error, golden))
+        records.append(make_record(vid, gold, out, prediction_source, error, golden, words))
     return records
 
 

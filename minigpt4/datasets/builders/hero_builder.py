@@ -40,6 +40,8 @@ class _ScalarKeys:
     use_cot: bool = True
     splits: Optional[list[str]] = None
     seed: int = 42
+    measured_evidence: bool = True
+    au_fps: float = 1.0
 
 
 def _check_keys(cfg: Any, ref: Any, prefix: str) -> None:
@@ -106,7 +108,8 @@ class HEROBuilder:
         """Every value of the section, each error naming its key: a bad value must not cost a dataset build."""
         c = self.config
         build(_ScalarKeys, {k: _plain(c.get(k)) for k in ("data_type", "max_dim", "skip_missing", "allow_pickle",
-                                                           "use_cot", "splits", "seed")},
+                                                           "use_cot", "splits", "seed", "measured_evidence",
+                                                           "au_fps")},
               _PREFIX, "dataset config", check=False)
         try:
             self.sample_builder()
@@ -130,6 +133,8 @@ class HEROBuilder:
             modality_dropout=_plain(c.modality_dropout),
             frame_dropout=_plain(c.frame_dropout),
             seed=int(c.seed),
+            measured_evidence=bool(c.measured_evidence),
+            au_fps=float(c.au_fps),
         )
 
     def _splits(self, present: list[str]) -> list[str]:
@@ -170,6 +175,8 @@ class HEROBuilder:
                 max_len=_plain(c.max_len),
                 modality_dropout=_plain(c.modality_dropout),
                 frame_dropout=_plain(c.frame_dropout),
+                measured_evidence=bool(c.measured_evidence),
+                au_fps=float(c.au_fps),
                 skip_missing=bool(c.skip_missing),
                 allow_pickle=bool(c.allow_pickle),
                 use_cot=bool(c.use_cot),

@@ -28,6 +28,7 @@ BATCH_KEYS: tuple[str, ...] = (
     "instruction",
     "answer",
     "evidence",
+    "evidence_source",
     "transcript",
 )
 
@@ -90,6 +91,7 @@ def collate_samples(samples: Sequence[Union[PreparedSample, Mapping[str, Any]]],
         "instruction": [f["instruction"] for f in fields],
         "answer": [f["answer"] for f in fields],
         "evidence": [dict(f["evidence"]) for f in fields],
+        "evidence_source": [dict(f.get("evidence_source") or {}) for f in fields],
         "transcript": [f["transcript"] for f in fields],
     }
 
@@ -112,5 +114,12 @@ def drop_modalities(batch: Mapping[str, Any], names: Union[str, Iterable[str]]) 
         out["video_features"][:, k] = 0
         out["feature_mask"][:, k] = False
         out["modality_mask"][:, k] = False
+    # a sentence measured from a removed modality's signal would not exist without it either
+    if "evidence_source" in batch:
+        kept = [{k: v for k, v in ev.items() if not (k in names and src.get(k) == "measured")}
+                for ev, src in zip(batch["evidence"], batch["evidence_source"])]
+        out["evidence"] = kept
+        out["evidence_source"] = [{k: v for k, v in src.items() if k in ev}
+                                  for ev, src in zip(kept, batch["evidence_source"])]
     return out
 

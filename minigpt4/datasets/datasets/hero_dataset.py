@@ -106,6 +106,8 @@ class HERODataset(Dataset):
         max_len: Union[int, Mapping[str, Optional[int]], None] = None,
         modality_dropout: Union[float, Mapping[str, float]] = 0.0,
         frame_dropout: Union[float, Mapping[str, float]] = 0.0,
+        measured_evidence: bool = True,
+        au_fps: float = 1.0,
         skip_missing: bool = False,
         allow_pickle: bool = False,
         use_cot: bool = True,
@@ -127,6 +129,8 @@ class HERODataset(Dataset):
             use_cot=use_cot,
             modality_dropout=modality_dropout,
             frame_dropout=frame_dropout,
+            measured_evidence=measured_evidence,
+            au_fps=au_fps,
             seed=seed,
         )
         self.label_names = self.builder.label_names

@@ -88,6 +88,8 @@ class SampleBuilder:
         modality_dropout: Union[float, Mapping[str, float]] = 0.0,
         seed: int = 42,
         frame_dropout: Union[float, Mapping[str, float]] = 0.0,
+        measured_evidence: bool = True,
+        au_fps: float = 1.0,
     ) -> None:
         if int(max_dim) < 1:
             raise ValueError(f"max_dim must be >= 1, got {max_dim}")
@@ -126,6 +128,11 @@ class SampleBuilder:
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"frame_dropout[{m}] must be in [0, 1), got {p}")
         self.use_cot = bool(use_cot)
+        self.measured_evidence = bool(measured_evidence)
+        if not float(au_fps) > 0:
+            raise ValueError(f"au_fps must be > 0, got {au_fps}")
+        self.au_fps = float(au_fps)
+        self._measured: dict[str, dict[str, str]] = {}  # video_id -> measured sentences (deterministic)
         self.seed = int(seed)
         self.instruction = cot.build_instruction(self.label_names, self.use_cot)
         self._dims: dict[str, tuple[int, str]] = {}
@@ -160,15 +167,40 @@ class SampleBuilder:
                     f"{rec.emotion!r} ({parsed.error or 'predicts ' + repr(parsed.emotion)})"
                 )
 
-    def target(self, rec: Annotation) -> str:
-        """The training target: the record's `answer`, else the CoT (or label-only) template."""
+    def target(self, rec: Annotation, evidence: Optional[Mapping[str, str]] = None) -> str:
+        """The training target: the record's `answer`, else the CoT (or label-only) template, whose
+        evidence section holds `evidence` (default: the annotation's)."""
         if rec.emotion is None:
             return ""
         if not self.use_cot:
             return cot.build_label_target(rec.emotion)
         if rec.answer:
             return rec.answer
-        return cot.build_cot_target(rec.emotion, rec.evidence, rec.reasoning)
+        return cot.build_cot_target(rec.emotion, rec.evidence if evidence is None else evidence, rec.reasoning)
+
+    def evidence(self, rec: Annotation, feat: FeatureRecord, transcript: str,
+                 present: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+        """(sentence per expert, its source per expert): the annotation's sentences ("annotated")
+        always win; with `measured_evidence`, sentences worded from what the file measured (action
+        units, prosody, optical flow, the transcript, CLIP scene labels) fill the other experts
+        whose modality the file holds (`present`, STACK_ORDER names) ("measured"). An expert with
+        neither has no entry."""
+        annotated = {k: v for k, v in rec.evidence.items() if isinstance(v, str) and v.strip()}
+        sources = {k: "annotated" for k in annotated}
+        if not self.measured_evidence:
+            return annotated, sources
+        measured = self._measured.get(rec.video_id)
+        if measured is None:
+            from minigpt4.datasets.measured_evidence import measured_sentences
+
+            measured = measured_sentences(feat.arrays, feat.meta, transcript, self.au_fps)
+            self._measured[rec.video_id] = measured
+        merged = dict(annotated)
+        for name, sentence in measured.items():
+            if name not in merged and name in present and sentence:
+                merged[name] = sentence
+                sources[name] = "measured"
+        return merged, sources
 
     # ------------------------------------------------------------ features
     def select(self, feat: FeatureRecord, source: str) -> tuple[list[Optional[np.ndarray]], int]:
@@ -250,6 +282,9 @@ class SampleBuilder:
     ) -> "PreparedSample":
         """A sample before padding (modality and frame dropout applied when `training`)."""
         frames, t = self.select(feat, source)
+        # the annotation's curated transcript wins over the file's ASR transcript
+        transcript = rec.text if rec.text else feat.transcript
+        evidence, sources = self.evidence(rec, feat, transcript, [m for m, a in zip(STACK_ORDER, frames) if a is not None])
         keep = None
         if training:
             for k in self.dropped(rec.video_id, [k for k, a in enumerate(frames) if a is not None], epoch):
@@ -260,10 +295,10 @@ class SampleBuilder:
             "emotion": -1 if rec.emotion is None else self.label_index[rec.emotion],
             "emotion_label": rec.emotion if rec.emotion is not None else cot.UNKNOWN,
             "instruction": self.instruction,
-            "answer": self.target(rec),
-            "evidence": dict(rec.evidence),
-            # the annotation's curated transcript wins over the file's ASR transcript
-            "transcript": rec.text if rec.text else feat.transcript,
+            "answer": self.target(rec, evidence),
+            "evidence": evidence,
+            "evidence_source": sources,
+            "transcript": transcript,
         }
         return PreparedSample(frames=frames, t=t, max_dim=self.max_dim, fields=fields, keep=keep)
 

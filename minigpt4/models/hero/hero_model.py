@@ -41,10 +41,12 @@ from minigpt4.common import cot
 from minigpt4.common.modalities import EXPERT_ORDER
 from minigpt4.common.schema import model_config
 from minigpt4.common.registry import registry
+from minigpt4.models.hero import evidence_sources as sources_
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
 from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
 
 DECISION_TAG = "fused"
+NO_EVIDENCE_BRIEF = "nothing was observed."  # the brief line of a present expert without a sentence
 _TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
 
 
@@ -62,6 +64,10 @@ class HEROModel(nn.Module):
         self.brief_dropout = c.brief_dropout
         self.report_evidence = c.report_evidence
         self.evidence_max_len = c.evidence_max_len
+        self.use_transcript = c.use_transcript
+        self.transcript_template = c.transcript_template
+        self.transcript_max_tokens = c.transcript_max_tokens
+        self.coverage = sources_.EvidenceCoverage()
         self.stmil_lr: Optional[float] = c.stmil.lr
         reasoner_cfg = ReasonerConfig.from_model_cfg(c)
 
@@ -88,6 +94,10 @@ class HEROModel(nn.Module):
     @classmethod
     def from_config(cls, cfg_model: Any) -> "HEROModel":
         return cls(cfg_model)
+
+    def checkpoint_buffer_names(self) -> list[str]:
+        """Buffers a checkpoint saves besides the trainable parameters (docs/ARCHITECTURE.md)."""
+        return ["coverage.seen"]
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -170,6 +180,15 @@ class HEROModel(nn.Module):
             result.append(clip)
         return result
 
+    def expert_evidence(self, samples: Mapping[str, Any], output: Any) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+        """(sentence, source) per present expert of each clip, as inference shows them: measured
+        sentences as they are, the decoder's for trained experts, none for the rest
+        (`evidence_sources` module docstring)."""
+        measured = sources_.measured_of(samples, self._batch_size(samples))
+        which = sources_.decodable(output.expert_present, self.coverage.trained(), measured)
+        decoded = self.generated_evidence(output, which=which)
+        return sources_.combine(decoded, measured, output.expert_present)
+
     def training_brief(self, samples: Mapping[str, Any], output: Any) -> list[Optional[dict[str, str]]]:
         """Brief sentences at training, per `brief_source` and `brief_dropout` (module docstring).
 
@@ -180,11 +199,12 @@ class HEROModel(nn.Module):
             return [None] * batch
         if self.brief_source == "generated":
             with torch.no_grad():
-                sentences = self.generated_evidence(output)
+                sentences, _ = self.expert_evidence(samples, output)
         else:
             golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
                       for ev in (samples.get("evidence") or [{} for _ in range(batch)])]
             missing = torch.tensor([[name not in ev for name in EXPERT_ORDER] for ev in golden], dtype=torch.bool)
+            missing &= self.coverage.trained().cpu().unsqueeze(0)  # as at inference: untrained experts say nothing
             with torch.no_grad():
                 generated = self.generated_evidence(output, which=missing)
             sentences = [{**gen, **gold} for gen, gold in zip(generated, golden)]
@@ -237,21 +257,31 @@ class HEROModel(nn.Module):
         items.sort(key=lambda x: (-x[2], x[3]))
         return [(name, sentence) for name, sentence, _, _ in items]
 
+    def spoken_lines(self, samples: Mapping[str, Any]) -> list[Optional[str]]:
+        """The transcript line of each clip's prompt (`model.use_transcript`), None where off or empty."""
+        batch = self._batch_size(samples)
+        if not self.use_transcript:
+            return [None] * batch
+        return sources_.transcript_lines(self.reasoner.tokenizer, samples.get("transcript"),
+                                         self.transcript_template, self.transcript_max_tokens, batch)
+
     def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
-                    output: Any) -> list[str]:
-        """The user turn per clip; a clip whose sentences are None gets no brief (no decision line)."""
+                    output: Any, spoken: Sequence[Optional[str]]) -> list[str]:
+        """The user turn per clip; a clip whose sentences are None gets no brief (no decision line).
+        A present expert without a sentence gets a line saying nothing was observed."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
         decisions = self.decision_lines(output)
         turns = []
-        for instr, sent, w, p, decision in zip(instructions, sentences, weights, present, decisions):
+        for instr, sent, w, p, decision, words in zip(instructions, sentences, weights, present, decisions, spoken):
             if sent is None:
-                turns.append(compose_user_turn(instr, []))
+                turns.append(compose_user_turn(instr, [], words))
                 continue
-            brief = self.order_brief(sent, w, p)
+            filled = {name: sent.get(name) or NO_EVIDENCE_BRIEF for name in EXPERT_ORDER}
+            brief = self.order_brief(filled, w, p)
             if decision is not None:
                 brief = [(DECISION_TAG, decision)] + brief
-            turns.append(compose_user_turn(instr, brief))
+            turns.append(compose_user_turn(instr, brief, words))
         return turns
 
     # ------------------------------------------------------------------ training
@@ -259,9 +289,11 @@ class HEROModel(nn.Module):
         """Training step: `loss` = loss_task + the evidence stack's weighted terms; every term too."""
         samples = self._on_device(samples)
         targets = self.build_evidence_targets(samples)
+        if self.training:
+            self.coverage.update(None if targets is None else targets.present)
         output = self.evidence_stack(samples, targets)
         sentences = self.training_brief(samples, output)
-        turns = self._user_turns(samples["instruction"], sentences, output)
+        turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
         loss_task = self.reasoner(output.context, turns, samples["answer"])
         loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
         result: dict[str, Any] = {"loss": loss_task + loss_aux, "loss_task": loss_task}
@@ -300,8 +332,8 @@ class HEROModel(nn.Module):
         `brief`: put the evidence brief in the prompt (None: as configured, i.e. unless
         `brief_source` is `none`); False measures what the integrated context alone carries.
 
-        Keys: report, emotion, confidence, format_ok, evidence (expert -> generated sentence),
-        modality_weights (expert -> float), synergy_score (float), head_emotion /
+        Keys: report, emotion, confidence, format_ok, evidence (expert -> sentence),
+        evidence_source (expert -> measured / generated / none, `evidence_sources`), modality_weights (expert -> float), synergy_score (float), head_emotion /
         head_confidence (the classification head's reading; None without a head),
         label_probs (the head's distribution over the label set; None without a head), video_id
         (when given). With a head, `confidence` (and the number the report prints) is the head's
@@ -312,11 +344,11 @@ class HEROModel(nn.Module):
         samples = self._on_device(samples)
         batch = self._batch_size(samples)
         output = self.evidence_stack(samples, None, compute_losses=False)
-        evidence = self.generated_evidence(output)
+        evidence, evidence_source = self.expert_evidence(samples, output)
         use_brief = self.brief_source != "none" if brief is None else bool(brief)
         brief_sentences = evidence if use_brief else [None] * batch
         instruction = cot.build_instruction(self.label_names, use_cot)
-        turns = self._user_turns([instruction] * batch, brief_sentences, output)
+        turns = self._user_turns([instruction] * batch, brief_sentences, output, self.spoken_lines(samples))
         # the evidence section is the experts' own sentences, given, and the LLM writes the rest
         prefixes = ([cot.build_evidence_section(e) + cot.RATIONALE_HEADER for e in evidence]
                     if use_cot and self.report_evidence == "experts" else None)
@@ -347,6 +379,7 @@ class HEROModel(nn.Module):
                 "label_probs": label_probs,
                 "format_ok": parsed.format_ok,
                 "evidence": evidence[b],
+                "evidence_source": evidence_source[b],
                 "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
                 "synergy_score": float(synergy[b]),
                 "head_emotion": None if head is None else head[b][0],

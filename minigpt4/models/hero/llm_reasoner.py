@@ -84,12 +84,13 @@ class ReasonerConfig:
         )
 
 
-def compose_user_turn(instruction: str, brief: Sequence[tuple[str, str]]) -> str:
-    """The user turn: video placeholder, then the evidence brief, then the instruction.
+def compose_user_turn(instruction: str, brief: Sequence[tuple[str, str]], spoken: Optional[str] = None) -> str:
+    """The user turn: video placeholder, the evidence brief, the spoken-words line, the instruction.
 
     `instruction` may contain the `<video><VideoHere></video>` placeholder once (text before it
     stays before it); without one, the placeholder is put first. `brief` holds (tag, sentence)
-    pairs in the order they should be read; each becomes a line `[tag] sentence`.
+    pairs in the order they should be read; each becomes a line `[tag] sentence`. `spoken` is
+    the transcript line (`model.transcript_template` filled), None or empty for none.
     """
     count = instruction.count(VIDEO_PLACEHOLDER)
     if count > 1:
@@ -99,7 +100,8 @@ def compose_user_turn(instruction: str, brief: Sequence[tuple[str, str]]) -> str
     before, _, after = instruction.partition(VIDEO_PLACEHOLDER) if count else ("", "", instruction)
     lines = [f"[{tag}] {' '.join(sentence.split())}" for tag, sentence in brief if sentence and sentence.strip()]
     brief_text = ("\n" + BRIEF_HEADER + "\n" + "\n".join(lines)) if lines else ""
-    return f"{before}{VIDEO_PLACEHOLDER}{brief_text}\n{after.strip()}".strip()
+    spoken_text = f"\n{' '.join(spoken.split())}" if spoken and spoken.strip() else ""
+    return f"{before}{VIDEO_PLACEHOLDER}{brief_text}{spoken_text}\n{after.strip()}".strip()
 
 
 @dataclass

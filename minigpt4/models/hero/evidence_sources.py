@@ -1,0 +1,105 @@
+"""Where each expert's sentence comes from at training and inference, and the transcript line.
+
+A clip's sentence per expert has one source (`predictions.jsonl`'s `evidence_source`):
+- `measured`: worded by the dataset from what the feature file measured (action units, prosody,
+  optical flow, the transcript, scene labels). Computed from the input alone, so it exists at
+  inference exactly as at training: the brief and the report use it as it is.
+- `generated`: the evidence decoder's sentence, for an expert it was trained on (one that had an
+  annotated or measured sentence in some training batch).
+- `none`: neither. An expert whose decoder never saw a target writes noise, so it gets no sentence
+  and the report says no evidence was observed.
+Annotated sentences (`annotated` in the batch) are training targets and references; they never
+reach the LLM's input at inference.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from minigpt4.common.modalities import EXPERT_ORDER
+
+MEASURED, GENERATED, NONE = "measured", "generated", "none"
+
+
+class EvidenceCoverage(nn.Module):
+    """Which experts the evidence decoder was trained on: `seen [6]`, saved with the checkpoint.
+
+    -1 everywhere means "not recorded" (a checkpoint from before this buffer existed): every
+    expert counts as trained, as it did then. The first training batch sets it to 0/1.
+    Under DDP the buffer is broadcast from rank 0, so it records what rank 0 saw; a corpus
+    whose expert has targets has them on every rank after a few batches.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("seen", torch.full((len(EXPERT_ORDER),), -1.0))
+
+    @torch.no_grad()
+    def update(self, present: Optional[Tensor]) -> None:
+        """Record the experts with a target in this training batch (`present [B, 6]` bool, or None)."""
+        if bool((self.seen < 0).any()):
+            self.seen.clamp_(min=0.0)
+        if present is not None:
+            self.seen.copy_(torch.maximum(self.seen, present.any(0).to(self.seen)))
+
+    def trained(self) -> Tensor:
+        """bool [6]: experts whose decoder sentence may be shown."""
+        return (self.seen != 0)
+
+
+def measured_of(samples: Mapping[str, Any], batch: int) -> list[dict[str, str]]:
+    """The batch's measured sentences per clip (expert -> sentence), `{}` where none."""
+    evidence = samples.get("evidence") or [{} for _ in range(batch)]
+    sources = samples.get("evidence_source") or [{} for _ in range(batch)]
+    return [{k: " ".join(v.split()) for k, v in (ev or {}).items()
+             if (src or {}).get(k) == MEASURED and isinstance(v, str) and v.strip()}
+            for ev, src in zip(evidence, sources)]
+
+
+def combine(decoded: Sequence[Mapping[str, str]], measured: Sequence[Mapping[str, str]],
+            present: Tensor) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """(sentences, sources) per clip: measured ones as they are, decoded ones for the rest; a
+    present expert with neither gets source `none` (absent experts get no entry)."""
+    flags = present.bool().tolist()
+    sentences, sources = [], []
+    for b, (dec, mea) in enumerate(zip(decoded, measured)):
+        sent, src = {}, {}
+        for e, name in enumerate(EXPERT_ORDER):
+            if not flags[b][e]:
+                continue
+            if name in mea:
+                sent[name], src[name] = mea[name], MEASURED
+            elif dec.get(name):
+                sent[name], src[name] = dec[name], GENERATED
+            else:
+                src[name] = NONE
+        sentences.append(sent)
+        sources.append(src)
+    return sentences, sources
+
+
+def decodable(present: Tensor, trained: Tensor, measured: Sequence[Mapping[str, str]]) -> Tensor:
+    """bool [B, 6]: experts the decoder should write for: present, trained, and not measured."""
+    has_measured = torch.tensor([[name in m for name in EXPERT_ORDER] for m in measured], dtype=torch.bool,
+                                device=present.device)
+    return present.bool() & trained.to(present.device).unsqueeze(0) & ~has_measured
+
+
+def transcript_lines(tokenizer: Any, transcripts: Optional[Sequence[str]], template: str,
+                     max_tokens: int, batch: int) -> list[Optional[str]]:
+    """The prompt's spoken-words line per clip (`template` filled with the transcript cut to
+    `max_tokens` LLM tokens, "..." marking a cut), None where the clip has no transcript."""
+    texts = [" ".join(str(t or "").split()) for t in (transcripts or [""] * batch)]
+    lines: list[Optional[str]] = [None] * len(texts)
+    todo = [i for i, t in enumerate(texts) if t]
+    if not todo:
+        return lines
+    ids = tokenizer([texts[i] for i in todo], add_special_tokens=False)["input_ids"]
+    for i, row in zip(todo, ids):
+        text = texts[i]
+        if len(row) > max_tokens:
+            text = tokenizer.decode(row[:max_tokens], skip_special_tokens=True).strip() + " ..."
+        lines[i] = template.format(text)
+    return lines
