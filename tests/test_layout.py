@@ -1,7 +1,8 @@
 """The package's layout holds: imports only run from a higher layer down, modules stay small.
 
 Layers, lowest first: `common` (constants, config, IO) -> `datasets`, `evaluation` -> `extraction`
-(writes feature files through `datasets`) -> `models`, `synthetic` -> `tasks` -> `runners` -> `cli`.
+(writes feature files through `datasets`) -> `models`, `synthetic` -> `tasks` -> `runners` ->
+`inference` (a loaded run predicting new clips) -> `cli`, `app` (the command lines and the web app).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "minigpt4"
 LAYERS = {"common": 0, "datasets": 1, "evaluation": 1, "extraction": 2, "models": 3, "synthetic": 3,
-          "tasks": 4, "runners": 5, "cli": 6}
+          "tasks": 4, "runners": 5, "inference": 6, "cli": 7, "app": 7}
 MAX_LINES = 450
 
 

@@ -5,7 +5,8 @@ first dataset) -> registry -> `run.imports` -> seed -> task -> datasets -> model
 so `hero-train` and `hero-eval` build the same model (same parameter names, shapes and, with
 the same `run.seed`, the same initial weights) from the same config.
 Evaluation builds only the split it scores (`splits=[...]`) and then loads a checkpoint with
-`load_weights`; training hands the components to the runner, which owns resuming.
+`load_weights`; training hands the components to the runner, which owns resuming. Inference
+on new clips (`hero-infer`) builds the model alone (`build_model`): the run's corpus need not exist.
 """
 from __future__ import annotations
 
@@ -36,6 +37,17 @@ def build_components(cfg: DictConfig, splits: Optional[Sequence[str]] = None) ->
     (HERO's feature datasets; the other splits' files need not exist). The restriction is
     written into `cfg` (`datasets.<name>.splits`), so a config saved afterwards says what ran.
     """
+    task = set_up_task(cfg)
+    if splits is not None:
+        restrict_splits(cfg, splits)
+    check_dataset_configs(cfg)
+    datasets = task.build_datasets(cfg)
+    model = task.build_model(cfg)
+    return Components(task=task, datasets=datasets, model=model)
+
+
+def set_up_task(cfg: DictConfig) -> BaseTask:
+    """The part of the set-up before any dataset: config check, registry, `run.imports`, seed, task."""
     import minigpt4
     from minigpt4.common.config import check_config
     from minigpt4.common.registry import registry
@@ -46,13 +58,18 @@ def build_components(cfg: DictConfig, splits: Optional[Sequence[str]] = None) ->
     for module in cfg.run.get("imports") or []:
         importlib.import_module(str(module))
     set_seed(int(cfg.run.seed))  # same on every rank, and in train and eval: identical model init
-    task = registry.get_task_class(cfg.run.task).setup_task(cfg)
-    if splits is not None:
-        restrict_splits(cfg, splits)
-    check_dataset_configs(cfg)
-    datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
-    return Components(task=task, datasets=datasets, model=model)
+    return registry.get_task_class(cfg.run.task).setup_task(cfg)
+
+
+def build_model(cfg: DictConfig) -> nn.Module:
+    """The model `build_components(cfg)` builds, without building (or reading) any dataset.
+
+    For inference on clips outside the run's corpus, whose annotation and feature files may not
+    exist where the run was trained. Same seed and construction order as `build_components`
+    (dataset building draws no random numbers), so the same config gives the same initial model.
+    """
+    task = set_up_task(cfg)
+    return task.build_model(cfg)
 
 
 def check_dataset_configs(cfg: DictConfig) -> None:

@@ -48,6 +48,7 @@ from minigpt4.common.registry import registry
 from minigpt4.common.schema import RunConfig, build
 from minigpt4.common.seed import set_seed
 from minigpt4.runners.checkpointing import CheckpointMixin, refuse_used_folder
+from minigpt4.runners.extraction_record import write_extraction_settings
 from minigpt4.runners.loaders import (
     DataMixin,
     ResumableDistributedSampler,
@@ -123,6 +124,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             self.preflight()
         if self.is_main:
             save_config(self.cfg, self.output_dir / "config.yaml")
+            if not rc.get("evaluate"):  # how the features were made, so inference can make them the same way
+                write_extraction_settings(train_ds, self.output_dir)
         if rc.get("evaluate"):
             return self._evaluate_only()
         steps_per_epoch = math.ceil(n_iters / self.accum)
