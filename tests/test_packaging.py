@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"hero-train": "minigpt4.cli.train:main", "hero-eval": "minigpt4.cli.evaluate:main",
-           "hero-extract": "minigpt4.extraction.cli:main"}
+           "hero-infer": "minigpt4.cli.infer:main", "hero-extract": "minigpt4.extraction.cli:main",
+           "hero-app": "minigpt4.app.cli:main"}
 
 
 def _pins() -> dict[str, str]:
