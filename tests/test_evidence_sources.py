@@ -74,3 +74,13 @@ def test_dropping_a_modality_drops_what_was_measured_from_it() -> None:
     assert out["evidence"] == [{"au": "AU04.", "text": 'says "hi"'}]  # the annotated reference stays
     assert out["evidence_source"] == [{"au": "annotated", "text": "measured"}]
     assert batch["evidence"][0]["audio"] == "Loud (measured)."  # the input batch is unchanged
+
+
+def test_only_annotated_sentences_teach_the_decoder_which_experts_it_may_write_for() -> None:
+    samples = {"evidence": [{"au": "AU12 (peak 2.0 of 5)", "audio": "Golden.", "text": "  "}],
+               "evidence_source": [{"au": "measured", "audio": "annotated", "text": "annotated"}]}
+    mask = src.annotated_mask(samples, 1)
+    assert [n for n, m in zip(EXPERT_ORDER, mask[0].tolist()) if m] == ["audio"]
+    hand_built = src.annotated_mask({"evidence": [{"visual": "Smiles."}]}, 1)  # no sources: annotated
+    assert [n for n, m in zip(EXPERT_ORDER, hand_built[0].tolist()) if m] == ["visual"]
+    assert not src.annotated_mask({}, 2).any()

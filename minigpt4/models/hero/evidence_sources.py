@@ -4,8 +4,10 @@ A clip's sentence per expert has one source (`predictions.jsonl`'s `evidence_sou
 - `measured`: worded by the dataset from what the feature file measured (action units, prosody,
   optical flow, the transcript, scene labels). Computed from the input alone, so it exists at
   inference exactly as at training: the brief and the report use it as it is.
-- `generated`: the evidence decoder's sentence, for an expert it was trained on (one that had an
-  annotated or measured sentence in some training batch).
+- `generated`: the evidence decoder's sentence, for an expert it learned from annotations (one
+  that had an annotated sentence in some training batch). Measured sentences train the decoder
+  too, but an expert known only from measurements is worded by measurement alone: where nothing
+  was measured (or nothing stood out), the decoder would be inventing.
 - `none`: neither. An expert whose decoder never saw a target writes noise, so it gets no sentence
   and the report says no evidence was observed.
 Annotated sentences (`annotated` in the batch) are training targets and references; they never
@@ -24,7 +26,7 @@ MEASURED, GENERATED, NONE = "measured", "generated", "none"
 
 
 class EvidenceCoverage(nn.Module):
-    """Which experts the evidence decoder was trained on: `seen [6]`, saved with the checkpoint.
+    """Which experts the evidence decoder learned from annotations: `seen [6]`, saved with the checkpoint.
 
     -1 everywhere means "not recorded" (a checkpoint from before this buffer existed): every
     expert counts as trained, as it did then. The first training batch sets it to 0/1.
@@ -38,7 +40,7 @@ class EvidenceCoverage(nn.Module):
 
     @torch.no_grad()
     def update(self, present: Optional[Tensor]) -> None:
-        """Record the experts with a target in this training batch (`present [B, 6]` bool, or None)."""
+        """Record the experts with an annotated sentence in this training batch (`present [B, 6]` bool, or None)."""
         if bool((self.seen < 0).any()):
             self.seen.clamp_(min=0.0)
         if present is not None:
@@ -47,6 +49,16 @@ class EvidenceCoverage(nn.Module):
     def trained(self) -> Tensor:
         """bool [6]: experts whose decoder sentence may be shown."""
         return (self.seen != 0)
+
+
+def annotated_mask(samples: Mapping[str, Any], batch: int) -> Tensor:
+    """bool [B, 6]: experts with an annotated sentence (a batch without `evidence_source`, as
+    hand-built ones, counts every sentence as annotated)."""
+    evidence = samples.get("evidence") or [{} for _ in range(batch)]
+    sources = samples.get("evidence_source") or [{} for _ in range(batch)]
+    return torch.tensor([[isinstance((ev or {}).get(name), str) and bool(ev[name].strip())
+                          and (src or {}).get(name, "annotated") == "annotated" for name in EXPERT_ORDER]
+                         for ev, src in zip(evidence, sources)], dtype=torch.bool)
 
 
 def measured_of(samples: Mapping[str, Any], batch: int) -> list[dict[str, str]]:

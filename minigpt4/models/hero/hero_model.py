@@ -290,7 +290,7 @@ class HEROModel(nn.Module):
         samples = self._on_device(samples)
         targets = self.build_evidence_targets(samples)
         if self.training:
-            self.coverage.update(None if targets is None else targets.present)
+            self.coverage.update(sources_.annotated_mask(samples, self._batch_size(samples)))
         output = self.evidence_stack(samples, targets)
         sentences = self.training_brief(samples, output)
         turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
