@@ -519,7 +519,8 @@ def test_report_evidence_from_the_experts_is_given_not_generated(llm_dir, monkey
 
 
 def test_transcript_and_measured_evidence_reach_the_prompt_and_the_report(llm_dir, monkeypatch):
-    model = build(make_cfg(llm_dir, brief_source="generated", report_evidence="experts", transcript_max_tokens=4))
+    model = build(make_cfg(llm_dir, brief_source="generated", report_evidence="experts", use_transcript=True,
+                           transcript_max_tokens=4))
     batch = make_batch()
     batch["transcript"] = ["Oh great, another meeting today at noon.", "", "Fine."]
     batch["evidence"] = [{"au": "AU12 lip corner puller (peak 2.4 of 5)"}, {"au": "AU15."}, {}]

@@ -221,7 +221,7 @@ class ModelConfig:
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
     # the clip's transcript in the prompt (Emotion-LLaMA style), at training and inference alike:
     # the annotation's `text`, else the feature file's; cut to transcript_max_tokens LLM tokens
-    use_transcript: bool = True
+    use_transcript: bool = False  # opt-in: a pretrained LLM reads words (hero_paper.yaml: true)
     transcript_template: str = 'The person in the video says: "{}"'
     transcript_max_tokens: int = 64
     evidence_max_len: int = 32

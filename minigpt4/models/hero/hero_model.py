@@ -268,16 +268,18 @@ class HEROModel(nn.Module):
     def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
                     output: Any, spoken: Sequence[Optional[str]]) -> list[str]:
         """The user turn per clip; a clip whose sentences are None gets no brief (no decision line).
-        A present expert without a sentence gets a line saying nothing was observed."""
+        A present expert the decoder may not write for (not learned from annotations) and that
+        has no measured sentence gets a line saying nothing was observed."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
+        silent = [name for name, t in zip(EXPERT_ORDER, self.coverage.trained().tolist()) if not t]
         decisions = self.decision_lines(output)
         turns = []
         for instr, sent, w, p, decision, words in zip(instructions, sentences, weights, present, decisions, spoken):
             if sent is None:
                 turns.append(compose_user_turn(instr, [], words))
                 continue
-            filled = {name: sent.get(name) or NO_EVIDENCE_BRIEF for name in EXPERT_ORDER}
+            filled = {**{name: NO_EVIDENCE_BRIEF for name in silent}, **sent}
             brief = self.order_brief(filled, w, p)
             if decision is not None:
                 brief = [(DECISION_TAG, decision)] + brief
