@@ -38,6 +38,7 @@ from typing import Any, Optional, Sequence
 
 from minigpt4.cli.eval_predict import EvalError, build_eval_dataset, classify_batch, predict_shard
 from minigpt4.cli.eval_report import is_eval_output, write_outputs
+from minigpt4.common import cot
 from minigpt4.common.atomic_io import check_replaceable_dir
 from minigpt4.common.config import add_config_args, load_config
 from minigpt4.common.modalities import STACK_ORDER
@@ -47,7 +48,7 @@ __all__ = ["EvalError", "build_eval_dataset", "classify_batch", "evaluate", "mai
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_COT_TOKENS = 300
+DEFAULT_COT_TOKENS = cot.REPORT_TOKENS
 DEFAULT_LABEL_TOKENS = 32
 
 

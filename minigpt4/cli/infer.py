@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from minigpt4.common import cot
+
 PROG = "hero-infer"
-DEFAULT_MAX_NEW_TOKENS = 300  # = minigpt4.inference.batches.DEFAULT_MAX_NEW_TOKENS (kept light for --help)
+DEFAULT_MAX_NEW_TOKENS = cot.REPORT_TOKENS  # as hero-eval (minigpt4.common.cot is light: --help stays torch-free)
 
 
 def build_parser() -> argparse.ArgumentParser:

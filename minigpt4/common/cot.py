@@ -15,6 +15,7 @@ from minigpt4.common.modalities import VIDEO_PLACEHOLDER
 
 UNKNOWN = "unknown"
 CONFIDENCE_DECIMALS = 4  # places of the confidence a report prints (the record keeps the same number)
+REPORT_TOKENS = 300  # default generation budget of a CoT report (hero-eval, hero-infer, the web app)
 
 COT_INSTRUCTION = (
     "{video} Observe the clip's face, motion, voice and words. Write an evidence analysis, "

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from minigpt4.common import cot
 from minigpt4.common.modalities import STACK_ORDER
 from minigpt4.inference.results import ClipResult, InferenceFailure, clip_result
 
-# hero-eval's default generation budget with CoT (minigpt4/cli/evaluate.py DEFAULT_COT_TOKENS)
-DEFAULT_MAX_NEW_TOKENS = 300
+DEFAULT_MAX_NEW_TOKENS = cot.REPORT_TOKENS  # hero-eval's default budget with CoT
 Progress = Callable[[str, float], None]
 
 

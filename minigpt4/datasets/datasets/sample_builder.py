@@ -21,6 +21,7 @@ from minigpt4.common import cot
 from minigpt4.common.modalities import DEFAULT_EMOTIONS, DEFAULT_FEATURE_KEYS, DIM_KEYS, STACK_ORDER
 from minigpt4.datasets.annotations import Annotation, UNLABELED_SPLITS
 from minigpt4.datasets.feature_io import FeatureFileError, FeatureRecord
+from minigpt4.datasets.measured_evidence import measured_sentences
 
 __all__ = ["NUMPY_DTYPE", "NUM_MODALITIES", "PreparedSample", "SampleBuilder", "batch_dtype", "stable_hash",
            "uniform_indices"]
@@ -191,8 +192,6 @@ class SampleBuilder:
             return annotated, sources
         measured = self._measured.get(rec.video_id)
         if measured is None:
-            from minigpt4.datasets.measured_evidence import measured_sentences
-
             measured = measured_sentences(feat.arrays, feat.meta, transcript, self.au_fps)
             self._measured[rec.video_id] = measured
         merged = dict(annotated)
