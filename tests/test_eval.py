@@ -496,3 +496,49 @@ def test_classification_head_and_config_errors(trained_run, capsys):
     msg = str(err.value)
     assert "shape mismatches" in msg and "evidence_stack." in msg
     assert "model.hidden_dim (32 in the run, 48 here)" in msg
+
+
+def test_calibrate_fits_on_another_split_and_inference_applies_it(trained_run, capsys):
+    """--calibrate train: the temperature fitted on the train split's head probabilities (checked
+    against a fit on that split's own evaluation), predictions unchanged, confidences rescaled,
+    the before/after calibration in metrics.json, and calibration.json used by hero-infer's session."""
+    from minigpt4.evaluation import temperature as ts
+    from minigpt4.inference.session import InferenceSession
+
+    base = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"])]
+    with pytest.raises(SystemExit):
+        eval_cli.parse_args(base + ["--calibrate", "test"])  # fitting on the scored split is refused
+    assert "fit the temperature on another split" in capsys.readouterr().err
+    eval_cli.run(base + ["--use_cls_head", "--split", "train", "--out", str(trained_run["root"] / "train_head")])
+    train_recs = eu.read_jsonl(trained_run["root"] / "train_head" / "predictions.jsonl")
+    expected = ts.fit_from_records(train_recs, LABELS)
+    plain = eval_cli.run(base + ["--use_cls_head"])
+    metrics = eval_cli.run(base + ["--use_cls_head", "--calibrate", "train"])
+    t = metrics["temperature"]
+    assert t["fitted_on_split"] == "train" and t["n"] == 8
+    assert t["temperature"] == pytest.approx(expected.temperature, rel=1e-6) and t["nll_after"] <= t["nll_before"]
+    assert plain["temperature"] is None
+    assert abs(t["temperature"] - 1.0) > 0.05  # a scaling that changes the numbers (0.66 here)
+    before = eu.read_jsonl(trained_run["run"] / "eval_test_clshead" / "predictions.jsonl")
+    after = eu.read_jsonl(trained_run["run"] / "eval_test_clshead_calibrated" / "predictions.jsonl")
+    assert [r["pred_emotion"] for r in after] == [r["pred_emotion"] for r in before]
+    for b, a in zip(before, after):
+        names = list(b["label_probs"])
+        scaled = ts.rescale([[b["label_probs"][n] for n in names]], t["temperature"])[0]
+        assert a["confidence"] == pytest.approx(float(scaled[names.index(a["pred_emotion"])]), abs=1e-5)
+    assert metrics["calibration_uncalibrated"]["ece"] == pytest.approx(plain["calibration"]["ece"], abs=1e-5)
+    assert "before temperature scaling: ECE" in capsys.readouterr().out
+    saved = json.loads((trained_run["run"] / ts.CALIBRATION_FILE).read_text())
+    assert saved["temperature"] == pytest.approx(t["temperature"])
+    # the reports path prints the calibrated number too
+    metrics = eval_cli.run(base + ["--calibrate", "train", "--max_new_tokens", "8"])
+    for rec in eu.read_jsonl(trained_run["run"] / "eval_test_calibrated" / "predictions.jsonl"):
+        if rec["confidence_source"] == "head":
+            probs = [rec["label_probs"][n] for n in LABELS]
+            assert rec["confidence"] == pytest.approx(rec["label_probs"][rec["pred_emotion"]], abs=1e-4)
+            assert max(probs) == pytest.approx(rec["head_confidence"])
+    # inference applies the run's calibration.json to the checkpoint it was fitted for
+    session = InferenceSession.from_run(trained_run["run"])
+    assert session.head_temperature == pytest.approx(t["temperature"])
+    assert InferenceSession.from_run(trained_run["run"], calibrated=False).head_temperature == 1.0
+    (trained_run["run"] / ts.CALIBRATION_FILE).unlink()  # other tests of this module see the run as trained

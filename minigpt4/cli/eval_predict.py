@@ -60,7 +60,7 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
         output = stack(samples, None, compute_losses=False)
         if output.cls_logits is None:
             raise EvalError("--use_cls_head: the evidence stack returned no cls_logits")
-        head_probs = model.head_probs(output)
+        head_probs = model.head_probs(output, getattr(model, "head_temperature", 1.0))
         readings = model.readings(head_probs)
         probs = head_probs.cpu().tolist()
         evidence, sources = model.expert_evidence(samples, output)

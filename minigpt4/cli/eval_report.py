@@ -41,6 +41,8 @@ def write_outputs(
     line, the evidence exact-match line (with golden evidence) and each collapse warning
     (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
     from minigpt4.evaluation import records
+    from minigpt4.evaluation.calibration import calibration_from_records
+    from minigpt4.evaluation.temperature import uncalibrated
     from minigpt4.evaluation.evidence import evidence_summary_line
     from minigpt4.evaluation.metrics import metric_drop, metrics_from_records, summary_line
     from minigpt4.evaluation.plots import plot_confusion_matrix, plot_modality_weights, plot_reliability
@@ -54,6 +56,9 @@ def write_outputs(
             dropped += n_drop
             suffix = "" if (cond == "missing" or not missing) else "_full"
             m = metrics_from_records(recs, labels, EXPERT_ORDER)
+            if meta.get("temperature"):  # the same clips as the head gave them, for the before/after
+                m["calibration_uncalibrated"] = calibration_from_records(
+                    uncalibrated(recs, meta["temperature"]["temperature"]), labels)
             scored[cond] = m
             what = f" without {'+'.join(missing)}" if cond == "missing" else (" (all modalities)" if missing else "")
             records.write_jsonl(tmp / f"predictions{suffix}.jsonl", recs)

@@ -2,7 +2,7 @@
 
     hero-eval --cfg-path CFG --ckpt CKPT [--split test] [--out DIR] [--options k=v ...]
         [--missing MOD[,MOD]] [--no_cot] [--use_cls_head] [--batch_size N]
-        [--max_new_tokens N] [--num_beams N]
+        [--max_new_tokens N] [--num_beams N] [--calibrate [SPLIT]]
 
 (the same as `python eval_hero.py ...`). `CKPT` is a checkpoint folder, a `.safetensors` file
 or a run folder (its best checkpoint by validation, as `checkpoints/best.json` records it; the
@@ -21,6 +21,11 @@ gathers every prediction (each clip exactly once) and writes, into DIR (default
 (zeros with both masks False, through the dataset's `drop_modalities`), writes the removed
 run as above plus `predictions_full.jsonl` / `*_full.png` for the reference run, and puts the
 reference metrics under `full` and the difference (full - removed) under `drop`.
+`--calibrate [val]` fits a temperature for the classification head's confidence on that split
+(minigpt4/evaluation/temperature.py; the head only, no generation), evaluates with it (the
+predictions are unchanged, their confidences scaled), records it under `temperature` with the
+calibration before scaling under `calibration_uncalibrated`, and writes it to
+`<run_dir>/calibration.json`, which hero-infer and hero-app then apply to that checkpoint.
 `--no_cot` asks for the label only; `--use_cls_head` reads the prediction from the model's
 classification head (no LLM generation; needs a model trained with `model.use_cls_head: true`).
 
@@ -75,6 +80,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--allow_config_drift", action="store_true",
                         help="evaluate even if the config's model section differs from the run's config.yaml "
                              "(a warning instead of an error)")
+    parser.add_argument("--calibrate", nargs="?", const="val", default=None, metavar="SPLIT",
+                        help="fit a temperature for the head's confidence on SPLIT (default: val) first, evaluate "
+                             "with it and save it as <run_dir>/calibration.json for hero-infer / hero-app")
     parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
@@ -86,6 +94,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--no_cot and --use_cls_head exclude each other (the classification head writes no text)")
     if args.no_brief and args.use_cls_head:
         parser.error("--no_brief and --use_cls_head exclude each other (the classification head reads no prompt)")
+    if args.calibrate is not None and args.calibrate == args.split:
+        parser.error(f"--calibrate {args.calibrate}: fit the temperature on another split than the one you "
+                     "score (e.g. --calibrate val --split test)")
     for name in ("batch_size", "max_new_tokens", "num_beams"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -99,17 +110,20 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
 
     from minigpt4.common import checkpoint as ckpt_api
     from minigpt4.common.dist_utils import barrier
-    from minigpt4.evaluation.records import default_out_dir, gather_records, iter_batches_with_progress, parse_modalities
+    from minigpt4.evaluation.records import (
+        default_out_dir, gather_records, iter_batches_with_progress, parse_modalities, run_dir_of)
+    from minigpt4.evaluation.temperature import TemperatureFit, save_calibration
     from minigpt4.runners.components import ConfigDriftError, build_components, check_config_drift, load_weights
     from minigpt4.runners.runner_base import resolve_amp, sharded_loader
 
     t0 = time.time()
     missing = parse_modalities(args.missing, STACK_ORDER)
     ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt, prefer_best=True)
+    calibrate = getattr(args, "calibrate", None)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
-                                                             args.use_cls_head, args.no_brief)
+                                                             args.use_cls_head, args.no_brief, calibrate is not None)
     check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
-    parts = build_components(cfg, splits=[args.split])
+    parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else []))
     dataset, expected_ids, data_labels = build_eval_dataset(parts.datasets, args.split)
     model = parts.model
     model_labels = [str(l) for l in getattr(model, "label_names", data_labels)]
@@ -117,7 +131,11 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     if [l.lower() for l in model_labels] != [l.lower() for l in labels]:
         raise EvalError(f"model.label_names {model_labels} differ from the dataset's label_names {labels}; "
                         "set both to the same list in the config")
-    if args.use_cls_head and not getattr(getattr(model, "evidence_stack", None), "use_cls_head", False):
+    has_head = getattr(getattr(model, "evidence_stack", None), "use_cls_head", False)
+    if calibrate and not has_head:
+        raise EvalError(f"--calibrate scales the classification head's confidence, and the model built from "
+                        f"{args.cfg_path} has none (model.use_cls_head is false)")
+    if args.use_cls_head and not has_head:
         raise EvalError(f"--use_cls_head: the model built from {args.cfg_path} has no classification head "
                         "(model.use_cls_head is false); evaluate the reports instead, or train with "
                         "model.use_cls_head=true")
@@ -144,6 +162,17 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                             dist_info.world_size, device.type == "cuda", int(cfg.run.seed))
     total = len(loader) if expected_ids is not None else None
     is_main = dist_info.rank == 0
+    temperature = None
+    if calibrate:
+        temperature = fit_head_temperature(model, parts.datasets, calibrate, labels, batch_size, cfg, dist_info,
+                                           autocast, device)
+        model.head_temperature = temperature["temperature"]
+        if is_main:
+            path = save_calibration(run_dir_of(ckpt_path), TemperatureFit(**{k: temperature[k] for k in (
+                "temperature", "n", "nll_before", "nll_after")}), ckpt_path, calibrate)
+            logger.info("head temperature %.4f fitted on %d %s clips (NLL %.4f -> %.4f), saved to %s",
+                        temperature["temperature"], temperature["n"], calibrate, temperature["nll_before"],
+                        temperature["nll_after"], path)
     logger.info("evaluating %s (%s) on split %r: %s clips, %d rank(s), batch %d, %s", ckpt_path, loaded, args.split,
                 len(expected_ids) if expected_ids is not None else "streamed", dist_info.world_size, batch_size,
                 "classification head" if args.use_cls_head else f"reports ({'CoT' if use_cot else 'label only'})")
@@ -165,9 +194,42 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                 None if getattr(model, "brief_source", None) is None else model.brief_source != "none")),
             "generation": None if args.use_cls_head else gen_kwargs,
             "batch_size": batch_size,
+            "temperature": temperature,  # None: the head's confidence as trained
         }, t0)
     barrier()
     return result
+
+
+def fit_head_temperature(model: Any, datasets: Any, split: str, labels: Sequence[str], batch_size: int, cfg: Any,
+                         dist_info: Any, autocast: Any, device: Any) -> dict[str, Any]:
+    """Fit the head's temperature on `split` (every rank predicts its shard; rank 0 fits; all get it).
+
+    Returns {"temperature", "n", "nll_before", "nll_after", "fitted_on_split"}.
+    """
+    import torch.distributed as dist
+
+    from minigpt4.evaluation.records import gather_records, merge_records
+    from minigpt4.evaluation.temperature import fit_from_records
+    from minigpt4.runners.runner_base import sharded_loader
+
+    dataset, ids, _ = build_eval_dataset(datasets, split)
+    loader = sharded_loader(dataset, batch_size, int(cfg.run.get("num_workers") or 0), dist_info.rank,
+                            dist_info.world_size, device.type == "cuda", int(cfg.run.seed))
+    saved = getattr(model, "head_temperature", 1.0)
+    model.head_temperature = 1.0  # fitted on the head as trained
+    try:
+        recs = predict_shard(model, loader, labels, use_cls_head=True, autocast=autocast, device=device)["full"]
+    finally:
+        model.head_temperature = saved
+    per_rank = gather_records(recs)
+    box: list[Any] = [None]
+    if dist_info.rank == 0:
+        fit = fit_from_records(merge_records(per_rank, ids)[0], labels)
+        box = [{"temperature": fit.temperature, "n": fit.n, "nll_before": fit.nll_before,
+                "nll_after": fit.nll_after, "fitted_on_split": split}]
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def run(argv: Optional[Sequence[str]] = None) -> Optional[dict[str, Any]]:

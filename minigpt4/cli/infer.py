@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=8, help="clips per model batch (default: 8)")
     p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                    help=f"generation budget of a report (default: {DEFAULT_MAX_NEW_TOKENS}, as hero-eval)")
+    p.add_argument("--no_calibration", action="store_true",
+                   help="report the head's confidence as trained, ignoring the run's calibration.json "
+                        "(the temperature hero-eval --calibrate fitted)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: env HERO_DEBUG=1)")
     return p
 
@@ -122,7 +125,8 @@ def run(argv: Optional[Sequence[str]] = None) -> InferOutcome:
     session = InferenceSession.from_run(args.ckpt, extract_config=args.extract_config,
                                         extract_options=args.extract_options, device=args.device,
                                         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                                        require_extraction=videos is not None)  # before the model loads
+                                        require_extraction=videos is not None,  # before the model loads
+                                        calibrated=not args.no_calibration)
     load_s = time.perf_counter() - t0
     results, failures = _predict(session, args, videos)
     for result in results:
@@ -136,7 +140,9 @@ def run(argv: Optional[Sequence[str]] = None) -> InferOutcome:
                "model_s": sum(r.timings.get("model_s", 0.0) for r in results), "total_s": time.perf_counter() - t0}
     summary = (f"{PROG}: {len(results)} clip(s) predicted, {len(failures)} failed, {seconds['total_s']:.1f} s "
                f"(load {seconds['load_s']:.1f} s, extract {seconds['extract_s']:.1f} s, model {seconds['model_s']:.1f} s)"
-               f" with {session.checkpoint}")
+               f" with {session.checkpoint}"
+               + (f", confidence at head temperature {session.head_temperature:.3f} (calibration.json)"
+                  if session.head_temperature != 1.0 else ""))
     print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
     return InferOutcome(results=results, failures=failures, seconds=seconds)
 

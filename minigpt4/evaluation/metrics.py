@@ -394,6 +394,9 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
     cal = metrics.get("calibration")
     if cal:
         line += f" | ECE {fmt(cal.get('ece'))} | Brier {fmt(cal.get('brier'))}"
+        before = metrics.get("calibration_uncalibrated")
+        if before:
+            line += f" (before temperature scaling: ECE {fmt(before.get('ece'))}, Brier {fmt(before.get('brier'))})"
     faith = metrics.get("faithfulness")
     if faith:
         line += (f" | faithful {fmt(faith.get('evidence_line_agreement'))}"

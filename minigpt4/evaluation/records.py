@@ -286,9 +286,9 @@ def run_dir_of(checkpoint: PathLike) -> Path:
 
 
 def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False,
-                  no_brief: bool = False) -> str:
+                  no_brief: bool = False, calibrated: bool = False) -> str:
     """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead',
-    '_nobrief' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
+    '_nobrief', '_calibrated' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
     tag = ""
     if missing:
         tag += "_missing-" + "+".join(missing)
@@ -298,13 +298,16 @@ def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_hea
         tag += "_nocot"
     if no_brief and not use_cls_head:  # the classification head reads no brief
         tag += "_nobrief"
+    if calibrated:
+        tag += "_calibrated"
     return tag
 
 
 def default_out_dir(checkpoint: PathLike, split: str, missing: Sequence[str] = (), no_cot: bool = False,
-                    use_cls_head: bool = False, no_brief: bool = False) -> Path:
+                    use_cls_head: bool = False, no_brief: bool = False, calibrated: bool = False) -> Path:
     """`<run_dir>/eval_<split><variant>/`, so variants of one run never overwrite each other."""
-    return run_dir_of(checkpoint) / f"eval_{split}{condition_tag(missing, no_cot, use_cls_head, no_brief)}"
+    tag = condition_tag(missing, no_cot, use_cls_head, no_brief, calibrated)
+    return run_dir_of(checkpoint) / f"eval_{split}{tag}"
 
 
 def parse_modalities(text: Optional[str], valid: Sequence[str]) -> list[str]:

@@ -5,6 +5,8 @@ Why this path: the model is built from the run's own `config.yaml` exactly as `h
 but no dataset is built, so the run's training corpus need not exist here. Clips become samples
 through the run's own dataset section (`HEROBuilder.sample_builder`), so feature keys, widths,
 `max_len`, masks, transcripts and measured evidence are handled as in training and evaluation.
+The head's temperature comes from the run's `calibration.json` when `hero-eval --calibrate` fitted
+one for this checkpoint (1.0 otherwise, or with `calibrated=False`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ class LoadedRun:
     builder: Any  # SampleBuilder of the run's dataset section
     label_names: list[str]
     model_dims: dict[str, int]  # modality -> model.*_dim
+    head_temperature: float = 1.0  # from calibration.json; scales the reported confidence only
 
 
 def _dataset_section(cfg: Any, source: Path) -> Any:
@@ -98,9 +101,11 @@ def read_run(path: Union[str, Path], checkpoint: Optional[Union[str, Path]] = No
                    model_dims=dims)
 
 
-def load_run(view: RunView, device: str = "auto") -> LoadedRun:
-    """Build the run's model from its config (as hero-eval does), load the checkpoint, move it to `device`."""
+def load_run(view: RunView, device: str = "auto", calibrated: bool = True) -> LoadedRun:
+    """Build the run's model from its config (as hero-eval does), load the checkpoint, move it to
+    `device`; with `calibrated`, apply the temperature the run's calibration.json holds for it."""
     from minigpt4.common.dist_utils import resolve_device
+    from minigpt4.evaluation.temperature import load_temperature
     from minigpt4.runners.components import build_model, load_weights
     from minigpt4.runners.optimizers import resolve_amp
 
@@ -109,7 +114,12 @@ def load_run(view: RunView, device: str = "auto") -> LoadedRun:
     labels = [str(label) for label in getattr(model, "label_names", view.label_names)]
     loaded = load_weights(model, view.checkpoint, view.cfg, str(view.run_dir / CONFIG_FILE))
     model.to(torch_device).eval()
+    temperature = load_temperature(view.run_dir, view.checkpoint) if calibrated else None
+    if temperature is not None:
+        model.head_temperature = temperature
     amp_dtype, _ = resolve_amp(view.cfg.run.get("amp", "auto"), torch_device)
-    logger.info("inference with %s on %s", loaded, torch_device)
+    logger.info("inference with %s on %s%s", loaded, torch_device,
+                "" if temperature is None else f", head confidence at temperature {temperature:.4f} (calibration.json)")
     return LoadedRun(run_dir=view.run_dir, checkpoint=view.checkpoint, cfg=view.cfg, model=model, device=torch_device,
-                     amp_dtype=amp_dtype, builder=view.builder, label_names=labels, model_dims=view.model_dims)
+                     amp_dtype=amp_dtype, builder=view.builder, label_names=labels, model_dims=view.model_dims,
+                     head_temperature=float(getattr(model, "head_temperature", 1.0)))

@@ -46,13 +46,14 @@ class InferenceSession:
         self.run_dir: Path = run.run_dir
         self.checkpoint: Path = run.checkpoint
         self.label_names: list[str] = list(run.label_names)
+        self.head_temperature: float = float(getattr(run, "head_temperature", 1.0))  # calibration.json, else 1.0
         self.can_extract: bool = plan is not None and plan_error is None
 
     @classmethod
     def from_run(cls, run_dir: PathLike, *, checkpoint: Optional[PathLike] = None,
                  extract_config: Optional[PathLike] = None, extract_options: Sequence[str] = (),
                  device: str = "auto", batch_size: int = 8, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-                 require_extraction: bool = False) -> "InferenceSession":
+                 require_extraction: bool = False, calibrated: bool = True) -> "InferenceSession":
         """Load the run in `run_dir` (a run folder, or a checkpoint folder inside one) once.
 
         `checkpoint`: another checkpoint of the run (default: the best by validation, else the
@@ -62,7 +63,8 @@ class InferenceSession:
         extracted (no settings, settings this version cannot reproduce, encoders of other widths
         than the model's) still predicts feature files; `can_extract` is then False and
         `predict_videos` says why. `require_extraction`: raise that reason now, before the model
-        is loaded (a command line given videos).
+        is loaded (a command line given videos). `calibrated`: apply the head temperature the run's
+        calibration.json holds for this checkpoint (hero-eval --calibrate).
         """
         from minigpt4.inference.extraction_plan import plan_from_run
         from minigpt4.inference.loading import load_run, read_run
@@ -82,7 +84,7 @@ class InferenceSession:
             if require_extraction:
                 raise ValueError(plan_error)
             logger.log(logging.INFO if unrecorded else logging.WARNING, "videos cannot be extracted: %s", plan_error)
-        return cls(load_run(view, device), plan, plan_error, batch_size, max_new_tokens)
+        return cls(load_run(view, device, calibrated), plan, plan_error, batch_size, max_new_tokens)
 
     # ------------------------------------------------------------------ checks
     def check_extraction(self) -> None:

@@ -83,6 +83,9 @@ class HEROModel(nn.Module):
             pad_token_id=int(tok.pad_token_id),
         )
         self.decision_brief = self.evidence_stack.use_cls_head if c.decision_brief is None else c.decision_brief
+        # divides the head's logits for the confidence a prediction reports (1.0: as trained); set
+        # from a run's calibration.json (hero-eval --calibrate), never from the config: it is not learned
+        self.head_temperature = 1.0
         if self.decision_brief and not self.evidence_stack.use_cls_head:
             raise ValueError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
                              "model.use_cls_head: true)")
@@ -230,11 +233,12 @@ class HEROModel(nn.Module):
         return lines
 
     @staticmethod
-    def head_probs(output: Any) -> Optional[Tensor]:
-        """The classification head's class probabilities [B, C] (detached, float32), or None without a head."""
+    def head_probs(output: Any, temperature: float = 1.0) -> Optional[Tensor]:
+        """The classification head's class probabilities [B, C] (detached, float32) at `temperature`,
+        or None without a head. The brief's [fused] line always reads them at 1.0, as in training."""
         if output.cls_logits is None:
             return None
-        return torch.softmax(output.cls_logits.detach().float(), dim=-1)
+        return torch.softmax(output.cls_logits.detach().float() / temperature, dim=-1)
 
     def classify(self, output: Any) -> Optional[list[tuple[str, float]]]:
         """(label, probability) of the classification head per clip, or None without a head."""
@@ -359,7 +363,7 @@ class HEROModel(nn.Module):
                                          top_p=top_p, **gen_kwargs)
         weights = output.modality_weights.detach().float().cpu().tolist()
         synergy = output.synergy_score.detach().float().cpu().tolist()
-        probs = self.head_probs(output)
+        probs = self.head_probs(output, self.head_temperature)
         head = None if probs is None else self.readings(probs)
         ids = samples.get("video_id")
         results = []
