@@ -217,6 +217,12 @@ def test_checkpoint_round_trip_restores_generation(trained, llm_dir, tmp_path):
     assert not any(".base_layer." in n or "embed_tokens" in n for n in names)  # the frozen LLM is not saved
     # which experts the decoder was trained on travels with the weights: motion and synergy never had a target
     assert load_file(str(path))["coverage.seen"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    # so do the recorded sentences (motion audio au text visual synergy), for closed-set decoding
+    assert fresh.evidence_stack.evidence_bank.sizes() == [0, 2, 1, 1, 1, 0]
+    fresh.evidence_stack.decoding = "bank"
+    for res in fresh.generate(trained["batch"], max_new_tokens=40):
+        for name, sentence in res["evidence"].items():
+            assert sentence in {ev.get(name) for ev in EVIDENCE}, (name, sentence)
 
 
 # -------------------------------------------------------------------- gradients & losses

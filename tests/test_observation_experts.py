@@ -242,3 +242,25 @@ def test_decoder_generate_caps_length_and_validates_ids():
         EvidenceDecoder(40, 16, 1, 99, 0)
     with pytest.raises(ValueError, match="exceeds evidence_decoder.max_len"):
         dec.hidden(torch.randn(1, 5, 16), torch.tensor([0]), torch.ones(1, 13, dtype=torch.long))
+
+
+def test_decoder_score_is_the_mean_token_log_probability_and_chunking_changes_nothing(monkeypatch):
+    import minigpt4.models.hero.observation_experts as oe
+
+    dec = _decoder().eval()
+    memory, experts = torch.randn(2, 5, 16), torch.tensor([1, 4])
+    cands = torch.tensor([[5, 6, 7], [8, 0, 0], [9, 10, 0]])
+    mask = (cands != 0).long()
+    scores = dec.score(memory, experts, cands, mask)
+    assert scores.shape == (2, 3)
+    for i in range(2):
+        for k in range(3):
+            n = int(mask[k].sum())
+            inp = torch.tensor([[1] + cands[k, :n].tolist()])
+            tgt = torch.tensor(cands[k, :n].tolist() + [2])  # EOS scored too
+            logp = torch.log_softmax(dec.project(dec.hidden(memory[i : i + 1], experts[i : i + 1], inp))[0], -1)
+            ref = logp[torch.arange(n + 1), tgt].mean()
+            torch.testing.assert_close(scores[i, k], ref, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(oe, "SCORE_CHUNK_ELEMENTS", 40 * 3)  # three positions per chunk
+    torch.testing.assert_close(dec.score(memory, experts, cands, mask), scores)
+    assert dec.score(torch.randn(0, 5, 16), torch.zeros(0, dtype=torch.long), cands, mask).shape == (0, 3)

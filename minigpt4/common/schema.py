@@ -26,9 +26,10 @@ from minigpt4.common.modalities import DEFAULT_EMOTIONS
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
+DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
 # model keys that choose how a trained model is asked, not what its weights compute: an eval may
 # set them differently from the run's config.yaml without that being config drift
-INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence"})
+INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence", "evidence_decoder.decoding"})
 # what `model.llm.dtype` may say (minigpt4/models/hero/llm_reasoner.resolve_dtype reads it)
 LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)
@@ -163,9 +164,14 @@ class EvidenceDecoderConfig:
     max_len: int = 64
     dropout: Optional[float] = None  # null: model.dropout
     condition_on_readout: bool = False  # also read the expert's own emotion read-out (needs lambda_expert_cls > 0)
+    # greedy: free-running | bank: the likeliest of the expert's recorded training sentences
+    # (minigpt4/models/hero/evidence_bank.py); an inference choice, recorded at training either way
+    decoding: str = "greedy"
+    bank_size: int = 64  # distinct annotated sentences kept per expert; more: that expert decodes greedily
 
     def check(self) -> None:
-        _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len"))
+        _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len", "bank_size"))
+        _one_of(self, "model.evidence_decoder", "decoding", DECODING_MODES)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.evidence_decoder.embed_dim ({self.embed_dim}) must be divisible by "
                               f"model.evidence_decoder.num_heads ({self.num_heads})")

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
 from minigpt4.common.schema import model_config
+from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.hero_loss import VCLUBEstimator, distillation_kl, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
@@ -132,6 +133,8 @@ class HEROEvidenceStack(nn.Module):
             num_conditions=self.num_classes if dec.condition_on_readout else 0,
         )
         self.pad_token_id = int(pad_token_id)
+        self.decoding = dec.decoding
+        self.evidence_bank = EvidenceBank(NUM_EXPERTS, dec.bank_size, c.evidence_max_len, pad_token_id)
         self.stmil = None
         if self.lambdas["stmil"] > 0:
             self.stmil = VCLUBEstimator(h, h, c.stmil.hidden_dim, c.stmil.num_negatives, c.stmil.logvar_bound)
@@ -201,26 +204,49 @@ class HEROEvidenceStack(nn.Module):
 
     @torch.no_grad()
     def generate_evidence(self, output: EvidenceOutput, max_new_tokens: int) -> Tensor:
-        """Greedy evidence sentences of every present expert -> LongTensor [B, 6, L], pad_token_id elsewhere.
+        """Evidence sentences of every present expert -> LongTensor [B, 6, L], pad_token_id elsewhere.
 
-        No BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in
+        Greedy, or with `decoding: bank` the likeliest recorded training sentence for experts
+        whose bank is usable (`evidence_bank` module docstring; greedy for the others). No
+        BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in
         eval mode (no dropout) whatever the module's mode, then its mode is restored.
         """
         tokens, present = output.expert_tokens, output.expert_present.bool()
         b, e = present.shape
         rows = present.nonzero(as_tuple=False)  # [N, 2]
+        picked: list[tuple[Tensor, Tensor]] = []  # (rows [n, 2], ids [n, L_e]) from the bank
         was_training = self.decoder.training
         self.decoder.eval()
         try:
+            if self.decoding == "bank":
+                rows, picked = self._bank_pick(output, rows)
             ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens,
                                         self._decoder_condition(output, rows[:, 0], rows[:, 1]))
         finally:
             self.decoder.train(was_training)
-        length = max(1, ids.shape[1])
+        length = max([1, ids.shape[1]] + [p[1].shape[1] for p in picked])
         result = torch.full((b, e, length), self.pad_token_id, dtype=torch.long, device=tokens.device)
         if ids.shape[1]:
             result[rows[:, 0], rows[:, 1], : ids.shape[1]] = ids
+        for where, chosen in picked:
+            result[where[:, 0], where[:, 1], : chosen.shape[1]] = chosen
         return result
+
+    def _bank_pick(self, output: EvidenceOutput, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Closed-set decoding: (rows left to greedy decoding, [(rows, chosen ids)] per banked expert)."""
+        picked, greedy = [], torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+        for expert in rows[:, 1].unique().tolist():
+            bank = self.evidence_bank.candidates(expert)
+            if bank is None:
+                continue
+            cand_ids, cand_mask = (t.to(rows.device) for t in bank)
+            sel = rows[:, 1] == expert
+            where = rows[sel]
+            scores = self.decoder.score(output.expert_tokens[where[:, 0], where[:, 1]], where[:, 1], cand_ids,
+                                        cand_mask, self._decoder_condition(output, where[:, 0], where[:, 1]))
+            picked.append((where, cand_ids[scores.argmax(-1)]))
+            greedy &= ~sel
+        return rows[greedy], picked
 
     # ------------------------------------------------------------------ internals
     def _classify(self, context: Tensor) -> Tensor:

@@ -100,7 +100,7 @@ class HEROModel(nn.Module):
 
     def checkpoint_buffer_names(self) -> list[str]:
         """Buffers a checkpoint saves besides the trainable parameters (docs/ARCHITECTURE.md)."""
-        return ["coverage.seen"]
+        return ["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -296,7 +296,11 @@ class HEROModel(nn.Module):
         samples = self._on_device(samples)
         targets = self.build_evidence_targets(samples)
         if self.training:
-            self.coverage.update(sources_.annotated_mask(samples, self._batch_size(samples)))
+            annotated = sources_.annotated_mask(samples, self._batch_size(samples))
+            self.coverage.update(annotated)
+            if targets is not None:
+                self.evidence_stack.evidence_bank.update(targets.input_ids, targets.attention_mask,
+                                                         annotated.to(targets.present.device) & targets.present)
         output = self.evidence_stack(samples, targets)
         sentences = self.training_brief(samples, output)
         turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))

@@ -315,6 +315,9 @@ class SynergyExpert(nn.Module):
 
 
 # --------------------------------------------------------------------------- evidence decoder
+SCORE_CHUNK_ELEMENTS = 1 << 25  # logits per chunk when scoring candidate sentences (128 MiB in float32)
+
+
 class EvidenceDecoder(nn.Module):
     """A small transformer decoder shared by the six experts; writes one evidence sentence each.
 
@@ -383,23 +386,53 @@ class EvidenceDecoder(nn.Module):
         """Tied output projection in float32: [..., embed_dim] -> [..., vocab]."""
         return F.linear(h.float(), self.embed.weight.float(), self.output_bias.float())
 
+    def _teacher_forcing(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Sentences [N, L] (left-aligned, no BOS/EOS) -> inputs [N, L + 1] = [BOS, t1..tn, ...],
+        labels [N, L + 1] = [t1..tn, EOS, ...] and valid [N, L + 1] (False past each EOS)."""
+        n_rows, length = input_ids.shape
+        lengths = attention_mask.long().sum(-1)  # [N]
+        bos = torch.full((n_rows, 1), self.bos_token_id, dtype=torch.long, device=input_ids.device)
+        inputs = torch.cat([bos, input_ids.long()], dim=1)
+        pos = torch.arange(length + 1, device=input_ids.device)[None]
+        labels = torch.cat([input_ids.long(), torch.full_like(bos, self.pad_token_id)], dim=1)
+        labels = torch.where(pos == lengths[:, None], torch.full_like(labels, self.eos_token_id), labels)
+        return inputs, labels, pos <= lengths[:, None]
+
     def loss(self, memory: Tensor, expert_index: Tensor, input_ids: Tensor, attention_mask: Tensor,
              condition: Optional[Tensor] = None) -> Tensor:
         """Teacher-forced mean token cross-entropy of sentences [N, L] (left-aligned, no BOS/EOS) + EOS.
 
         Input [BOS, t1..tn], labels [t1..tn, EOS]; positions past EOS are ignored.
         """
-        n_rows, length = input_ids.shape
-        lengths = attention_mask.long().sum(-1)  # [N]
-        bos = torch.full((n_rows, 1), self.bos_token_id, dtype=torch.long, device=input_ids.device)
-        inputs = torch.cat([bos, input_ids.long()], dim=1)  # [N, L + 1]
-        pos = torch.arange(length + 1, device=input_ids.device)[None]
-        labels = torch.cat([input_ids.long(), torch.full_like(bos, self.pad_token_id)], dim=1)
-        labels = torch.where(pos == lengths[:, None], torch.full_like(labels, self.eos_token_id), labels)
-        valid = pos <= lengths[:, None]
+        inputs, labels, valid = self._teacher_forcing(input_ids, attention_mask)
         h = self.hidden(memory, expert_index, inputs, condition)
         logits = self.project(h[valid])  # [M, V]
         return F.cross_entropy(logits, labels[valid])
+
+    @torch.no_grad()
+    def score(self, memory: Tensor, expert_index: Tensor, candidate_ids: Tensor, candidate_mask: Tensor,
+              condition: Optional[Tensor] = None) -> Tensor:
+        """Mean token log-probability (EOS included) of every candidate sentence for every row -> [N, K].
+
+        memory [N, Q, memory_dim], expert_index [N], candidate_ids / candidate_mask [K, L] (as
+        `loss` takes them), condition [N, C] or None. Runs N x K teacher-forced sequences at once.
+        """
+        n_rows, k = memory.shape[0], candidate_ids.shape[0]
+        if n_rows == 0 or k == 0:
+            return torch.zeros((n_rows, k), device=memory.device)
+        inputs, labels, valid = self._teacher_forcing(candidate_ids, candidate_mask)
+        rep = lambda t: t.repeat_interleave(k, dim=0)  # noqa: E731  row-major: row r's K candidates together
+        h = self.hidden(rep(memory), rep(expert_index), inputs.repeat(n_rows, 1),
+                        None if condition is None else rep(condition))
+        valid = valid.repeat(n_rows, 1)
+        states, targets = h[valid], labels.repeat(n_rows, 1)[valid]  # [M, D], [M]: real positions only
+        token = torch.empty(states.shape[0], device=h.device)
+        step = max(1, SCORE_CHUNK_ELEMENTS // self.vocab_size)  # bounds the [chunk, V] logits in memory
+        for i in range(0, states.shape[0], step):
+            logits = self.project(states[i: i + step])
+            token[i: i + step] = logits.gather(-1, targets[i: i + step, None])[:, 0] - logits.logsumexp(-1)
+        per_row = torch.zeros(valid.shape, device=h.device).masked_scatter(valid, token)
+        return (per_row.sum(-1) / valid.sum(-1)).view(n_rows, k)
 
     @torch.no_grad()
     def generate(self, memory: Tensor, expert_index: Tensor, max_new_tokens: int,
