@@ -379,3 +379,51 @@ def test_demo_loads_through_the_hero_dataset(small_demo):
             feats = batch["video_features"][i, j]
             assert torch.all(feats[:, dd.DEMO_DIMS[m] :] == 0)  # zero beyond the true dim
         assert "### Prediction" in batch["answer"][i] and cues[vid].emotion in batch["answer"][i]
+
+
+# ----------------------------------------------------------------------------- evidence ceiling
+def test_evidence_states_group_paraphrases_and_the_still_body():
+    from minigpt4.synthetic.demo_evidence_oracle import evidence_state
+
+    for expert, table in (("audio", de.AUDIO_PHRASES), ("visual", de.VISUAL_PHRASES), ("text", de.TEXT_PHRASES)):
+        for state, phrases in table.items():
+            assert {evidence_state(expert, p) for p in phrases} == {state}
+    assert evidence_state("motion", "The body stays still.") == evidence_state(
+        "motion", "The person barely moves and stays upright.")
+    assert evidence_state("motion", "The person barely moves and leans forward.") != evidence_state(
+        "motion", "The body stays still.")
+    assert evidence_state("au", None) is None
+
+
+def test_evidence_oracle_reads_the_sentences_back_and_the_script_scores_states(full_demo, tmp_path, capsys):
+    """The oracle (generator knowledge, no noise) reads every expert's state well above chance
+    from the frames; the script scores a paraphrase as right by state and wrong by exact match."""
+    sys.path.insert(0, str(REPO))
+    from scripts import demo_evidence_states
+    from minigpt4.synthetic.demo_evidence_oracle import evidence_state, oracle_states
+
+    enc = dd.make_encoders()
+    records = [r for r in json.loads(Path(full_demo.annotations).read_text()) if r["split"] == "test"]
+    cues = {c.video_id: c for c in dc.load_latents(full_demo.latents)}
+    hits, total = {}, {}
+    for rec in records:
+        got = oracle_states(cues[rec["video_id"]], read_features(
+            Path(full_demo.features_dir) / f"{rec['video_id']}.npz").arrays, enc)
+        for name, sentence in rec["evidence"].items():
+            total[name] = total.get(name, 0) + 1
+            hits[name] = hits.get(name, 0) + (got.get(name) == evidence_state(name, sentence))
+    assert set(total) == {"motion", "audio", "au", "text", "visual", "synergy"}
+    for name in total:
+        assert hits[name] / total[name] >= 0.8, (name, hits[name] / total[name])
+
+    swap = {p: q for table in (de.AUDIO_PHRASES,) for a, b in table.values() for p, q in ((a, b), (b, a))}
+    preds = tmp_path / "predictions.jsonl"
+    with preds.open("w") as fh:
+        for rec in records:
+            said = {k: swap.get(v, v) for k, v in rec["evidence"].items()}
+            fh.write(json.dumps({"video_id": rec["video_id"], "evidence": said, "golden_evidence": rec["evidence"]}) + "\n")
+    assert demo_evidence_states.main(["--data", str(Path(full_demo.latents).parent), "--predictions", str(preds)]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["audio"][1:3] == ["0.000", "1.000"]  # every audio sentence a paraphrase: wrong exact, right state
+    assert rows["au"][1:3] == ["1.000", "1.000"]
+    assert float(rows["motion"][3]) >= 0.8

@@ -1,12 +1,12 @@
-"""Slicing, attention, ModalityQFormer, SynergyExpert and EvidenceDecoder (observation_experts.py)."""
+"""Slicing, attention, ModalityQFormer, SynergyExpert (observation_experts.py) and EvidenceDecoder (evidence_decoder.py)."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
 from minigpt4.models.hero.observation_experts import (
-    EvidenceDecoder,
     ModalityQFormer,
     MultiHeadAttention,
     SynergyExpert,
@@ -245,7 +245,7 @@ def test_decoder_generate_caps_length_and_validates_ids():
 
 
 def test_decoder_score_is_the_mean_token_log_probability_and_chunking_changes_nothing(monkeypatch):
-    import minigpt4.models.hero.observation_experts as oe
+    import minigpt4.models.hero.evidence_decoder as oe
 
     dec = _decoder().eval()
     memory, experts = torch.randn(2, 5, 16), torch.tensor([1, 4])

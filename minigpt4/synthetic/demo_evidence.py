@@ -160,7 +160,11 @@ def motion_sentence(cues: ClipCues) -> str:
 
 
 def au_sentence(cues: ClipCues) -> str:
-    active = cues.active_aus()
+    return active_aus_sentence(cues.active_aus())
+
+
+def active_aus_sentence(active: list[str]) -> str:
+    """The AU evidence for a list of active AUs (OpenFace order)."""
     if not active:
         return "No facial action unit rises above a trace."
     named = [f"{au} ({AU_NAMES[au]})" for au in active]
