@@ -542,3 +542,47 @@ def test_calibrate_fits_on_another_split_and_inference_applies_it(trained_run, c
     assert session.head_temperature == pytest.approx(t["temperature"])
     assert InferenceSession.from_run(trained_run["run"], calibrated=False).head_temperature == 1.0
     (trained_run["run"] / ts.CALIBRATION_FILE).unlink()  # other tests of this module see the run as trained
+
+
+def test_finish_evidence_trains_only_the_decoder_and_eval_applies_it(trained_run, capsys):
+    """hero-finish-evidence: the decoder alone learns (its loss falls on train and on held-out
+    clips), the file names its checkpoint, hero-eval uses it (and records it) unless told not
+    to, a file for another checkpoint is ignored and a broken one is an error naming it."""
+    from safetensors.torch import load_file
+
+    from minigpt4.cli import finish_evidence
+    from minigpt4.common.checkpoint import resolve_checkpoint
+    from minigpt4.runners import evidence_finish as ef
+
+    run = trained_run["run"]
+    ckpt = resolve_checkpoint(run, prefer_best=True)
+    own = load_file(str(ckpt / "model.safetensors"))
+    assert finish_evidence.main(["--ckpt", str(run), "--epochs", "30", "--lr", "3e-3", "--val_split", "test"]) == 0
+    line = capsys.readouterr().out
+    assert "evidence decoder finished: 30 epochs on" in line and str(run / ef.FINISHED_DECODER_FILE) in line
+    path = run / ef.FINISHED_DECODER_FILE
+    finished = load_file(str(path))
+    assert finished and all(k.startswith(("evidence_stack.decoder.", "evidence_stack.evidence_bank.")) for k in finished)
+    assert ef.finished_for(run, ckpt) == path
+    changed = [k for k in finished if k in own and not torch.equal(finished[k], own[k])]
+    assert any(".decoder." in k for k in changed)
+    # only the visual and audio sentences exist, one per emotion: the bank holds them
+    assert finished["evidence_stack.evidence_bank.lengths"].gt(0).sum(-1).tolist() == [0, 4, 0, 0, 4, 0]
+
+    base = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(run), "--max_new_tokens", "8"]
+    used = eval_cli.run(base)
+    stats = used["evidence_finish"]
+    assert stats["epochs"] == 30 and stats["file"] == str(path)
+    assert stats["train_loss_after"] < 0.5 * stats["train_loss_before"]
+    assert stats["val_loss_after"] < stats["val_loss_before"]
+    assert eval_cli.run(base + ["--no_finished_decoder"])["evidence_finish"] is None
+    assert (run / "eval_test_unfinished" / "metrics.json").is_file()
+
+    other = run / "checkpoints" / "elsewhere"
+    assert ef.finished_for(run, other) is None  # made for another checkpoint: not applied
+    path.write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="not a finished evidence decoder"):
+        ef.finished_for(run, ckpt)
+    path.unlink()  # other tests of this module see the run as trained
+    assert finish_evidence.main(["--ckpt", str(trained_run["root"] / "nowhere")]) == 2
+    assert "hero-finish-evidence: run folder not found" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = {"hero-train": "minigpt4.cli.train:main", "hero-eval": "minigpt4.cli.evaluate:main",
            "hero-infer": "minigpt4.cli.infer:main", "hero-extract": "minigpt4.extraction.cli:main",
-           "hero-app": "minigpt4.app.cli:main"}
+           "hero-app": "minigpt4.app.cli:main", "hero-finish-evidence": "minigpt4.cli.finish_evidence:main"}
 
 
 def _pins() -> dict[str, str]:

@@ -26,6 +26,8 @@ reference metrics under `full` and the difference (full - removed) under `drop`.
 predictions are unchanged, their confidences scaled), records it under `temperature` with the
 calibration before scaling under `calibration_uncalibrated`, and writes it to
 `<run_dir>/calibration.json`, which hero-infer and hero-app then apply to that checkpoint.
+A run finished by `hero-finish-evidence` is evaluated with that decoder (recorded under
+`evidence_finish`); `--no_finished_decoder` uses the checkpoint's own.
 `--no_cot` asks for the label only; `--use_cls_head` reads the prediction from the model's
 classification head (no LLM generation; needs a model trained with `model.use_cls_head: true`).
 
@@ -83,6 +85,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calibrate", nargs="?", const="val", default=None, metavar="SPLIT",
                         help="fit a temperature for the head's confidence on SPLIT (default: val) first, evaluate "
                              "with it and save it as <run_dir>/calibration.json for hero-infer / hero-app")
+    parser.add_argument("--no_finished_decoder", action="store_true",
+                        help="write the evidence with the checkpoint's own decoder, not the one hero-finish-evidence "
+                             "finished for it (output folder suffix _unfinished)")
     parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
@@ -121,7 +126,8 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     ckpt_path = ckpt_api.resolve_checkpoint(args.ckpt, prefer_best=True)
     calibrate = getattr(args, "calibrate", None)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
-                                                             args.use_cls_head, args.no_brief, calibrate is not None)
+                                                             args.use_cls_head, args.no_brief, calibrate is not None,
+                                                             args.no_finished_decoder)
     check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
     parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else []))
     dataset, expected_ids, data_labels = build_eval_dataset(parts.datasets, args.split)
@@ -139,7 +145,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
         raise EvalError(f"--use_cls_head: the model built from {args.cfg_path} has no classification head "
                         "(model.use_cls_head is false); evaluate the reports instead, or train with "
                         "model.use_cls_head=true")
-    loaded = load_weights(model, ckpt_path, cfg, str(args.cfg_path))
+    loaded = load_weights(model, ckpt_path, cfg, str(args.cfg_path), finished_decoder=not args.no_finished_decoder)
     try:
         check_config_drift(ckpt_path, cfg, str(args.cfg_path))
     except ConfigDriftError as exc:
@@ -195,6 +201,8 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
             "generation": None if args.use_cls_head else gen_kwargs,
             "batch_size": batch_size,
             "temperature": temperature,  # None: the head's confidence as trained
+            # the hero-finish-evidence decoder used for the evidence (its numbers), None: the checkpoint's own
+            "evidence_finish": getattr(model, "evidence_finish", None),
         }, t0)
     barrier()
     return result

@@ -286,9 +286,9 @@ def run_dir_of(checkpoint: PathLike) -> Path:
 
 
 def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False,
-                  no_brief: bool = False, calibrated: bool = False) -> str:
+                  no_brief: bool = False, calibrated: bool = False, unfinished: bool = False) -> str:
     """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead',
-    '_nobrief', '_calibrated' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
+    '_nobrief', '_calibrated', '_unfinished' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
     tag = ""
     if missing:
         tag += "_missing-" + "+".join(missing)
@@ -300,13 +300,16 @@ def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_hea
         tag += "_nobrief"
     if calibrated:
         tag += "_calibrated"
+    if unfinished:
+        tag += "_unfinished"
     return tag
 
 
 def default_out_dir(checkpoint: PathLike, split: str, missing: Sequence[str] = (), no_cot: bool = False,
-                    use_cls_head: bool = False, no_brief: bool = False, calibrated: bool = False) -> Path:
+                    use_cls_head: bool = False, no_brief: bool = False, calibrated: bool = False,
+                    unfinished: bool = False) -> Path:
     """`<run_dir>/eval_<split><variant>/`, so variants of one run never overwrite each other."""
-    tag = condition_tag(missing, no_cot, use_cls_head, no_brief, calibrated)
+    tag = condition_tag(missing, no_cot, use_cls_head, no_brief, calibrated, unfinished)
     return run_dir_of(checkpoint) / f"eval_{split}{tag}"
 
 

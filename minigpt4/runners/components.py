@@ -95,17 +95,27 @@ def restrict_splits(cfg: DictConfig, splits: Sequence[str]) -> None:
             OmegaConf.update(cfg, f"datasets.{name}.splits", list(splits), force_add=True)
 
 
-def load_weights(model: nn.Module, checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> str:
+def load_weights(model: nn.Module, checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "",
+                 finished_decoder: bool = True) -> str:
     """Load a checkpoint's trainable weights into `model` (strict); returns the `.safetensors` used.
 
-    On a mismatch the error also names the `model.*` keys where the run's saved config.yaml
-    differs from `cfg`: the usual cause is evaluating with a config other than the training one.
+    With `finished_decoder`, the evidence decoder `hero-finish-evidence` finished for this
+    checkpoint (if the run has one) replaces the checkpoint's; `model.evidence_finish` then holds
+    that finish's numbers (None otherwise). On a mismatch the error also names the `model.*`
+    keys where the run's saved config.yaml differs from `cfg`: the usual cause is evaluating
+    with a config other than the training one.
     """
     from minigpt4.common import checkpoint as ckpt_api
     from minigpt4.evaluation.records import run_dir_of
+    from minigpt4.runners.evidence_finish import apply_finished_decoder
 
     try:
-        return ckpt_api.load_model_weights(model, checkpoint)
+        loaded = ckpt_api.load_model_weights(model, checkpoint)
+        finish = None
+        if finished_decoder and hasattr(model, "evidence_stack"):
+            finish = apply_finished_decoder(model, run_dir_of(checkpoint), ckpt_api.resolve_checkpoint(checkpoint))
+        model.evidence_finish = finish
+        return loaded
     except ckpt_api.CheckpointMismatchError as exc:
         hint = ""
         saved = run_dir_of(checkpoint) / "config.yaml"
