@@ -546,8 +546,9 @@ def test_transcript_and_measured_evidence_reach_the_prompt_and_the_report(llm_di
     assert results[0]["evidence"]["au"] == "AU12 lip corner puller (peak 2.4 of 5)"
     assert results[0]["evidence_source"]["au"] == "measured" and results[1]["evidence_source"]["au"] == "generated"
     assert "- Physiological: AU12 lip corner puller (peak 2.4 of 5)" in results[0]["report"]
+    assert [r["transcript"] for r in results] == ["Oh great, another meeting today at noon.", None, "Fine."]
     off = build(make_cfg(llm_dir, use_transcript=False))
     seen = capture_turns(off, monkeypatch)
     off.eval()
-    off.generate(batch, max_new_tokens=2)
+    assert [r["transcript"] for r in off.generate(batch, max_new_tokens=2)] == [None, None, None]  # nothing quoted
     assert not any("says:" in turn for turn in seen[-1])

@@ -68,6 +68,7 @@ def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any
     synergy = output.synergy_score.detach().float().cpu().tolist()
     return [{"report": None, "emotion": label, "confidence": conf, "format_ok": None,
              "evidence": evidence[b], "evidence_source": sources[b], "synergy_score": float(synergy[b]),
+             "transcript": None,  # the head reads no prompt
              "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
              "head_emotion": label, "head_confidence": conf, "confidence_source": "head",
              "label_probs": dict(zip(model.label_names, probs[b]))}

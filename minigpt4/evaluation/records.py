@@ -136,7 +136,8 @@ def records_from_batch(
             from minigpt4.common.cot import parse_report
 
             error = parse_report(out["report"], label_names, require_header=use_cot).error
-        records.append(make_record(vid, gold, out, prediction_source, error, golden, words))
+        # the model says what its prompt quoted; a model that does not say: the batch's transcript
+        records.append(make_record(vid, gold, out, prediction_source, error, golden, out.get("transcript", words)))
     return records
 
 

@@ -94,7 +94,7 @@ def clip_result(output: Mapping[str, Any], video_id: str, source: str, transcrip
                 present: Sequence[str], timings: Mapping[str, float]) -> ClipResult:
     """A ClipResult from one `model.generate` item and the clip's own fields.
 
-    `present`: the modalities (STACK_ORDER names) the clip had; `transcript`: the one the model read.
+    `present`: the modalities (STACK_ORDER names) the clip had; `transcript`: the clip's (the prompt quotes it with model.use_transcript).
     """
     parsed_ok = output.get("format_ok") is not False and output.get("emotion") not in (None, UNKNOWN)
     confidence = _float(output.get("confidence")) if parsed_ok else None

@@ -358,7 +358,9 @@ class HEROModel(nn.Module):
         use_brief = self.brief_source != "none" if brief is None else bool(brief)
         brief_sentences = evidence if use_brief else [None] * batch
         instruction = cot.build_instruction(self.label_names, use_cot)
-        turns = self._user_turns([instruction] * batch, brief_sentences, output, self.spoken_lines(samples))
+        spoken = self.spoken_lines(samples)
+        turns = self._user_turns([instruction] * batch, brief_sentences, output, spoken)
+        heard = list(samples.get("transcript") or [None] * batch)
         # the evidence section is the experts' own sentences, given, and the LLM writes the rest
         prefixes = ([cot.build_evidence_section(e) + cot.RATIONALE_HEADER for e in evidence]
                     if use_cot and self.report_evidence == "experts" else None)
@@ -390,6 +392,8 @@ class HEROModel(nn.Module):
                 "format_ok": parsed.format_ok,
                 "evidence": evidence[b],
                 "evidence_source": evidence_source[b],
+                # what the prompt quoted (None with model.use_transcript off, or no words)
+                "transcript": " ".join(str(heard[b]).split()) if spoken[b] is not None else None,
                 "modality_weights": {name: float(weights[b][e]) for e, name in enumerate(EXPERT_ORDER)},
                 "synergy_score": float(synergy[b]),
                 "head_emotion": None if head is None else head[b][0],
