@@ -26,6 +26,18 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster and immune to a busy shared machine's oversubscription
+    (test modules of tiny models use it for every test: `pytestmark = pytest.mark.usefixtures("one_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_llm_dir(tmp_path_factory) -> Path:
     """A 2-layer Llama (hidden 64) with the real SmolLM2 tokenizer, saved with save_pretrained."""

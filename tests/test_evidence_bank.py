@@ -9,12 +9,7 @@ from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_stack import HEROEvidenceStack
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _rows(sentences: list[list[list[int]]], length: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

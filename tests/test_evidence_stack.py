@@ -15,13 +15,7 @@ DIMS = {"video_dim": 20, "audio_dim": 16, "au_dim": 6, "text_dim": 12, "visual_d
 MAX_DIM, LLM_DIM, VOCAB = 32, 48, 100
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy shared machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**overrides: Any):

@@ -10,13 +10,7 @@ B, E, Q, H, N_OUT, OUT = 4, 6, 5, 32, 7, 24
 AUDIO = 1
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy shared machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _layer(strategy: str) -> AudioGuidedIntegration:

@@ -17,13 +17,7 @@ from minigpt4.models.hero.observation_experts import (
 DIMS = (20, 16, 6, 12, 24)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is faster and immune to a busy shared machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _stack(b: int = 3, t: int = 9, max_dim: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

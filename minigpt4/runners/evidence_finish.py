@@ -173,8 +173,8 @@ def save_finished(run_dir: Union[str, Path], model: Any, checkpoint: Union[str, 
     return path
 
 
-def finished_for(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[Path]:
-    """The run's finished decoder file when it was made for `checkpoint`, else None."""
+def _finished_meta(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[tuple[Path, dict]]:
+    """(file, metadata) of the run's finished decoder when it was made for `checkpoint`, else None."""
     from safetensors import safe_open
 
     path = Path(run_dir) / FINISHED_DECODER_FILE
@@ -187,18 +187,24 @@ def finished_for(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Opt
         raise ValueError(f"{path}: not a finished evidence decoder ({exc}); delete it or rerun hero-finish-evidence") from exc
     if "checkpoint" not in meta:
         raise ValueError(f"{path}: no checkpoint in its metadata; delete it or rerun hero-finish-evidence")
-    return path if Path(meta["checkpoint"]) == Path(checkpoint).resolve() else None
+    return (path, meta) if Path(meta["checkpoint"]) == Path(checkpoint).resolve() else None
+
+
+def finished_for(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[Path]:
+    """The run's finished decoder file when it was made for `checkpoint`, else None."""
+    found = _finished_meta(run_dir, checkpoint)
+    return None if found is None else found[0]
 
 
 def apply_finished_decoder(model: Any, run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[dict]:
     """Load the finished decoder made for `checkpoint` into `model` (strict on its keys); returns
     the finish's stats, or None when the run has none for this checkpoint."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    path = finished_for(run_dir, checkpoint)
-    if path is None:
+    found = _finished_meta(run_dir, checkpoint)
+    if found is None:
         return None
+    path, meta = found
     state = load_file(str(path))
     own = dict(model.state_dict())
     wrong = sorted(k for k, v in state.items() if k not in own or tuple(own[k].shape) != tuple(v.shape))
@@ -208,7 +214,5 @@ def apply_finished_decoder(model: Any, run_dir: Union[str, Path], checkpoint: Un
     with torch.no_grad():
         for key, value in state.items():
             own[key].copy_(value.to(own[key].device))
-    with safe_open(str(path), framework="pt") as fh:
-        stats = json.loads((fh.metadata() or {}).get("stats") or "{}")
     logger.info("evidence decoder finished by hero-finish-evidence (%s)", path)
-    return {"file": str(path), **stats}
+    return {"file": str(path), **json.loads(meta.get("stats") or "{}")}
