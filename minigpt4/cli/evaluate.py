@@ -145,6 +145,10 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
         raise EvalError(f"--use_cls_head: the model built from {args.cfg_path} has no classification head "
                         "(model.use_cls_head is false); evaluate the reports instead, or train with "
                         "model.use_cls_head=true")
+    if not args.use_cls_head and not getattr(model, "can_generate", True):
+        raise EvalError(f"the model built from {args.cfg_path} is an observation pre-training run "
+                        "(model.train_stage: observation): its LLM was never trained and writes no reports; "
+                        "evaluate its classification head with --use_cls_head")
     loaded = load_weights(model, ckpt_path, cfg, str(args.cfg_path), finished_decoder=not args.no_finished_decoder)
     try:
         check_config_drift(ckpt_path, cfg, str(args.cfg_path))

@@ -64,15 +64,15 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def trainable_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """`{name: tensor}` of every parameter with `requires_grad`, plus the buffers the model names in
-    `checkpoint_buffer_names()` (state learned from the data, not by gradients) (CPU, contiguous,
-    detached copies)."""
+    """`{name: tensor}` of every parameter with `requires_grad`, plus the buffers (or frozen parameters)
+    the model names in `checkpoint_buffer_names()` (state learned from the data, not by gradients, or
+    frozen after it was loaded from another run) (CPU, contiguous, detached copies)."""
     module = unwrap_model(model)
     state = {name: p.detach().to("cpu", copy=True).contiguous()
              for name, p in module.named_parameters() if p.requires_grad}
     names = getattr(module, "checkpoint_buffer_names", None)
     if callable(names):
-        buffers = dict(module.named_buffers())
+        buffers = {**dict(module.named_buffers()), **dict(module.named_parameters())}
         state.update({n: buffers[n].detach().to("cpu", copy=True).contiguous() for n in names()})
     return state
 

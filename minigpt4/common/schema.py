@@ -30,6 +30,7 @@ DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.d
 # model keys that choose how a trained model is asked, not what its weights compute: an eval may
 # set them differently from the run's config.yaml without that being config drift
 INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence", "evidence_decoder.decoding"})
+TRAIN_STAGES: tuple[str, ...] = ("joint", "observation")  # model.train_stage (README "Staged training")
 # what `model.llm.dtype` may say (minigpt4/models/hero/llm_reasoner.resolve_dtype reads it)
 LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)
@@ -239,6 +240,9 @@ class ModelConfig:
     system_prompt: Optional[str] = "You are an expert in multimodal emotion analysis."  # null or "": no system turn
     end_sym: str = ""
     llm: LLMConfig = field(default_factory=LLMConfig)
+    train_stage: str = "joint"  # joint | observation (the evidence stack alone, no LLM run: README "Staged training")
+    init_from: Optional[str] = None  # checkpoint or run folder whose weights a fresh training run starts from
+    freeze_experts: bool = False  # the five modality experts and the synergy expert stay as init_from left them
 
     def check(self) -> None:
         _positive(self, "model", ("visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim",
@@ -287,6 +291,10 @@ class ModelConfig:
         if self.evidence_max_len > self.evidence_decoder.max_len - 1:
             raise ConfigError(f"model.evidence_max_len must be <= model.evidence_decoder.max_len - 1 = "
                               f"{self.evidence_decoder.max_len - 1} (room for EOS), got {self.evidence_max_len}")
+        _one_of(self, "model", "train_stage", TRAIN_STAGES)
+        if self.freeze_experts and (self.train_stage != "joint" or not self.init_from):
+            raise ConfigError("model.freeze_experts keeps the experts at the weights model.init_from loads, in "
+                              "reasoning tuning: set model.init_from (and model.train_stage: joint)")
 
 
 # arch -> schema of its `model` section; an arch not listed here keeps free-form keys

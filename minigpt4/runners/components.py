@@ -137,13 +137,17 @@ def _model_sections(saved_yaml: Path, cfg: Any) -> Optional[tuple[Any, Any]]:
     return None if old is None or new is None else (old, new)
 
 
-def _section_diff(old: Any, new: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
+def _section_diff(old: Any, new: Any, ignore: frozenset[str] = frozenset(),
+                  only: Optional[frozenset[str]] = None) -> list[str]:
     """`model.<key> (<old> in the run, <new> here)` for every leaf key whose value differs (sorted),
-    keys in `ignore` left out."""
+    keys in `ignore` left out; with `only`, just the keys it names and those below them."""
     from minigpt4.common.config import flatten_keys
 
     diff = []
-    for k in sorted((set(flatten_keys(old)) | set(flatten_keys(new))) - ignore):
+    keys = (set(flatten_keys(old)) | set(flatten_keys(new))) - ignore
+    if only is not None:
+        keys = {k for k in keys if any(k == o or k.startswith(o + ".") for o in only)}
+    for k in sorted(keys):
         a = OmegaConf.select(old, k, default="<unset>", throw_on_missing=False)
         b = OmegaConf.select(new, k, default="<unset>", throw_on_missing=False)
         if OmegaConf.is_config(a) or OmegaConf.is_config(b):
@@ -159,14 +163,19 @@ def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
     return _section_diff(*sections) if sections else []
 
 
+# model keys that say how a training run started (README "Staged training"), not what its weights compute
+TRAINING_MODEL_KEYS: frozenset[str] = frozenset({"init_from", "freeze_experts"})
+
+
 class ConfigDriftError(ValueError):
     """The config differs from the run's own `config.yaml` in keys that change what the model computes."""
 
 
-def typed_model_diff(saved_yaml: Path, cfg: Any, ignore: frozenset[str] = frozenset()) -> list[str]:
-    """`model.*` keys (but those in `ignore`) whose value differs between a run's config.yaml and `cfg`,
-    compared after the schema has filled both with its defaults (a key one side leaves unset is its
-    default); raw keys without a schema."""
+def typed_model_diff(saved_yaml: Path, cfg: Any, ignore: frozenset[str] = frozenset(),
+                     only: Optional[frozenset[str]] = None) -> list[str]:
+    """`model.*` keys (but those in `ignore`; with `only`, just those) whose value differs between a run's
+    config.yaml and `cfg`, compared after the schema has filled both with its defaults (a key one side
+    leaves unset is its default); raw keys without a schema."""
     import dataclasses
 
     from minigpt4.common.schema import MODEL_SCHEMAS, ConfigError, build
@@ -182,19 +191,20 @@ def typed_model_diff(saved_yaml: Path, cfg: Any, ignore: frozenset[str] = frozen
                         for section, where in ((old, str(saved_yaml)), (new, "config")))
         except ConfigError:
             pass  # a config the schema cannot read: compare the keys as written
-    return _section_diff(old, new, ignore)
+    return _section_diff(old, new, ignore, only)
 
 
 def check_config_drift(checkpoint: Union[str, Path], cfg: DictConfig, cfg_source: str = "") -> list[str]:
     """Raise ConfigDriftError when `cfg` builds a model other than the one the checkpoint's run trained,
     in a way the weights' shapes cannot show (a permuted label set, temporal positions off, another LoRA
     scale: same shapes, other predictions). Keys that only choose how the model is asked
-    (`schema.INFERENCE_MODEL_KEYS`) may differ. Returns the differences (empty: none, or no config.yaml)."""
+    (`schema.INFERENCE_MODEL_KEYS`) or how its training started (`TRAINING_MODEL_KEYS`) may differ.
+    Returns the differences (empty: none, or no config.yaml)."""
     from minigpt4.common.schema import INFERENCE_MODEL_KEYS
     from minigpt4.evaluation.records import run_dir_of
 
     saved = run_dir_of(checkpoint) / "config.yaml"
-    diff = typed_model_diff(saved, cfg, INFERENCE_MODEL_KEYS) if saved.is_file() else []
+    diff = typed_model_diff(saved, cfg, INFERENCE_MODEL_KEYS | TRAINING_MODEL_KEYS) if saved.is_file() else []
     if diff:
         raise ConfigDriftError(
             f"{cfg_source or 'the config'} differs from the run's {saved} in " + "; ".join(diff[:8])

@@ -16,6 +16,9 @@ Before the first epoch (`ValidationMixin.preflight`) every validation sample is 
 `run.best_metric` is checked against the terms validation produces, so neither fails only
 after an epoch of work.
 
+A fresh run (not a resumed one) first loads `model.init_from`'s weights (`init_from.py`: weights
+only, refused from a run with an incompatible model config), before anything is written.
+
 Auxiliary optimisers (docs/ARCHITECTURE.md "Runner <-> model"): parameters named by
 `model.auxiliary_parameter_groups()` get their own AdamW each and never enter the main one;
 the runner back-propagates `loss + sum(aux_losses)` once and steps every optimiser.
@@ -49,6 +52,7 @@ from minigpt4.common.schema import RunConfig, build
 from minigpt4.common.seed import set_seed
 from minigpt4.runners.checkpointing import CheckpointMixin, refuse_used_folder
 from minigpt4.runners.extraction_record import write_extraction_settings
+from minigpt4.runners.init_from import apply_init_from
 from minigpt4.runners.loaders import (
     DataMixin,
     ResumableDistributedSampler,
@@ -118,6 +122,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         rc = self.run_cfg
         if not rc.get("evaluate") and not rc.get("resume_ckpt_path"):
             refuse_used_folder(self.output_dir)
+        if not rc.get("evaluate") and self._starts_fresh():  # weights only, before the run folder is written
+            apply_init_from(self.model_raw, self.cfg)
         if not rc.get("evaluate"):  # what the first epoch would fail on, found before the run folder is written
             train_ds = self.train_dataset
             n_iters = self.iters_per_epoch(train_ds)
@@ -225,6 +231,11 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.epoch, self.iter_in_epoch = epoch + 1, 0
         if save_every_epoch:
             self.save_checkpoint(best=best)
+
+    def _starts_fresh(self) -> bool:
+        """No checkpoint to resume from: `model.init_from` applies (a resumed run has its own full state)."""
+        resume = self.run_cfg.get("resume_ckpt_path")
+        return not resume or (resume == "auto" and ckpt.find_latest_checkpoint(self.output_dir) is None)
 
     def _evaluate_only(self) -> Dict[str, Any]:
         path = self.run_cfg.get("resume_ckpt_path")

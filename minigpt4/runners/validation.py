@@ -144,19 +144,23 @@ class ValidationMixin:
             restore_rng_state(rng)
 
     def _generates_at_validation(self) -> bool:
-        """`run.val_generate` and a task/model pair that can generate reports (HERO's can)."""
+        """`run.val_generate` and a task/model pair that can generate reports (HERO's can, but for
+        observation pre-training, whose model says `can_generate` False: its LLM is not trained)."""
         return (bool(self.run_cfg.get("val_generate", True)) and hasattr(self.task, "valid_generate")
-                and hasattr(self.model_raw, "generate") and hasattr(self.model_raw, "label_names"))
+                and hasattr(self.model_raw, "generate") and hasattr(self.model_raw, "label_names")
+                and bool(getattr(self.model_raw, "can_generate", True)))
 
     def best_metric(self) -> tuple[str, str]:
         """(validation term, min|max) that picks the best checkpoint; `auto` resolves here.
 
-        auto metric: `gen_accuracy` when validation generates, else `loss`. auto mode: max for
+        auto metric: `gen_accuracy` when validation generates, else the model's `auto_best_metric`
+        (HERO's observation pre-training: `cls_accuracy`), else `loss`. auto mode: max for
         accuracy-like terms (accuracy, f1, uar, agreement, compliance), min for the rest.
         """
         metric = str(self.run_cfg.get("best_metric") or "auto")
         if metric == "auto":
-            metric = "gen_accuracy" if self._generates_at_validation() else "loss"
+            own = getattr(self.model_raw, "auto_best_metric", None)
+            metric = "gen_accuracy" if self._generates_at_validation() else str(own or "loss")
         mode = str(self.run_cfg.get("best_mode") or "auto")
         if mode == "auto":
             higher = ("accuracy", "f1", "uar", "agreement", "compliance")

@@ -42,6 +42,7 @@ from minigpt4.common.modalities import EXPERT_ORDER
 from minigpt4.common.schema import model_config
 from minigpt4.common.registry import registry
 from minigpt4.models.hero import evidence_sources as sources_
+from minigpt4.models.hero import training_stage as stages
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
 from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
 
@@ -69,6 +70,7 @@ class HEROModel(nn.Module):
         self.transcript_max_tokens = c.transcript_max_tokens
         self.coverage = sources_.EvidenceCoverage()
         self.stmil_lr: Optional[float] = c.stmil.lr
+        self.train_stage, self.freeze_experts = c.train_stage, c.freeze_experts  # `training_stage` module
         reasoner_cfg = ReasonerConfig.from_model_cfg(c)
 
         self.reasoner = LLMReasoner(reasoner_cfg)
@@ -93,14 +95,27 @@ class HEROModel(nn.Module):
         if not 1 <= self.evidence_max_len <= decoder_max - 1:
             raise ValueError(f"model.evidence_max_len must be in [1, model.evidence_decoder.max_len - 1 = "
                              f"{decoder_max - 1}] (room for EOS), got {self.evidence_max_len}")
+        stages.apply_stage(self, self.train_stage, self.freeze_experts)
 
     @classmethod
     def from_config(cls, cfg_model: Any) -> "HEROModel":
         return cls(cfg_model)
 
     def checkpoint_buffer_names(self) -> list[str]:
-        """Buffers a checkpoint saves besides the trainable parameters (docs/ARCHITECTURE.md)."""
-        return ["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
+        """Buffers (and frozen experts' parameters) a checkpoint saves besides the trainable parameters."""
+        return (["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
+                + stages.frozen_expert_names(self, self.freeze_experts))
+
+    @property
+    def can_generate(self) -> bool:
+        """Whether reports mean anything: not after observation pre-training (its LLM never trained)."""
+        return self.train_stage != stages.OBSERVATION
+
+    @property
+    def auto_best_metric(self) -> Optional[str]:
+        """The validation term `run.best_metric: auto` selects when validation does not generate."""
+        head = self.train_stage == stages.OBSERVATION and self.evidence_stack.use_cls_head
+        return stages.CLS_ACCURACY if head else None
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -292,7 +307,8 @@ class HEROModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, samples: Mapping[str, Any]) -> dict[str, Any]:
-        """Training step: `loss` = loss_task + the evidence stack's weighted terms; every term too."""
+        """Training step: `loss` = loss_task + the evidence stack's weighted terms (observation
+        pre-training: those terms alone, and `cls_accuracy` in eval mode); every term too."""
         samples = self._on_device(samples)
         targets = self.build_evidence_targets(samples)
         if self.training:
@@ -302,11 +318,17 @@ class HEROModel(nn.Module):
                 self.evidence_stack.evidence_bank.update(targets.input_ids, targets.attention_mask,
                                                          annotated.to(targets.present.device) & targets.present)
         output = self.evidence_stack(samples, targets)
-        sentences = self.training_brief(samples, output)
-        turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
-        loss_task = self.reasoner(output.context, turns, samples["answer"])
-        loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
-        result: dict[str, Any] = {"loss": loss_task + loss_aux, "loss_task": loss_task}
+        if self.train_stage == stages.OBSERVATION:  # the LLM is not run (`training_stage` module)
+            result: dict[str, Any] = {"loss": stages.observation_loss(output, self.training)}
+            accuracy = None if self.training else stages.head_accuracy(output.cls_logits, samples.get("emotion"))
+            if accuracy is not None:
+                result[stages.CLS_ACCURACY] = accuracy
+        else:
+            sentences = self.training_brief(samples, output)
+            turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
+            loss_task = self.reasoner(output.context, turns, samples["answer"])
+            loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
+            result = {"loss": loss_task + loss_aux, "loss_task": loss_task}
         for name, value in output.losses.items():
             key = name if name.startswith("loss_") else f"loss_{name}"
             if key in ("loss", "loss_task"):
@@ -351,6 +373,7 @@ class HEROModel(nn.Module):
         number the LLM wrote ("report").
         The instruction is `cot.build_instruction(label_names, use_cot)`.
         """
+        stages.refuse_generation(self.train_stage)
         samples = self._on_device(samples)
         batch = self._batch_size(samples)
         output = self.evidence_stack(samples, None, compute_losses=False)

@@ -1,0 +1,148 @@
+"""`model.init_from`: a fresh training run starts from another run's weights (weights only).
+
+Staged training (README "Staged training"): reasoning tuning starts from an observation
+pre-training run. Applied once, when a fresh training run starts (`RunnerBase.train`): a resumed
+run has its own full state, and evaluation and inference load the run's own checkpoint. Only
+weights are taken, never an optimiser, a step or RNG states.
+
+What is refused, as an `InitFromError` naming the file and the keys:
+- a run whose saved `config.yaml` differs from this config in a key that shapes the evidence
+  stack or gives its weights their meaning (`ARCHITECTURE_MODEL_KEYS`: equal shapes can still
+  mean other things, e.g. a permuted label set or another LLM's embeddings);
+- a tensor of the file that is not a parameter or buffer of the model, or has another shape.
+The model's parameters the file does not hold (the LoRA adapters of a stage-1 checkpoint, which
+has no LLM weight) keep their initial values.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from minigpt4.common import checkpoint as ckpt
+from minigpt4.common.schema import ConfigError
+
+logger = logging.getLogger(__name__)
+
+# model keys (and the sections below them) whose values a `model.init_from` run must share with this config
+ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset({
+    "arch", "visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim", "num_heads", "num_queries",
+    "num_qformer_layers", "num_output_queries", "ffn_ratio", "temporal_position", "frame_encoder_layers",
+    "include_synergy", "integration_strategy", "label_names", "num_classes", "sccl_dim", "stmil.hidden_dim",
+    "evidence_max_len", "evidence_decoder.embed_dim", "evidence_decoder.num_layers", "evidence_decoder.num_heads",
+    "evidence_decoder.max_len", "evidence_decoder.condition_on_readout", "evidence_decoder.bank_size", "llm.path",
+})
+_SHOWN = 8  # offending keys named in an error
+
+
+class InitFromError(ConfigError):
+    """A `model.init_from` checkpoint this config cannot start from; the message names the file and keys."""
+
+
+@dataclass(frozen=True)
+class InitFromReport:
+    """What `apply_init_from` loaded: the file, its tensors per part, and the trainable tensors it left as built."""
+
+    file: str
+    loaded: dict[str, int]  # part of the model -> tensors loaded
+    kept: dict[str, int]  # part -> trainable tensors the file does not hold (initial values)
+
+    @property
+    def n_loaded(self) -> int:
+        return sum(self.loaded.values())
+
+
+def _listed(items: list[str]) -> str:
+    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
+    return ", ".join(items[:_SHOWN]) + more
+
+
+def part_of(name: str) -> str:
+    """The model part a tensor belongs to, for the log: `evidence_stack.<module>`, else the top module."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if parts[0] == "evidence_stack" and len(parts) > 2 else parts[0]
+
+
+def init_source(cfg: Any) -> Optional[str]:
+    """`model.init_from` of a run config, or None (also for a model section without the key)."""
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    value = model.get("init_from") if model is not None and hasattr(model, "get") else None
+    return str(value) if value else None
+
+
+def resolve_source(source: str) -> Path:
+    """The `.safetensors` file `model.init_from` names: a checkpoint folder, a file, or a run folder
+    (its best checkpoint by validation, else its latest), as hero-eval resolves `--ckpt`."""
+    try:
+        found = ckpt.resolve_checkpoint(source, prefer_best=True)
+    except (FileNotFoundError, ValueError) as exc:
+        raise InitFromError(f"model.init_from={source!r}: {exc}") from None
+    return found if found.is_file() else found / ckpt.MODEL_FILE
+
+
+def check_compatible(file: Path, cfg: Any) -> None:
+    """Refuse a file whose run's config.yaml differs from `cfg` in `ARCHITECTURE_MODEL_KEYS`; without a
+    config.yaml (an exported weights file) only the tensors' names and shapes are checked."""
+    from minigpt4.evaluation.records import run_dir_of
+    from minigpt4.runners.components import typed_model_diff
+
+    saved = run_dir_of(file) / "config.yaml"
+    if not saved.is_file():
+        logger.warning("model.init_from: no config.yaml in %s; checking %s by tensor names and shapes only",
+                       saved.parent, file)
+        return
+    diff = typed_model_diff(saved, cfg, only=ARCHITECTURE_MODEL_KEYS)
+    if diff:
+        raise InitFromError(f"model.init_from: {file} was trained with an incompatible model config ({saved}): "
+                            f"{_listed(diff)}; start from a run with the same model keys, or drop model.init_from")
+
+
+def read_state(file: Path) -> dict[str, torch.Tensor]:
+    """The file's tensors (checked against the checkpoint's recorded sha256 first; safetensors, no pickle)."""
+    from safetensors.torch import load_file
+
+    ckpt.verify_checkpoint_file(file)
+    try:
+        return load_file(str(file))
+    except Exception as exc:
+        raise InitFromError(f"model.init_from: {file} is not a readable safetensors file ({exc})") from exc
+
+
+def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> InitFromReport:
+    """Copy every tensor of `state` into the model's parameter or buffer of that name; each must exist
+    with the same shape (else nothing is copied). Returns what was loaded and what was kept."""
+    module = ckpt.unwrap_model(model)
+    targets: dict[str, torch.Tensor] = {**dict(module.named_buffers()), **dict(module.named_parameters())}
+    unexpected = sorted(k for k in state if k not in targets)
+    shapes = [f"{k} (file {tuple(v.shape)} vs model {tuple(targets[k].shape)})"
+              for k, v in sorted(state.items()) if k in targets and tuple(v.shape) != tuple(targets[k].shape)]
+    problems = ([f"keys the model does not have: {_listed(unexpected)}"] if unexpected else []) + \
+        ([f"shape mismatches: {_listed(shapes)}"] if shapes else [])
+    if problems:
+        raise InitFromError(f"model.init_from: {file} does not fit the model built from this config: "
+                            + "; ".join(problems))
+    with torch.no_grad():
+        for k, v in state.items():
+            targets[k].copy_(v.to(device=targets[k].device, dtype=targets[k].dtype))
+    kept = [n for n, p in module.named_parameters() if p.requires_grad and n not in state]
+    return InitFromReport(file=str(file), loaded=dict(Counter(part_of(k) for k in state)),
+                          kept=dict(Counter(part_of(k) for k in kept)))
+
+
+def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:
+    """Load `model.init_from`'s weights into `model` (a fresh run only: the runner decides); None when unset."""
+    source = init_source(cfg)
+    if source is None:
+        return None
+    file = resolve_source(source)
+    check_compatible(file, cfg)
+    report = load_subset(model, read_state(file), file)
+    logger.info("model.init_from: loaded %d tensors from %s (%s); trainable tensors not in it, at their initial "
+                "values: %s", report.n_loaded, file, ", ".join(f"{k} {v}" for k, v in sorted(report.loaded.items())),
+                ", ".join(f"{k} {v}" for k, v in sorted(report.kept.items())) or "none")
+    return report

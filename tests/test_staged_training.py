@@ -1,0 +1,226 @@
+"""Staged training (README "Staged training"): observation pre-training without the LLM, reasoning
+tuning started from it with `model.init_from` (weights only, refused from an incompatible run),
+`model.freeze_experts`, and both stages end to end through hero-train and hero-eval."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from safetensors.torch import load_file
+
+from minigpt4.common import checkpoint as ckpt
+from minigpt4.common.config import save_config
+from minigpt4.common.schema import ConfigError, model_config
+from minigpt4.runners.init_from import InitFromError, apply_init_from
+from tests.test_hero_model import build, make_batch, make_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture
+def llm_dir(tiny_llm_dir: Path) -> Path:
+    """The shared tiny Llama: nothing here generates text, so its EOS row needs no repair."""
+    return tiny_llm_dir
+
+
+def observation_cfg(llm_path: Path, **overrides):
+    return make_cfg(llm_path, train_stage="observation", lambda_cls=1.0, **overrides)
+
+
+def forbid_llm(model, monkeypatch) -> None:
+    """Any use of the LLM beyond its embedding table fails the test."""
+    def boom(*args, **kwargs):
+        raise AssertionError("the LLM was run")
+
+    monkeypatch.setattr(model.reasoner, "forward", boom)
+    monkeypatch.setattr(model.reasoner, "generate", boom)
+    monkeypatch.setattr(model.reasoner.llm, "forward", boom)
+
+
+def save_run(run_dir: Path, model, model_cfg) -> Path:
+    """A run folder as hero-train writes it: config.yaml and one checkpoint of the trainable state."""
+    save_config(OmegaConf.create({"model": model_cfg, "run": {"output_dir": str(run_dir)}}), run_dir / "config.yaml")
+    return ckpt.save_checkpoint(run_dir, 1, ckpt.trainable_state_dict(model), {"step": 1})
+
+
+def one_step(model) -> None:
+    """One SGD step, so the weights differ from any freshly built model's."""
+    model.train()
+    out = model(make_batch())
+    out["loss"].backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 0.1 * p.grad
+                p.grad = None
+
+
+# ------------------------------------------------------------------------- stage 1
+def test_observation_stage_never_runs_the_llm_and_saves_no_llm_weight(llm_dir, monkeypatch):
+    model = build(observation_cfg(llm_dir))
+    forbid_llm(model, monkeypatch)
+    out = model(make_batch())
+    assert "loss_task" not in out and {"loss_evidence", "loss_cls"} <= set(out)
+    weighted = sum(model.evidence_stack.lambdas[k[len("loss_"):]] * float(v)
+                   for k, v in out.items() if k.startswith("loss_"))
+    assert float(out["loss"]) == pytest.approx(weighted, rel=1e-5)  # loss = loss_aux, nothing else
+    out["loss"].backward()
+    assert not any(p.requires_grad for p in model.reasoner.parameters())  # LoRA included
+    state = ckpt.trainable_state_dict(model)
+    assert state and not [k for k in state if k.startswith("reasoner.")]
+    assert {k.split(".")[0] for k in state} == {"evidence_stack", "coverage"}
+    model.eval()
+    with torch.no_grad():
+        terms = model(make_batch())
+    assert 0.0 <= float(terms["cls_accuracy"]) <= 1.0
+    assert not model.can_generate and model.auto_best_metric == "cls_accuracy"
+    with pytest.raises(ValueError, match="--use_cls_head"):
+        model.generate(make_batch())
+
+
+def test_stage_config_errors_name_the_key(llm_dir):
+    with pytest.raises(ConfigError, match="model.train_stage must be one of joint, observation"):
+        model_config(make_cfg(llm_dir, train_stage="pretrain"))
+    with pytest.raises(ValueError, match=r"model.train_stage: observation .* model.lambda_cls"):
+        build(make_cfg(llm_dir, train_stage="observation", lambda_cls=0.0, lambda_stmil=0.0, lambda_sccl=0.0,
+                       lambda_synergy=0.0, lambda_evidence=0.0))
+    with pytest.raises(ConfigError, match="model.freeze_experts .* set model.init_from"):
+        model_config(make_cfg(llm_dir, freeze_experts=True))
+    with pytest.raises(ConfigError, match="model.freeze_experts"):
+        model_config(observation_cfg(llm_dir, freeze_experts=True, init_from="runs/stage1"))
+
+
+# ------------------------------------------------------------------------- stage 2
+def test_freeze_experts_freezes_exactly_the_experts_and_checkpoints_them(llm_dir):
+    free = build(make_cfg(llm_dir))
+    frozen = build(make_cfg(llm_dir, init_from="runs/stage1", freeze_experts=True))
+    experts = ("evidence_stack.experts.", "evidence_stack.synergy.")
+    trainable = {n for n, p in free.named_parameters() if p.requires_grad}
+    assert any(n.startswith("reasoner.") for n in trainable)  # LoRA
+    for name, p in frozen.named_parameters():
+        assert p.requires_grad == (name in trainable and not name.startswith(experts)), name
+    # frozen, but saved: an evaluation of the run reads the experts it trained with
+    state = ckpt.trainable_state_dict(frozen)
+    expert_names = [n for n, _ in frozen.named_parameters() if n.startswith(experts)]
+    assert expert_names and set(expert_names) <= set(state)
+
+
+def test_init_from_loads_the_stage1_weights_exactly(llm_dir, tmp_path, caplog):
+    stage1_cfg = observation_cfg(llm_dir)
+    stage1 = build(stage1_cfg, seed=1)
+    one_step(stage1)
+    stage1.coverage.update(torch.tensor([[True, False, True, True, False, True]]))  # a recorded buffer travels too
+    save_run(tmp_path / "stage1", stage1, stage1_cfg)
+    stage2_cfg = make_cfg(llm_dir, lambda_cls=1.0, init_from=str(tmp_path / "stage1"))
+    stage2 = build(stage2_cfg, seed=2)
+    lora_before = {n: p.detach().clone() for n, p in stage2.named_parameters() if "lora_" in n}
+    with caplog.at_level(logging.INFO, logger="minigpt4.runners.init_from"):
+        report = apply_init_from(stage2, OmegaConf.create({"model": stage2_cfg}))
+    saved = load_file(str(tmp_path / "stage1" / "checkpoints" / "ckpt_00000001" / "model.safetensors"))
+    mine = {**dict(stage2.named_buffers()), **dict(stage2.named_parameters())}
+    assert report.n_loaded == len(saved) and saved
+    for key, value in saved.items():
+        assert torch.equal(mine[key].detach().cpu(), value), key
+    assert lora_before and all(torch.equal(p, dict(stage2.named_parameters())[n]) for n, p in lora_before.items())
+    assert report.kept.get("reasoner") == len(lora_before)
+    assert f"loaded {len(saved)} tensors" in caplog.text and "evidence_stack.experts" in caplog.text
+
+
+def test_init_from_refuses_an_incompatible_run_naming_the_file_and_keys(llm_dir, tmp_path):
+    stage1_cfg = observation_cfg(llm_dir)
+    save_run(tmp_path / "stage1", build(stage1_cfg), stage1_cfg)
+    stage2 = build(make_cfg(llm_dir))
+    before = {n: p.detach().clone() for n, p in stage2.named_parameters()}
+    file = str(tmp_path / "stage1" / "checkpoints" / "ckpt_00000001" / "model.safetensors")
+    permuted = ["sad", "happy", "angry", "neutral", "worried", "surprise"]
+    for key, value in (("hidden_dim", 48), ("label_names", permuted)):
+        cfg = OmegaConf.create({"model": make_cfg(llm_dir, init_from=str(tmp_path / "stage1"), **{key: value})})
+        with pytest.raises(InitFromError) as err:
+            apply_init_from(stage2, cfg)
+        assert file in str(err.value) and f"model.{key}" in str(err.value), str(err.value)
+    # without the run's config.yaml, the tensors' shapes are checked, naming the keys
+    (tmp_path / "stage1" / "config.yaml").unlink()
+    wider_cfg = make_cfg(llm_dir, init_from=str(tmp_path / "stage1"), hidden_dim=48)
+    with pytest.raises(InitFromError, match=r"shape mismatches: evidence_stack\.") as err:
+        apply_init_from(build(wider_cfg), OmegaConf.create({"model": wider_cfg}))
+    assert file in str(err.value)
+    # a key the model lacks (stage 1 had the head, this model has none)
+    headless_cfg = make_cfg(llm_dir, init_from=str(tmp_path / "stage1"))
+    with pytest.raises(InitFromError, match=r"keys the model does not have: evidence_stack\.cls_head"):
+        apply_init_from(stage2, OmegaConf.create({"model": headless_cfg}))
+    with pytest.raises(InitFromError, match="checkpoint not found"):
+        apply_init_from(stage2, OmegaConf.create({"model": make_cfg(llm_dir, init_from=str(tmp_path / "none"))}))
+    assert all(torch.equal(p, before[n]) for n, p in stage2.named_parameters())  # nothing half-loaded
+
+
+def test_only_a_fresh_run_applies_init_from(tmp_path):
+    from minigpt4.runners.runner_base import RunnerBase
+
+    runner = RunnerBase.__new__(RunnerBase)
+    runner.output_dir = tmp_path
+    for resume, fresh in ((None, True), ("auto", True), ("some/ckpt", False)):
+        runner.run_cfg = OmegaConf.create({"resume_ckpt_path": resume})
+        assert runner._starts_fresh() is fresh
+    ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(1)}, {"step": 1})
+    runner.run_cfg = OmegaConf.create({"resume_ckpt_path": "auto"})
+    assert runner._starts_fresh() is False
+
+
+# ------------------------------------------------------------------- end to end
+def test_stage1_then_stage2_through_hero_train_and_hero_eval(tiny_llm_dir, tmp_path, monkeypatch):
+    from minigpt4.cli import evaluate as eval_cli
+    from minigpt4.cli.train import run as train_run
+    from minigpt4.common.logger import read_log
+    from minigpt4.runners import runner_base
+    from tests.test_eval import write_tiny_config, write_tiny_dataset
+
+    labels = write_tiny_dataset(tmp_path / "data", {"train": 8, "val": 4, "test": 4})
+    cfg = write_tiny_config(tmp_path, tiny_llm_dir, labels, valid_splits=["val"], iters_per_epoch=2,
+                            val_max_new_tokens=2)
+    stage1, stage2 = tmp_path / "stage1", tmp_path / "stage2"
+    train_run(["--cfg-path", str(cfg), "--options", "model.train_stage=observation", f"run.output_dir={stage1}"])
+    records = read_log(stage1)
+    train = [r for r in records if r.get("phase") == "train"]
+    val = [r for r in records if r.get("phase") == "val"]
+    assert train and "loss_task" not in train[-1] and {"loss_cls", "loss_evidence", "samples_per_s"} <= set(train[-1])
+    assert val and "val_cls_accuracy" in val[-1] and not [k for k in val[-1] if k.startswith("val_gen_")]
+    assert json.loads((stage1 / "checkpoints" / "best.json").read_text())["metric"] == "cls_accuracy"
+    best = ckpt.resolve_checkpoint(stage1, prefer_best=True) / "model.safetensors"
+    saved = load_file(str(best))
+    assert not [k for k in saved if k.startswith("reasoner.")]
+
+    # stage 1 is evaluated by its head; asking it for reports is a clear error
+    metrics = eval_cli.run(["--cfg-path", str(stage1 / "config.yaml"), "--ckpt", str(stage1), "--use_cls_head"])
+    assert metrics["n_clips"] == 4
+    with pytest.raises(eval_cli.EvalError, match="observation pre-training run .* --use_cls_head"):
+        eval_cli.run(["--cfg-path", str(stage1 / "config.yaml"), "--ckpt", str(stage1), "--out",
+                      str(tmp_path / "eval_reports")])
+
+    # stage 2 starts from stage 1's weights: exactly, before its first step
+    loaded = {}
+    real = runner_base.apply_init_from
+
+    def spy(model, run_cfg):
+        report = real(model, run_cfg)
+        loaded.update({k: v.detach().clone() for k, v in {**dict(model.named_buffers()),
+                                                          **dict(model.named_parameters())}.items()})
+        return report
+
+    monkeypatch.setattr(runner_base, "apply_init_from", spy)
+    train_run(["--cfg-path", str(cfg), "--options", f"model.init_from={stage1}", "model.freeze_experts=true",
+               f"run.output_dir={stage2}", "run.iters_per_epoch=1"])
+    for key, value in saved.items():
+        assert torch.equal(loaded[key], value), key
+    last = [r for r in read_log(stage2) if r.get("phase") == "train"][-1]
+    assert "loss_task" in last and "loss_cls" in last
+    final = load_file(str(ckpt.resolve_checkpoint(stage2) / "model.safetensors"))
+    experts = [k for k in saved if k.startswith("evidence_stack.experts.")]
+    assert experts and all(torch.equal(final[k], saved[k]) for k in experts)  # frozen, and checkpointed
+    assert any(k.startswith("reasoner.") for k in final)
+    # hero-eval of the stage-2 run works as for any run
+    metrics = eval_cli.run(["--cfg-path", str(stage2 / "config.yaml"), "--ckpt", str(stage2), "--max_new_tokens", "2"])
+    assert metrics["n_clips"] == 4
