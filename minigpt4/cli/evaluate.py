@@ -28,6 +28,9 @@ calibration before scaling under `calibration_uncalibrated`, and writes it to
 `<run_dir>/calibration.json`, which hero-infer and hero-app then apply to that checkpoint.
 A run finished by `hero-finish-evidence` is evaluated with that decoder (recorded under
 `evidence_finish`); `--no_finished_decoder` uses the checkpoint's own.
+`--content_probe [topic]` adds STMIL's disentanglement read-out to metrics.json: linear probes
+of the annotations' content label (default field `topic`) and of the emotion from the audio
+expert's summaries, fitted on the train split (minigpt4/evaluation/content_probe.py).
 `--no_cot` asks for the label only; `--use_cls_head` reads the prediction from the model's
 classification head (no LLM generation; needs a model trained with `model.use_cls_head: true`).
 
@@ -88,6 +91,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no_finished_decoder", action="store_true",
                         help="write the evidence with the checkpoint's own decoder, not the one hero-finish-evidence "
                              "finished for it (output folder suffix _unfinished)")
+    parser.add_argument("--content_probe", nargs="?", const="topic", default=None, metavar="FIELD",
+                        help="also fit linear probes of the annotation field FIELD (default: topic) and of the "
+                             "emotion on the audio expert's summaries (train split) and score them on this split")
     parser.add_argument("--batch_size", type=int, default=None, help="clips per batch (default: run.batch_size_eval)")
     parser.add_argument("--max_new_tokens", type=int, default=None,
                         help=f"generation budget (default: {DEFAULT_COT_TOKENS} with CoT, "
@@ -129,7 +135,9 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                                                              args.use_cls_head, args.no_brief, calibrate is not None,
                                                              args.no_finished_decoder)
     check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
-    parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else []))
+    probe_field = getattr(args, "content_probe", None)
+    parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else [])
+                             + (["train"] if probe_field and args.split != "train" else []))
     dataset, expected_ids, data_labels = build_eval_dataset(parts.datasets, args.split)
     model = parts.model
     model_labels = [str(l) for l in getattr(model, "label_names", data_labels)]
@@ -192,6 +200,9 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     records = predict_shard(model, batches, labels, missing, args.use_cls_head, use_cot, gen_kwargs, autocast,
                             brief=brief, device=device)
     gathered = {cond: gather_records(recs) for cond, recs in records.items()}
+    probe = None
+    if probe_field and is_main:
+        probe = run_content_probe(model, parts.datasets, args.split, probe_field, batch_size, cfg, autocast)
     result = None
     if is_main:
         result = write_outputs(out_dir, gathered, expected_ids, labels, missing, {
@@ -207,8 +218,38 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
             "temperature": temperature,  # None: the head's confidence as trained
             # the hero-finish-evidence decoder used for the evidence (its numbers), None: the checkpoint's own
             "evidence_finish": getattr(model, "evidence_finish", None),
+            "content_probe": probe,  # --content_probe: the audio expert's content and emotion probes
         }, t0)
     barrier()
+    return result
+
+
+def run_content_probe(model: Any, datasets: Any, split: str, field: str, batch_size: int, cfg: Any,
+                      autocast: Any) -> dict[str, Any]:
+    """`content_probe` of metrics.json (rank 0 alone: the probe reads whole splits). The train split
+    is read without its training-time modality dropout."""
+    from minigpt4.evaluation.content_probe import content_labels, content_probe
+    from minigpt4.runners.runner_base import sharded_loader
+
+    train, _, _ = build_eval_dataset(datasets, "train")
+    test, _, _ = build_eval_dataset(datasets, split)
+    parts = [d for ds in (train, test) for d in getattr(ds, "datasets", [ds])]
+    saved = [(d, getattr(d, "training", None)) for d in parts]
+    for d, _ in saved:
+        if hasattr(d, "training"):
+            d.training = False
+    try:
+        loaders = [sharded_loader(ds, batch_size, int(cfg.run.get("num_workers") or 0), 0, 1, False, int(cfg.run.seed))
+                   for ds in (train, test)]
+        result = content_probe(model, loaders[0], loaders[1], content_labels(parts, field), autocast, field)
+    finally:
+        for d, flag in saved:
+            if flag is not None:
+                d.training = flag
+    audio = result["audio"]
+    logger.info("content probe (%s) on the audio expert: %.3f (chance %.3f), emotion %.3f; text expert %s",
+                field, audio["content_accuracy"], audio["content_chance"], audio["emotion_accuracy"] or float("nan"),
+                result["text"]["content_accuracy"])
     return result
 
 

@@ -10,23 +10,31 @@ only: the shipped YAML files may restate a value, never a different default.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import math
 import os
 import re
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Sequence, TypeVar, Union
-
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from typing import Any, Optional
 
 from minigpt4.common.modalities import DEFAULT_EMOTIONS
+from minigpt4.common.typed_config import (
+    ConfigError,
+    build,
+    check_keys,
+    nearest,
+    schema_keys,
+)
+from minigpt4.common.typed_config import nonnegative as _nonnegative
+from minigpt4.common.typed_config import one_of as _one_of
+from minigpt4.common.typed_config import positive as _positive
 
+__all__ = ["ConfigError", "EvidenceDecoderConfig", "LLMConfig", "MODEL_SCHEMAS", "ModelConfig", "RunConfig",
+           "STMILConfig", "build", "check_keys", "check_model_source", "model_config", "nearest", "run_defaults",
+           "schema_keys"]
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
+STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
 # model keys that choose how a trained model is asked, not what its weights compute: an eval may
 # set them differently from the run's config.yaml without that being config drift
 INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence", "evidence_decoder.decoding"})
@@ -36,13 +44,6 @@ LLM_DTYPES: tuple[str, ...] = ("auto", "float32", "fp32", "bfloat16", "bf16", "f
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$", re.IGNORECASE)
 # a Hugging Face hub id: `name` or `org/name` (huggingface_hub.utils.validate_repo_id's rule)
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be used; the message names the file or key."""
-
-
-T = TypeVar("T")
 
 
 # ------------------------------------------------------------------------------ run
@@ -144,13 +145,23 @@ class LLMConfig:
 class STMILConfig:
     """`model.stmil`: the vCLUB q-network of the STMIL bound."""
 
+    # conditional: I(audio summary; what is said | emotion), the content side frozen (the
+    # clip's pooled text features), negatives from clips of the same emotion | unconditional:
+    # I(audio summary; text summary), both trained (the earlier design, for ablation)
+    mode: str = "conditional"
     hidden_dim: int = 256
-    num_negatives: int = 1
+    num_negatives: int = 1  # unconditional only: random derangements per training step
     logvar_bound: float = 5.0
     lr: Optional[float] = None  # the q-network's own optimiser; null: run.init_lr
+    queue_size: int = 64  # conditional: content vectors kept per emotion as negatives
+    warmup_steps: int = 300  # q fitted on the initial representations before step 1 (0: no warm-up)
+    warmup_batches: int = 32  # training batches read for that warm-up
 
     def check(self) -> None:
-        _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound"))
+        _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound", "queue_size",
+                                        "warmup_batches"))
+        _nonnegative(self, "model.stmil", ("warmup_steps",))
+        _one_of(self, "model.stmil", "mode", STMIL_MODES)
         if self.lr is not None and self.lr < 0:
             raise ConfigError(f"model.stmil.lr must be >= 0 or null, got {self.lr}")
 
@@ -302,23 +313,6 @@ MODEL_SCHEMAS: dict[str, type] = {"hero": ModelConfig}
 
 
 # ------------------------------------------------------------------------------ checks
-def _positive(obj: Any, prefix: str, keys: Sequence[str]) -> None:
-    for key in keys:
-        if getattr(obj, key) <= 0:
-            raise ConfigError(f"{prefix}.{key} must be > 0, got {getattr(obj, key)}")
-
-
-def _nonnegative(obj: Any, prefix: str, keys: Sequence[str]) -> None:
-    for key in keys:
-        if getattr(obj, key) < 0:
-            raise ConfigError(f"{prefix}.{key} must be >= 0, got {getattr(obj, key)}")
-
-
-def _one_of(obj: Any, prefix: str, key: str, choices: Sequence[str]) -> None:
-    if getattr(obj, key) not in choices:
-        raise ConfigError(f"{prefix}.{key} must be one of {', '.join(choices)}, got {getattr(obj, key)!r}")
-
-
 def check_model_source(path: str, key: str) -> None:
     """A model a key names must be a local folder or a hub id: a missing local path otherwise reaches
     Hugging Face as a "repo id" and its error blames the id's form, not the missing folder."""
@@ -329,114 +323,6 @@ def check_model_source(path: str, key: str) -> None:
     if not (_HUB_ID.match(path) and "--" not in path and ".." not in path and len(path) <= 96
             and not path.startswith((".", "-")) and not path.endswith((".", "-"))):
         raise ConfigError(f"{key}={path!r}: no such local folder, and not a hub id (`name` or `org/name`)")
-
-
-def nearest(name: str, choices: Sequence[str], cutoff: float = 0.0) -> Optional[str]:
-    """The choice closest to `name` (difflib ratio >= `cutoff`), for "did you mean" hints; None if none."""
-    near = difflib.get_close_matches(name, list(choices), n=1, cutoff=cutoff)
-    return near[0] if near else None
-
-
-def schema_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key a schema defines, nested sections included."""
-    keys = []
-    for f in dataclasses.fields(cls):
-        keys.append(prefix + f.name)
-        sub = _dataclass_of(_hints(cls)[f.name])
-        if sub is not None:
-            keys.extend(schema_keys(sub, f"{prefix}{f.name}."))
-    return keys
-
-
-def check_keys(node: Any, cls: type, where: str, prefix: str) -> None:
-    """Raise ConfigError for a key of `node` that `cls` does not define, naming `where` and the nearest key."""
-    if not isinstance(node, (DictConfig, Mapping)):
-        return
-    hints = _hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in node.keys():
-        if key not in names:
-            near = nearest(prefix + str(key), schema_keys(cls, prefix))
-            hint = f"; did you mean {near!r}?" if near else ""
-            raise ConfigError(f"{where}: unknown config key {prefix + str(key)!r}{hint}")
-        sub = _dataclass_of(hints[str(key)])
-        if sub is not None:
-            check_keys(node[key], sub, where, f"{prefix}{key}.")
-
-
-def build(cls: type[T], node: Any, prefix: str, where: str = "config", check: bool = True) -> T:
-    """A checked `cls` from a mapping: unknown keys, wrong types and impossible values are errors
-    (each naming the key and `where`). `check=False` skips the value checks (nested sections:
-    their parent's `check` runs them)."""
-    if node is None:
-        node = {}
-    if isinstance(node, DictConfig):
-        node = OmegaConf.to_container(node, resolve=True)
-    if isinstance(node, cls):
-        obj = node
-    else:
-        if not isinstance(node, Mapping):
-            raise ConfigError(f"{where}: {prefix.rstrip('.') or 'section'} must be a mapping, got {node!r}")
-        check_keys(node, cls, where, prefix)
-        hints = _hints(cls)
-        values = {k: _typed(v, hints[k], prefix + k, where) for k, v in node.items()}
-        obj = cls(**values)
-    if check:
-        try:
-            obj.check()
-        except ConfigError as exc:
-            raise ConfigError(f"{where}: {exc}") from None
-    return obj
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _dataclass_of(hint: Any) -> Optional[type]:
-    return hint if dataclasses.is_dataclass(hint) else None
-
-
-def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
-    """`value` checked against (and gently coerced to) the annotation `hint`."""
-    origin = typing.get_origin(hint)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _typed(value, args[0], key, where)
-    sub = _dataclass_of(hint)
-    if sub is not None:
-        return build(sub, value, key + ".", where, check=False)
-    if value is None:
-        raise ConfigError(f"{where}: {key} must not be null")
-    if origin in (list, Sequence):
-        if isinstance(value, str):  # "a, b" as a list, as --options users write it
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple, ListConfig)):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        return [_typed(v, typing.get_args(hint)[0], f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if isinstance(value, (dict, list, DictConfig, ListConfig)):
-            raise ConfigError(f"{where}: {key} must be text, got {value!r}")
-        return str(value)
-    return value
 
 
 def model_config(cfg_model: Any) -> ModelConfig:

@@ -65,6 +65,7 @@ class OptimMixin:
         wd = float(rc.get("weight_decay") or 0.0)
         names = {id(p): n for n, p in self.model_raw.named_parameters()}
         aux_ids: set[int] = set()
+        unscheduled: set[str] = set()
         hook = getattr(self.model_raw, "auxiliary_parameter_groups", None)
         aux_groups = hook() if callable(hook) else {}
         for gname, group in (aux_groups or {}).items():
@@ -85,12 +86,15 @@ class OptimMixin:
                 groups = [{"params": params, "weight_decay": float(gwd)}]
             self.optimizers[f"aux_{gname}"] = build_adamw(groups, lr=lr, betas=betas)
             self._aux_params[gname] = params
+            if group.get("schedule") is False:  # e.g. an estimator that must track a moving target
+                unscheduled.add(f"aux_{gname}")
         main_groups = build_param_groups(self.model_raw.named_parameters(), wd, exclude=aux_ids)
         if not main_groups:
             raise ValueError(f"{type(self.model_raw).__name__} has no trainable parameters outside auxiliary groups")
         self.optimizers = {"main": build_adamw(main_groups, lr=float(rc.init_lr), betas=betas), **self.optimizers}
         sched_cls = registry.get_lr_scheduler_class(str(rc.get("lr_sched") or "linear_warmup_cosine_lr"))
-        self.scheduler = sched_cls.from_config(list(self.optimizers.values()), rc, total_steps)
+        scheduled = [opt for name, opt in self.optimizers.items() if name not in unscheduled]
+        self.scheduler = sched_cls.from_config(scheduled, rc, total_steps)
         n_main = sum(p.numel() for g in main_groups for p in g["params"])
         n_aux = sum(p.numel() for ps in self._aux_params.values() for p in ps)
         logger.info("optimisers: main %d params%s", n_main,

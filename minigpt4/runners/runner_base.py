@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -49,7 +50,7 @@ from minigpt4.common.dist_utils import DistInfo, init_distributed_mode
 from minigpt4.common.logger import MetricLogger, truncate_log
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import RunConfig, build
-from minigpt4.common.seed import set_seed
+from minigpt4.common.seed import capture_rng_state, restore_rng_state, set_seed
 from minigpt4.runners.checkpointing import CheckpointMixin, refuse_used_folder
 from minigpt4.runners.extraction_record import write_extraction_settings
 from minigpt4.runners.init_from import apply_init_from
@@ -146,6 +147,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             self.resume(str(resume))
             if self.is_main:  # the steps after the checkpoint are redone: log them once
                 truncate_log(self.output_dir, self.step, self.epoch)
+        else:
+            self._warm_up_estimators(train_ds)
         self._logger = MetricLogger(self.output_dir, enabled=self.is_main, purge_step=self.step + 1 if resume else None)
         use_no_sync = self.dist.distributed and not isinstance(train_ds, IterableDataset)
         log_freq = int(rc.log_freq)
@@ -231,6 +234,31 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.epoch, self.iter_in_epoch = epoch + 1, 0
         if save_every_epoch:
             self.save_checkpoint(best=best)
+
+    def _warm_up_estimators(self, train_ds: Any) -> None:
+        """A fresh run only (a resume restores the fitted estimators): the model's mutual-information
+        estimators are fitted on its initial representations of training batches
+        (`model.warm_up_estimators`), every RNG state left as it was; with DDP, rank 0's fit is
+        broadcast so every rank starts from the same estimator."""
+        warm_up = getattr(self.model_raw, "warm_up_estimators", None)
+        if not callable(warm_up):
+            return
+        rng = capture_rng_state()
+        t0 = time.time()
+        try:
+            batches = (move_to_device(s, self.device, non_blocking=self.device.type == "cuda")
+                       for s in self._train_batches(train_ds, 0, 0))
+            with self._autocast():
+                stats = warm_up(batches, float(self.run_cfg.init_lr))
+        finally:
+            restore_rng_state(rng)
+        if self.dist.distributed:
+            for group in self._aux_params.values():
+                for p in group:
+                    dist.broadcast(p.data, src=0)
+        if stats and self.is_main:
+            logger.info("estimator warm-up (%.1f s): %s", time.time() - t0,
+                        ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
 
     def _starts_fresh(self) -> bool:
         """No checkpoint to resume from: `model.init_from` applies (a resumed run has its own full state)."""

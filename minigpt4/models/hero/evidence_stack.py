@@ -6,7 +6,8 @@ internals"): it slices the batch's `video_features [B, 5, T, max_dim]`, runs the
 the context the LLM reads, and computes the auxiliary objectives, all unweighted in `losses`
 and lambda-weighted in `loss_aux`:
 
-- `loss_stmil`    sampled vCLUB bound of I(audio summary; text summary), q-network frozen;
+- `loss_stmil`    vCLUB bound of what the audio summary still carries of what is said, given the
+                  emotion (`stmil` module docstring; q-network frozen);
 - `loss_sccl`     symmetric InfoNCE, expert summary <-> its golden evidence sentence embedding
                   (visual <-> text summaries of the same clip when the batch has no golden evidence);
 - `loss_synergy`  BCE of the "is this audio from this clip?" match head;
@@ -24,8 +25,9 @@ Model-config keys and their defaults: `ModelConfig` in minigpt4/common/schema.py
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +37,7 @@ from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER,
 from minigpt4.common.schema import model_config
 from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
-from minigpt4.models.hero.hero_loss import VCLUBEstimator, distillation_kl, info_nce
+from minigpt4.models.hero.hero_loss import distillation_kl, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
     ModalityQFormer,
@@ -43,6 +45,7 @@ from minigpt4.models.hero.observation_experts import (
     modality_dims,
     slice_modalities,
 )
+from minigpt4.models.hero.stmil import STMILObjective, pooled_content
 
 NUM_EXPERTS = len(EXPERT_ORDER)
 
@@ -78,6 +81,7 @@ class EvidenceOutput:
     estimator_loss: Optional[Tensor] = None  # scalar vCLUB q-network NLL (detached inputs) or None
     cls_logits: Optional[Tensor] = None  # [B, num_classes] when the classification head is on
     expert_logits: Optional[Tensor] = None  # [B, 6, num_classes] per-expert read-outs (lambda_expert_cls > 0)
+    content: Optional[Tensor] = None  # [B, text_dim] pooled text features (conditional STMIL's content side)
 
 
 class HEROEvidenceStack(nn.Module):
@@ -137,7 +141,7 @@ class HEROEvidenceStack(nn.Module):
         self.evidence_bank = EvidenceBank(NUM_EXPERTS, dec.bank_size, c.evidence_max_len, pad_token_id)
         self.stmil = None
         if self.lambdas["stmil"] > 0:
-            self.stmil = VCLUBEstimator(h, h, c.stmil.hidden_dim, c.stmil.num_negatives, c.stmil.logvar_bound)
+            self.stmil = STMILObjective(h, self.dims[TEXT], self.num_classes, c.stmil)
         if self.lambdas["sccl"] > 0:
             self.sccl_summary_proj = nn.Linear(h, c.sccl_dim)
             self.sccl_text_proj = nn.Linear(int(llm_dim), c.sccl_dim)
@@ -150,7 +154,36 @@ class HEROEvidenceStack(nn.Module):
     # ------------------------------------------------------------------ public API
     def estimator_parameters(self) -> list[nn.Parameter]:
         """The vCLUB q-network's parameters (own optimiser; only `estimator_loss` reaches them)."""
-        return list(self.stmil.parameters()) if self.stmil is not None else []
+        return list(self.stmil.estimator.parameters()) if self.stmil is not None else []
+
+    @torch.no_grad()
+    def warm_up_stmil(self, batches: Iterable[Mapping[str, Any]], lr: float) -> Optional[dict[str, float]]:
+        """Fit the STMIL q-network on the initial representations of up to `warmup_batches`
+        batches (experts in eval mode, no gradient), before training; None when there is no
+        STMIL, no warm-up, or no usable pair."""
+        if self.stmil is None or self.stmil.warmup_steps == 0:
+            return None
+        xs, ys, labels = [], [], []
+        was_training = self.training
+        self.eval()
+        try:
+            for samples in itertools.islice(batches, self.stmil.warmup_batches):
+                out = self(samples, None, compute_losses=False)
+                pairs = self.stmil.pairs(out.summaries, out.expert_present, out.content, samples.get("emotion"))
+                if pairs is not None:
+                    xs.append(pairs[0].float())
+                    ys.append(pairs[1].float())
+                    labels.append(pairs[2])
+        finally:
+            self.train(was_training)
+        if not xs:
+            return None
+        label_t = None if labels[0] is None else torch.cat(labels)
+        y = torch.cat(ys)
+        if self.stmil.conditional:  # pairs() standardised with the identity so far: fix the statistics now
+            y = self.stmil.set_content_statistics(y)
+        with torch.enable_grad():
+            return self.stmil.warm_up(torch.cat(xs), y, label_t, lr)
 
     def forward(self, samples: Mapping[str, Any], targets: Optional[EvidenceTargets] = None,
                 compute_losses: bool = True) -> EvidenceOutput:
@@ -165,6 +198,9 @@ class HEROEvidenceStack(nn.Module):
         device = self.integration.out_proj[1].weight.device
         slices = slice_modalities(samples["video_features"].to(device), samples["feature_mask"].to(device),
                                   samples["modality_mask"].to(device), self.dims)
+        content = None
+        if self.stmil is not None and self.stmil.conditional:
+            content = pooled_content(slices[TEXT].features, slices[TEXT].frame_mask)
         tokens, summaries, present = [], [], []
         for expert, s in zip(self.experts, slices):
             t, summ = expert(s.features, s.frame_mask, s.present)
@@ -195,7 +231,7 @@ class HEROEvidenceStack(nn.Module):
             expert_logits = torch.stack([head(summaries_t[:, e]) for e, head in enumerate(self.expert_cls_heads)], 1)
         out = EvidenceOutput(context=integ.context, modality_weights=integ.modality_weights, expert_present=present_t,
                              summaries=summaries_t, synergy_score=synergy_score.float(), expert_tokens=tokens_t,
-                             cls_logits=cls_logits, expert_logits=expert_logits)
+                             cls_logits=cls_logits, expert_logits=expert_logits, content=content)
         if compute_losses:
             self._losses(out, samples, targets, syn_loss)
         else:
@@ -257,13 +293,9 @@ class HEROEvidenceStack(nn.Module):
         losses: dict[str, Tensor] = {}
         summ, present = out.summaries, out.expert_present
         if self.stmil is not None:
-            pair = present[:, AUDIO] & present[:, TEXT]
-            if int(pair.sum()) >= 1:
-                a, t = summ[pair, AUDIO], summ[pair, TEXT]
-                out.estimator_loss = self.stmil.estimator_loss(a, t)
-                if a.shape[0] >= 2:
-                    # sampled bound to train (O(N)); the full one, with less variance, to validate
-                    losses["loss_stmil"] = self.stmil.mi_upper_bound(a, t, sampled=self.training)
+            bound, out.estimator_loss = self.stmil(summ, present, out.content, samples.get("emotion"), self.training)
+            if bound is not None:
+                losses["loss_stmil"] = bound
         if self.lambdas["sccl"] > 0:
             sccl = self._sccl(summ, present, targets)
             if sccl is not None:

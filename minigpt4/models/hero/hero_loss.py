@@ -48,7 +48,7 @@ def gaussian_log_prob(y: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
 
 
 class VCLUBEstimator(nn.Module):
-    """q(y | x) for the vCLUB upper bound of I(x; y) (x: audio summary, y: text summary)."""
+    """q(y | x) for the vCLUB upper bound of I(x; y) (minigpt4/models/hero/stmil.py says what x and y are)."""
 
     def __init__(self, x_dim: int, y_dim: int, hidden_dim: int = 256, num_negatives: int = 1,
                  logvar_bound: float = 5.0) -> None:
@@ -99,6 +99,75 @@ class VCLUBEstimator(nn.Module):
             table = gaussian_log_prob(y[None, :, :], mu[:, None, :], logvar[:, None, :])
             negative = (table.sum(1) - table.diagonal()) / (n - 1)
         return (positive - negative).mean()
+
+    def conditional_bound(self, x: Tensor, y: Tensor, labels: Tensor, memory_y: Optional[Tensor] = None,
+                          memory_labels: Optional[Tensor] = None) -> Optional[Tensor]:
+        """vCLUB estimate of I(x; y | label), q frozen; gradients reach x (and y, if it has any).
+
+        The negatives of row i are every other row with the same label plus every `memory_y` row
+        of that label (earlier batches' y, no gradient): what x and y share only through the
+        label cancels, so the bound measures y's content left in x beyond the label.
+        x [N, x_dim], y [N, y_dim], labels [N] long; memory_y [M, y_dim], memory_labels [M].
+        Rows without a negative are left out; None when no row has one.
+        """
+        mu, logvar = self._predict(x, detach_params=True)
+        y = y.float()
+        candidates, cand_labels = y, labels
+        same_row = torch.eye(y.shape[0], dtype=torch.bool, device=y.device)
+        if memory_y is not None and memory_y.shape[0]:
+            candidates = torch.cat([y, memory_y.to(y.device, y.dtype)])
+            cand_labels = torch.cat([labels, memory_labels.to(labels.device)])
+            same_row = torch.cat([same_row, same_row.new_zeros(y.shape[0], memory_y.shape[0])], dim=1)
+        negative_mask = (labels[:, None] == cand_labels[None, :]) & ~same_row  # [N, N + M]
+        usable = negative_mask.any(dim=1)
+        if not bool(usable.any()):
+            return None
+        mu, logvar, negative_mask = mu[usable], logvar[usable], negative_mask[usable]
+        positive = gaussian_log_prob(y[usable], mu, logvar)  # [n]
+        table = gaussian_log_prob(candidates[None, :, :], mu[:, None, :], logvar[:, None, :])  # [n, N + M]
+        weights = negative_mask.float()
+        negative = (table * weights).sum(1) / weights.sum(1)
+        return (positive - negative).mean()
+
+    def fit(self, x: Tensor, y: Tensor, steps: int, lr: float, batch_size: int = 256, holdout: float = 0.2,
+            seed: int = 0) -> tuple[float, float]:
+        """Warm-up: up to `steps` Adam steps of maximum likelihood on fixed (detached) pairs, with a
+        fresh optimiser, so the bound is an estimate from the first training step rather than ~0
+        from an untrained q. A `holdout` share of the pairs is kept out and the parameters with
+        the lowest held-out NLL are kept (a few hundred pairs are easy to memorise, and a q that
+        memorised them is wrong everywhere else). Minibatches and the split come from a local
+        generator (the global RNG is not touched). Returns the held-out NLL before and after."""
+        x, y = x.detach().float(), y.detach().float()
+        n = x.shape[0]
+        if n < 2:
+            raise ValueError(f"the vCLUB warm-up needs at least 2 (x, y) pairs, got {n}")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        order = torch.randperm(n, generator=gen).to(x.device)
+        n_val = min(n - 1, max(1, int(round(holdout * n))))
+        val, train = order[:n_val], order[n_val:]
+        params = list(self.net.parameters())
+        optimizer = torch.optim.Adam(params, lr=lr)
+
+        def held_out() -> float:
+            with torch.no_grad():
+                return float(self.estimator_loss(x[val], y[val]))
+
+        before = best = held_out()
+        best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        for step in range(int(steps)):
+            idx = train[torch.randperm(train.shape[0], generator=gen)[:batch_size].to(x.device)]
+            loss = self.estimator_loss(x[idx], y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if (step + 1) % 10 == 0 or step + 1 == steps:
+                value = held_out()
+                if value < best:
+                    best, best_state = value, {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        self.net.load_state_dict(best_state)
+        for p in params:
+            p.grad = None
+        return before, best
 
 
 def random_derangement(n: int, device: torch.device | str | None = None) -> Tensor:

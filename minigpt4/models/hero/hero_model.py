@@ -32,7 +32,7 @@ construction rather than by chance.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -103,8 +103,12 @@ class HEROModel(nn.Module):
 
     def checkpoint_buffer_names(self) -> list[str]:
         """Buffers (and frozen experts' parameters) a checkpoint saves besides the trainable parameters."""
-        return (["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
-                + stages.frozen_expert_names(self, self.freeze_experts))
+        names = ["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
+        stmil = self.evidence_stack.stmil
+        if stmil is not None and stmil.queue is not None:
+            names += [f"evidence_stack.stmil.queue.{name}" for name in ("vectors", "filled", "cursor")]
+            names += [f"evidence_stack.stmil.{name}" for name in ("content_mean", "content_scale")]
+        return names + stages.frozen_expert_names(self, self.freeze_experts)
 
     @property
     def can_generate(self) -> bool:
@@ -339,11 +343,19 @@ class HEROModel(nn.Module):
         return result
 
     def auxiliary_parameter_groups(self) -> dict[str, dict[str, Any]]:
-        """The vCLUB q-network's own optimiser group (lr from `model.stmil.lr`, else the runner's)."""
+        """The vCLUB q-network's own optimiser group (lr from `model.stmil.lr`, else the runner's `init_lr`),
+        held constant by the runner (`schedule: False`)."""
         params = list(self.evidence_stack.estimator_parameters())
         if not params:
             return {}
-        return {"stmil_estimator": {"params": params, "lr": self.stmil_lr, "weight_decay": None}}
+        # a constant rate (outside the run's warm-up and decay): q must keep up with the experts from step 1
+        return {"stmil_estimator": {"params": params, "lr": self.stmil_lr, "weight_decay": None, "schedule": False}}
+
+    def warm_up_estimators(self, batches: Iterable[Mapping[str, Any]], lr: float) -> Optional[dict[str, float]]:
+        """Before the first training step: fit the STMIL q-network on the initial representations
+        (`stmil` module docstring); `lr` is the runner's, unless `model.stmil.lr` is set."""
+        rate = self.stmil_lr if self.stmil_lr is not None else lr
+        return self.evidence_stack.warm_up_stmil((self._on_device(s) for s in batches), rate)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
