@@ -427,3 +427,34 @@ def test_evidence_oracle_reads_the_sentences_back_and_the_script_scores_states(f
     assert rows["audio"][1:3] == ["0.000", "1.000"]  # every audio sentence a paraphrase: wrong exact, right state
     assert rows["au"][1:3] == ["1.000", "1.000"]
     assert float(rows["motion"][3]) >= 0.8
+
+
+def test_voice_and_words_carry_a_topic_independent_of_the_emotion(full_demo):
+    """STMIL's content: each clip's topic is recorded, drawn apart from its emotion, and its
+    embedding lies in the voice and word frames off every emotion cue direction."""
+    records = json.loads(full_demo.annotations.read_text())
+    assert {r["topic"] for r in records} == set(dd.DEMO_TOPICS)
+    enc = dd.make_encoders()
+    for name, vecs in dd.topic_vectors().items():
+        np.testing.assert_allclose(vecs @ enc.directions[name].T, 0.0, atol=1e-9)
+        np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0)
+    # independence: the topic shares of each emotion stay near the overall shares (chi-square)
+    table = np.zeros((len(sc.EMOTIONS), len(dd.DEMO_TOPICS)))
+    for r in records:
+        table[sc.EMOTIONS.index(r["emotion"]), dd.DEMO_TOPICS.index(r["topic"])] += 1
+    expected = table.sum(1, keepdims=True) * table.sum(0, keepdims=True) / table.sum()
+    chi2 = float(((table - expected) ** 2 / expected).sum())
+    assert chi2 < 45.0  # 20 degrees of freedom: p < 0.001 above ~45
+    # the voice carries it: a clip's mean audio frame is closest to its own topic's embedding
+    train = [r for r in records if r["split"] == "train"][:120]
+    hits, n = 0, 0
+    topics = dd.topic_vectors()["audio"]
+    for r in train:
+        feats = read_features(full_demo.features_dir / f"{r['video_id']}.npz")
+        audio = feats.arrays.get(DEFAULT_FEATURE_KEYS["audio"])
+        if audio is None:
+            continue
+        centred = audio.mean(0) - enc.baseline["audio"]
+        hits += int(np.argmax(topics @ centred) == dd.DEMO_TOPICS.index(r["topic"]))
+        n += 1
+    assert n > 80 and hits / n > 0.8

@@ -20,7 +20,12 @@ clip is generated from a hidden emotional state and each modality sees only part
   whole clip, weakly, under a per-clip scene offset;
 - the words (`transcript` + `bert` token states) carry valence, but some negative clips are
   sarcastic (positive words; the label follows face and voice) and some are matter-of-fact;
-- every modality may be missing (absent from the file, never zero-filled; at least one stays).
+- every modality may be missing (absent from the file, never zero-filled; at least one stays);
+- every clip is about a `topic` (drawn independently of the emotion and recorded in its
+  annotation): as real HuBERT frames carry what is said, the voice frames carry the topic's
+  embedding, and the word states carry it too (a contextual shift, as BERT's do), both
+  orthogonal to the emotion cue directions. Content, not emotion: what STMIL should remove
+  from the audio expert (`minigpt4/models/hero/stmil.py`), and what the content probe reads.
 
 The hidden state and what each modality shows are drawn in `demo_cues` (`ClipCues`); the
 transcripts, golden evidence sentences, synergy sentence and reasoning in `demo_evidence`,
@@ -64,7 +69,7 @@ from minigpt4.synthetic.common import (
 from minigpt4.synthetic.demo_cues import AU_TEMPLATES, ClipCues, sample_cues
 from minigpt4.synthetic.demo_evidence import WORD_POLARITY, build_record, make_transcript
 
-GENERATOR_VERSION = "hero-demo-1"
+GENERATOR_VERSION = "hero-demo-2"
 DEFAULT_SPLIT_SIZES: dict[str, int] = {"train": 480, "val": 60, "test": 120}
 
 # Feature dims per modality (small so the default model trains on a 2-core CPU; all
@@ -81,6 +86,10 @@ DEMO_MAX_LEN: dict[str, int] = {"motion": 12, "audio": 24, "au": 24, "text": 24,
 FRAME_NOISE = 0.35       # per-value noise of every rendered frame
 ENCODER_SEED = 20240917  # the fixed random "feature extractors"
 
+# What the clips talk about (independent of the emotion), and how strongly each frame carries it.
+DEMO_TOPICS: tuple[str, ...] = ("work", "family", "travel", "food", "weather")
+TOPIC_GAIN: dict[str, float] = {"audio": 1.0, "text": 0.8}
+
 DemoClip = Clip
 DemoSummary = CorpusSummary
 
@@ -94,6 +103,33 @@ def make_encoders(seed: int = ENCODER_SEED) -> Encoders:
     """The fixed projections (same for every split and every clip seed)."""
     rng = np.random.default_rng(seed)
     return Encoders(*projection_bases(rng, _ENCODER_LAYOUT, DEMO_DIMS, baseline_scale=1.0))
+
+
+@lru_cache(maxsize=2)
+def topic_vectors(seed: int = ENCODER_SEED) -> dict[str, np.ndarray]:
+    """modality -> [len(DEMO_TOPICS), D] unit topic embeddings, orthogonal to that modality's
+    cue directions (content, not emotion). Read-only, since it is cached."""
+    enc = make_encoders(seed)
+    rng = np.random.default_rng([int(seed), 7])
+    out = {}
+    for name in TOPIC_GAIN:
+        cue = enc.directions[name]
+        vecs = rng.standard_normal((len(DEMO_TOPICS), DEMO_DIMS[name]))
+        vecs -= (vecs @ cue.T) @ cue
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        vecs.setflags(write=False)
+        out[name] = vecs
+    return out
+
+
+def add_topic(rng: np.random.Generator, rendered: dict[str, np.ndarray], topic: str) -> None:
+    """Add the topic's embedding to every voice frame (its strength varying a little per frame)
+    and every word state, in place."""
+    k = DEMO_TOPICS.index(topic)
+    for name, vecs in topic_vectors().items():
+        frames = rendered[name]
+        strength = TOPIC_GAIN[name] * rng.uniform(0.6, 1.0, size=(frames.shape[0], 1))
+        rendered[name] = frames + strength * vecs[k][None, :]
 
 
 @lru_cache(maxsize=4096)
@@ -212,9 +248,12 @@ def make_clip(seed: int, split: str, index: int, emotion: str, encoders: Optiona
     rng = _clip_rng(seed, split, index)
     video_id = f"demo_{split}_{index:04d}"
     cues = sample_cues(rng, emotion, video_id, split)
-    # separate streams for rendering and wording, so tweaking one leaves the other's draws intact
+    # separate streams for rendering and wording, so tweaking one leaves the other's draws intact;
+    # the topic has its own stream, so adding it changed no other draw
     render_rng = np.random.default_rng(rng.integers(0, 2**63))
     word_rng = np.random.default_rng(rng.integers(0, 2**63))
+    topic_rng = np.random.default_rng([int(seed), split_index(split), int(index), 7])
+    topic = DEMO_TOPICS[int(topic_rng.integers(len(DEMO_TOPICS)))]
     transcript = make_transcript(word_rng, cues.text_polarity)
     rendered = {
         "motion": render_motion(render_rng, enc, cues),
@@ -223,8 +262,9 @@ def make_clip(seed: int, split: str, index: int, emotion: str, encoders: Optiona
         "text": render_text(render_rng, enc, cues, transcript),
         "visual": render_visual(render_rng, enc, cues),
     }
+    add_topic(topic_rng, rendered, topic)
     arrays = present_arrays(cues, rendered)
-    record = build_record(cues, transcript, word_rng)
+    record = {**build_record(cues, transcript, word_rng), "topic": topic}
     # an absent text modality keeps no transcript either (the words were not heard)
     if not cues.present["text"]:
         record.pop("text", None)
@@ -275,6 +315,7 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
         "max_dim": DEMO_MAX_DIM,
         "max_len": dict(DEMO_MAX_LEN),
         "label_names": list(EMOTIONS),
+        "topics": list(DEMO_TOPICS),
     }
     return common.write_corpus(out_dir, iter_clips(seed, sizes), sizes, seed, GENERATOR_VERSION, MANIFEST, manifest)
 
