@@ -175,6 +175,10 @@ def test_warm_up_fixes_content_statistics_and_fits_q_on_the_initial_representati
                      for b in batches[:3]])
     torch.testing.assert_close(stack.stmil.content_mean, raw.mean(0))
     assert stack.training  # the mode is restored
+    # a second warm-up (e.g. after init_from loaded a stage-1 run) keeps the statistics it has
+    mean = stack.stmil.content_mean.clone()
+    stack.warm_up_stmil(iter(batches[3:]), lr=1e-3)
+    assert torch.equal(stack.stmil.content_mean, mean)
     assert _stack(stmil={"warmup_steps": 0}).warm_up_stmil(iter(batches), 1e-3) is None
 
 

@@ -180,8 +180,8 @@ class HEROEvidenceStack(nn.Module):
             return None
         label_t = None if labels[0] is None else torch.cat(labels)
         y = torch.cat(ys)
-        if self.stmil.conditional:  # pairs() standardised with the identity so far: fix the statistics now
-            y = self.stmil.set_content_statistics(y)
+        if self.stmil.conditional and not self.stmil.has_content_statistics():
+            y = self.stmil.set_content_statistics(y)  # pairs() standardised with the identity so far
         with torch.enable_grad():
             return self.stmil.warm_up(torch.cat(xs), y, label_t, lr)
 

@@ -134,6 +134,10 @@ class STMILObjective(nn.Module):
         value = self.estimator.conditional_bound(x, y, labels)
         return None if value is None else float(value)
 
+    def has_content_statistics(self) -> bool:
+        """Were the standardisation statistics fixed already (an earlier warm-up, or loaded weights)?"""
+        return not (bool((self.content_mean == 0).all()) and bool((self.content_scale == 1).all()))
+
     @torch.no_grad()
     def set_content_statistics(self, raw_y: Tensor) -> Tensor:
         """Fix the content standardisation from the warm-up's raw content [N, D]; returns it standardised."""
