@@ -586,3 +586,26 @@ def test_finish_evidence_trains_only_the_decoder_and_eval_applies_it(trained_run
     path.unlink()  # other tests of this module see the run as trained
     assert finish_evidence.main(["--ckpt", str(trained_run["root"] / "nowhere")]) == 2
     assert "hero-finish-evidence: run folder not found" in capsys.readouterr().err
+
+
+def test_content_probe_reads_the_annotations_topic_from_the_audio_summaries(trained_run, tmp_path):
+    """--content_probe fits its probes on the train split and scores them on the evaluated one,
+    under metrics.json's content_probe; an annotation file without the field is a clear error."""
+    from minigpt4.evaluation.content_probe import ContentProbeError
+
+    records = json.loads(trained_run["labels"].read_text())
+    for i, rec in enumerate(records):
+        rec["topic"] = ("work", "food")[i % 2]
+    labels = trained_run["labels"].parent / "labels_topic.json"
+    labels.write_text(json.dumps(records))
+    common = ["--cfg-path", str(trained_run["cfg"]), "--ckpt", str(trained_run["run"]), "--use_cls_head",
+              "--options", f"datasets.hero_dataset.build_info.annotations.storage={labels}"]
+    metrics = eval_cli.run([*common, "--content_probe", "--out", str(tmp_path / "probe")])
+    probe = metrics["content_probe"]
+    assert probe["field"] == "topic" and set(probe) == {"field", "audio", "text"}
+    audio = probe["audio"]
+    assert audio["n_train"] == 8 and audio["n_test"] == 7  # every clip has audio and a topic (one test clip unlabelled)
+    assert 0.0 <= audio["content_accuracy"] <= 1.0 and audio["content_chance"] == pytest.approx(4 / 7)
+    assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["content_probe"] == probe
+    with pytest.raises(ContentProbeError, match="'speaker'"):
+        eval_cli.run([*common, "--content_probe", "speaker", "--out", str(tmp_path / "none")])
