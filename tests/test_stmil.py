@@ -230,3 +230,12 @@ def test_content_labels_come_from_the_annotation_files_and_missing_ones_are_an_e
     assert content_labels([DS()], "topic") == {"a": "work"}
     with pytest.raises(ContentProbeError, match="'topic'"):
         content_probe(None, [], [], {}, None, "topic")
+
+
+def test_warm_up_with_too_few_pairs_leaves_q_as_built():
+    """A tiny data set (one clip with audio, text and a label) is no error: q is simply not fitted."""
+    stack = _stack(stmil={"warmup_steps": 50})
+    before = {k: v.clone() for k, v in stack.stmil.state_dict().items()}
+    stats = stack.warm_up_stmil(iter([_batch([0, -1, -1])]), lr=1e-3)
+    assert stats == {"pairs": 1.0, "fitted": 0.0}
+    assert all(torch.equal(v, stack.stmil.state_dict()[k]) for k, v in before.items())

@@ -48,6 +48,7 @@ from minigpt4.models.hero.observation_experts import (
 from minigpt4.models.hero.stmil import STMILObjective, pooled_content
 
 NUM_EXPERTS = len(EXPERT_ORDER)
+MIN_WARMUP_PAIRS = 8  # fewer (audio, text, label) pairs in the warm-up batches: no STMIL warm-up
 
 
 @dataclass
@@ -160,7 +161,7 @@ class HEROEvidenceStack(nn.Module):
     def warm_up_stmil(self, batches: Iterable[Mapping[str, Any]], lr: float) -> Optional[dict[str, float]]:
         """Fit the STMIL q-network on the initial representations of up to `warmup_batches`
         batches (experts in eval mode, no gradient), before training; None when there is no
-        STMIL, no warm-up, or no usable pair."""
+        STMIL or no warm-up; {"pairs": n, "fitted": 0} with fewer than MIN_WARMUP_PAIRS pairs."""
         if self.stmil is None or self.stmil.warmup_steps == 0:
             return None
         xs, ys, labels = [], [], []
@@ -176,8 +177,9 @@ class HEROEvidenceStack(nn.Module):
                     labels.append(pairs[2])
         finally:
             self.train(was_training)
-        if not xs:
-            return None
+        n_pairs = sum(int(x.shape[0]) for x in xs)
+        if n_pairs < MIN_WARMUP_PAIRS:  # too few to fit, or to hold any out: q starts as built
+            return {"pairs": float(n_pairs), "fitted": 0.0}
         label_t = None if labels[0] is None else torch.cat(labels)
         y = torch.cat(ys)
         if self.stmil.conditional and not self.stmil.has_content_statistics():
