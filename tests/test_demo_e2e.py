@@ -3,10 +3,10 @@
 The tests run, as subprocesses, exactly what `scripts/demo.sh` runs: a data generator,
 make_tiny_llm.py, train_hero.py and eval_hero.py on configs/models/hero.yaml.
 
-- `test_short_schedule_learns` (always on): 2 epochs (120 steps) at a raised learning rate on
+- `test_short_schedule_learns` (always on): 3 epochs (180 steps) at a raised learning rate on
   the demo. Reports must follow the CoT template and parse for every test clip, validation
-  must have generated (gen_* terms), and the task, evidence, SCCL, classification and
-  vCLUB-estimator losses must fall. Label accuracy is not checked here: it needs more steps
+  must have generated (gen_* terms), and the task, evidence, SCCL and classification losses
+  must fall (the vCLUB estimator is fitted before step 1, so its loss need not). Label accuracy is not checked here: it needs more steps
   than a test can afford.
 - `test_full_default_run_meets_the_bar[demo|shift]` (opt-in: HERO_FULL_DEMO=1, about 25 and
   35 minutes on a 2-core CPU): the default recipe unchanged on the demo, and on the second,
@@ -73,7 +73,7 @@ def _first_last(records: list[dict], key: str, n: int) -> tuple[float, float]:
 
 @pytest.mark.slow
 def test_short_schedule_learns(tmp_path: Path):
-    metrics, log, _ = _job(tmp_path, "demo", "run.max_epoch=2", "run.init_lr=3e-3", "run.log_freq=5",
+    metrics, log, _ = _job(tmp_path, "demo", "run.max_epoch=3", "run.init_lr=3e-3", "run.log_freq=5",
                            "run.val_max_new_tokens=160")
     assert metrics["format_compliance"] >= 0.95
     train = [r for r in log if r.get("phase") == "train"]
@@ -83,7 +83,7 @@ def test_short_schedule_learns(tmp_path: Path):
     # the STMIL q-network was fitted before step 1 (so its NLL need not fall), and both terms are logged
     assert all("loss_stmil_estimator" in r for r in train) and sum("loss_stmil" in r for r in train) >= len(train) // 2
     val = [r for r in log if r.get("phase") == "val"]
-    assert len(val) == 2 and all("val_gen_accuracy" in r and "val_gen_head_agreement" in r for r in val)
+    assert len(val) == 3 and all("val_gen_accuracy" in r and "val_gen_head_agreement" in r for r in val)
     best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
     assert best["metric"] == "gen_accuracy" and best["mode"] == "max"
 
