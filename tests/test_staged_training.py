@@ -164,10 +164,10 @@ def test_only_a_fresh_run_applies_init_from(tmp_path):
     runner.output_dir = tmp_path
     for resume, fresh in ((None, True), ("auto", True), ("some/ckpt", False)):
         runner.run_cfg = OmegaConf.create({"resume_ckpt_path": resume})
-        assert runner._starts_fresh() is fresh
+        assert (runner._resume_source() is None) is fresh
     ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(1)}, {"step": 1})
     runner.run_cfg = OmegaConf.create({"resume_ckpt_path": "auto"})
-    assert runner._starts_fresh() is False
+    assert runner._resume_source() is not None
 
 
 # ------------------------------------------------------------------- end to end

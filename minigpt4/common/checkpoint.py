@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Set, Union
 
@@ -269,9 +270,50 @@ def load_training_state(path: PathLike, map_location: Union[str, torch.device] =
         raise ValueError(f"{f}: cannot load training state safely ({exc})") from exc
 
 
-def _first(items: List[str], n: int = 5) -> str:
+def first_items(items: List[str], n: int = 5) -> str:
+    """The first `n` of `items`, comma-separated, with a count of the rest (for error messages)."""
     more = f" (+{len(items) - n} more)" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def read_model_file(file: Path) -> Dict[str, torch.Tensor]:
+    """A checkpoint's `.safetensors` tensors, checked against its recorded sha256 first (no pickle)."""
+    verify_checkpoint_file(file)
+    try:
+        return load_file(str(file))
+    except Exception as exc:
+        raise ValueError(f"{file}: not a readable safetensors file ({exc})") from exc
+
+
+@dataclass
+class StateFit:
+    """How a saved state fits a module: `targets` (its parameters and buffers by name), the trainable
+    parameters the state lacks, the state's keys the module lacks (sorted), and shape mismatches."""
+
+    targets: Dict[str, torch.Tensor]
+    missing: List[str]
+    unexpected: List[str]
+    shapes: List[str]  # "key (file (...) vs model (...))", in the state's order
+
+    def copy(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Copy every tensor of `state` that fits (known key, same shape) into its target."""
+        bad = {s.split(" ", 1)[0] for s in self.shapes}
+        with torch.no_grad():
+            for k, v in state.items():
+                if k in self.targets and k not in bad:
+                    self.targets[k].copy_(v.to(self.targets[k].device))
+
+
+def state_fit(model: nn.Module, state: Mapping[str, torch.Tensor]) -> StateFit:
+    """`StateFit` of `state` against `model` (unwrapped from DDP)."""
+    module = unwrap_model(model)
+    targets: Dict[str, torch.Tensor] = dict(module.named_buffers())
+    targets.update(dict(module.named_parameters()))
+    missing = [n for n, p in module.named_parameters() if p.requires_grad and n not in state]
+    unexpected = sorted(k for k in state if k not in targets)
+    shapes = [f"{k} (file {tuple(v.shape)} vs model {tuple(targets[k].shape)})"
+              for k, v in state.items() if k in targets and tuple(v.shape) != tuple(targets[k].shape)]
+    return StateFit(targets, missing, unexpected, shapes)
 
 
 def load_model_weights(model: nn.Module, path: PathLike, strict: bool = True) -> str:
@@ -285,33 +327,19 @@ def load_model_weights(model: nn.Module, path: PathLike, strict: bool = True) ->
     """
     ckpt = resolve_checkpoint(path)
     file = ckpt if ckpt.is_file() else ckpt / MODEL_FILE
-    verify_checkpoint_file(file)
-    try:
-        state = load_file(str(file))
-    except Exception as exc:
-        raise ValueError(f"{file}: not a readable safetensors file ({exc})") from exc
-    module = unwrap_model(model)
-    targets: Dict[str, torch.Tensor] = dict(module.named_buffers())
-    targets.update(dict(module.named_parameters()))
-    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
-    missing = [n for n in trainable if n not in state]
-    unexpected = sorted(k for k in state if k not in targets)
-    shapes = [f"{k} (file {tuple(v.shape)} vs model {tuple(targets[k].shape)})"
-              for k, v in state.items() if k in targets and tuple(v.shape) != tuple(targets[k].shape)]
+    state = read_model_file(file)
+    fit = state_fit(model, state)
     problems = []
-    if missing:
-        problems.append(f"missing trainable keys: {_first(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_first(unexpected)}")
-    if shapes:
-        problems.append(f"shape mismatches: {_first(shapes)}")
+    if fit.missing:
+        problems.append(f"missing trainable keys: {first_items(fit.missing)}")
+    if fit.unexpected:
+        problems.append(f"unexpected keys: {first_items(fit.unexpected)}")
+    if fit.shapes:
+        problems.append(f"shape mismatches: {first_items(fit.shapes)}")
     if problems and strict:
-        raise CheckpointMismatchError(f"{file} does not fit {type(module).__name__}: " + "; ".join(problems))
+        raise CheckpointMismatchError(f"{file} does not fit {type(unwrap_model(model)).__name__}: "
+                                      + "; ".join(problems))
     if problems:
         logger.warning("%s: loading what fits; %s", file, "; ".join(problems))
-    bad_shapes = {s.split(" ", 1)[0] for s in shapes}
-    with torch.no_grad():
-        for k, v in state.items():
-            if k in targets and k not in bad_shapes:
-                targets[k].copy_(v.to(targets[k].device))
+    fit.copy(state)
     return str(file)

@@ -58,8 +58,7 @@ class InitFromReport:
 
 
 def _listed(items: list[str]) -> str:
-    more = f" (+{len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
-    return ", ".join(items[:_SHOWN]) + more
+    return ckpt.first_items(items, _SHOWN)
 
 
 def part_of(name: str) -> str:
@@ -103,35 +102,27 @@ def check_compatible(file: Path, cfg: Any) -> None:
 
 
 def read_state(file: Path) -> dict[str, torch.Tensor]:
-    """The file's tensors (checked against the checkpoint's recorded sha256 first; safetensors, no pickle)."""
-    from safetensors.torch import load_file
-
-    ckpt.verify_checkpoint_file(file)
+    """The file's tensors (`checkpoint.read_model_file`: sha256 checked first; safetensors, no pickle)."""
     try:
-        return load_file(str(file))
-    except Exception as exc:
-        raise InitFromError(f"model.init_from: {file} is not a readable safetensors file ({exc})") from exc
+        return ckpt.read_model_file(file)
+    except ckpt.CheckpointCorruptError:
+        raise
+    except ValueError as exc:
+        raise InitFromError(f"model.init_from: {exc}") from exc
 
 
 def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path) -> InitFromReport:
     """Copy every tensor of `state` into the model's parameter or buffer of that name; each must exist
     with the same shape (else nothing is copied). Returns what was loaded and what was kept."""
-    module = ckpt.unwrap_model(model)
-    targets: dict[str, torch.Tensor] = {**dict(module.named_buffers()), **dict(module.named_parameters())}
-    unexpected = sorted(k for k in state if k not in targets)
-    shapes = [f"{k} (file {tuple(v.shape)} vs model {tuple(targets[k].shape)})"
-              for k, v in sorted(state.items()) if k in targets and tuple(v.shape) != tuple(targets[k].shape)]
-    problems = ([f"keys the model does not have: {_listed(unexpected)}"] if unexpected else []) + \
-        ([f"shape mismatches: {_listed(shapes)}"] if shapes else [])
+    fit = ckpt.state_fit(model, state)
+    problems = ([f"keys the model does not have: {_listed(fit.unexpected)}"] if fit.unexpected else []) + \
+        ([f"shape mismatches: {_listed(sorted(fit.shapes))}"] if fit.shapes else [])
     if problems:
         raise InitFromError(f"model.init_from: {file} does not fit the model built from this config: "
                             + "; ".join(problems))
-    with torch.no_grad():
-        for k, v in state.items():
-            targets[k].copy_(v.to(device=targets[k].device, dtype=targets[k].dtype))
-    kept = [n for n, p in module.named_parameters() if p.requires_grad and n not in state]
+    fit.copy(state)
     return InitFromReport(file=str(file), loaded=dict(Counter(part_of(k) for k in state)),
-                          kept=dict(Counter(part_of(k) for k in kept)))
+                          kept=dict(Counter(part_of(k) for k in fit.missing)))
 
 
 def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:

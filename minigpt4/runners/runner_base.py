@@ -123,7 +123,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         rc = self.run_cfg
         if not rc.get("evaluate") and not rc.get("resume_ckpt_path"):
             refuse_used_folder(self.output_dir)
-        if not rc.get("evaluate") and self._starts_fresh():  # weights only, before the run folder is written
+        resume = None if rc.get("evaluate") else self._resume_source()
+        if not rc.get("evaluate") and not resume:  # weights only, before the run folder is written
             apply_init_from(self.model_raw, self.cfg)
         if not rc.get("evaluate"):  # what the first epoch would fail on, found before the run folder is written
             train_ds = self.train_dataset
@@ -138,11 +139,6 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         steps_per_epoch = math.ceil(n_iters / self.accum)
         max_epoch = int(rc.max_epoch)
         self._build_optimizers(total_steps=max_epoch * steps_per_epoch)
-        resume = rc.get("resume_ckpt_path")
-        if resume == "auto":
-            resume = ckpt.find_latest_checkpoint(self.output_dir)
-            if resume is None:
-                logger.info("run.resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
         if resume:
             self.resume(str(resume))
             if self.is_main:  # the steps after the checkpoint are redone: log them once
@@ -260,10 +256,15 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             logger.info("estimator warm-up (%.1f s): %s", time.time() - t0,
                         ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
 
-    def _starts_fresh(self) -> bool:
-        """No checkpoint to resume from: `model.init_from` applies (a resumed run has its own full state)."""
+    def _resume_source(self) -> Optional[str]:
+        """The checkpoint a training run resumes from (`run.resume_ckpt_path`; `auto`: the latest in
+        `run.output_dir`), or None for a fresh start."""
         resume = self.run_cfg.get("resume_ckpt_path")
-        return not resume or (resume == "auto" and ckpt.find_latest_checkpoint(self.output_dir) is None)
+        if resume == "auto":
+            resume = ckpt.find_latest_checkpoint(self.output_dir)
+            if resume is None:
+                logger.info("run.resume_ckpt_path=auto: no checkpoint in %s yet, starting fresh", self.output_dir)
+        return str(resume) if resume else None
 
     def _evaluate_only(self) -> Dict[str, Any]:
         path = self.run_cfg.get("resume_ckpt_path")
