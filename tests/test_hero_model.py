@@ -124,9 +124,9 @@ def capture_turns(model, monkeypatch) -> list[list[str]]:
     seen: list[list[str]] = []
     forward, generate = model.reasoner.forward, model.reasoner.generate
 
-    def fwd(context, turns, answers):
+    def fwd(context, turns, answers, prefixes=None):
         seen.append(list(turns))
-        return forward(context, turns, answers)
+        return forward(context, turns, answers, prefixes)
 
     def gen(context, turns, **kw):
         seen.append(list(turns))
@@ -219,6 +219,9 @@ def test_checkpoint_round_trip_restores_generation(trained, llm_dir, tmp_path):
     assert load_file(str(path))["coverage.seen"].tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     # so do the recorded sentences (motion audio au text visual synergy), for closed-set decoding
     assert fresh.evidence_stack.evidence_bank.sizes() == [0, 2, 1, 1, 1, 0]
+    # and the tokens the decoder was taught, the only ones it writes
+    taught = fresh.evidence_stack.decoder.vocab.active()
+    assert taught is not None and torch.equal(taught, model.evidence_stack.decoder.vocab.active())
     fresh.evidence_stack.decoding = "bank"
     for res in fresh.generate(trained["batch"], max_new_tokens=40):
         for name, sentence in res["evidence"].items():
@@ -341,10 +344,12 @@ def test_golden_brief_at_training_generated_at_inference(llm_dir, monkeypatch):
     assert model.coverage.trained().tolist() == [False, True, True, True, True, False]
     for b, turn in enumerate(turns):
         golden = {k: v for k, v in batch["evidence"][b].items() if present[b, EXPERT_ORDER.index(k)]}
-        untrained = {n: NO_EVIDENCE_BRIEF for n in ("motion", "synergy") if present[b, EXPERT_ORDER.index(n)]}
+        shown = {n for e, n in enumerate(EXPERT_ORDER) if present[b, e]}
+        silent = {n: NO_EVIDENCE_BRIEF for n in shown}  # untrained (motion, synergy) or nothing written
         # golden where annotated, generated for the other present (trained) experts
-        expected = {**generated[b], **untrained, **golden}
-        assert set(generated[b]) == {n for e, n in enumerate(EXPERT_ORDER) if present[b, e]}
+        trained = {n: s for n, s in generated[b].items() if n not in ("motion", "synergy")}
+        expected = {**silent, **trained, **golden}
+        assert set(generated[b]) <= shown
         assert len(brief_lines(turn)) == len(expected)
         assert all(f"[{n}] {s}" in turn for n, s in expected.items())
         assert turn.startswith(VIDEO_PLACEHOLDER) and turn.endswith(INSTRUCTION.replace(VIDEO_PLACEHOLDER, "").strip())
@@ -556,3 +561,39 @@ def test_transcript_and_measured_evidence_reach_the_prompt_and_the_report(llm_di
     off.eval()
     assert [r["transcript"] for r in off.generate(batch, max_new_tokens=2)] == [None, None, None]  # nothing quoted
     assert not any("says:" in turn for turn in seen[-1])
+
+
+def test_the_experts_evidence_section_is_given_at_training_as_at_inference(llm_dir, monkeypatch):
+    """`report_evidence: experts`: training gives the LLM the evidence section generation gives it
+    (the experts' own sentences, never the annotated ones) and learns only the rest of the report."""
+    model = build(make_cfg(llm_dir, report_evidence="experts", brief_source="generated"))
+    batch = make_batch()
+    batch["answer"] = [cot.build_cot_target(LABELS[i], EVIDENCE[i], f"Reason {i}.") for i in range(2)] + ["sad"]
+    seen: list[tuple[list[str], Any]] = []
+    forward, generate = model.reasoner.forward, model.reasoner.generate
+
+    def fwd(context, turns, answers, prefixes=None):
+        seen.append((list(answers), prefixes))
+        return forward(context, turns, answers, prefixes)
+
+    def gen(context, turns, prefixes=None, **kw):
+        seen.append(([], prefixes))
+        return generate(context, turns, prefixes=prefixes, **kw)
+
+    monkeypatch.setattr(model.reasoner, "forward", fwd)
+    monkeypatch.setattr(model.reasoner, "generate", gen)
+    model(batch)
+    model.eval()
+    model.generate(batch, max_new_tokens=2)
+    (answers, train_prefixes), (_, gen_prefixes) = seen
+    for b in range(2):
+        assert answers[b] == cot.build_cot_target(LABELS[b], None, f"Reason {b}.").partition(cot.RATIONALE_HEADER)[2]
+        assert train_prefixes[b] == gen_prefixes[b]  # what inference gives, from the same sentences
+        assert train_prefixes[b].startswith(cot.EVIDENCE_HEADER) and train_prefixes[b].endswith(cot.RATIONALE_HEADER)
+        assert all(s not in train_prefixes[b] for s in EVIDENCE[b].values())  # never the annotation
+    assert answers[2] == "sad" and train_prefixes[2] == ""  # not a CoT report: learned whole, nothing given
+    # report_evidence: llm learns the whole report, annotated evidence section included
+    llm_model = build(make_cfg(llm_dir, report_evidence="llm", brief_source="generated"))
+    monkeypatch.setattr(llm_model.reasoner, "forward", fwd)
+    llm_model(batch)
+    assert seen[-1] == (batch["answer"], None)

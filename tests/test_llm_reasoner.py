@@ -126,6 +126,41 @@ def test_loss_is_cross_entropy_over_answer_tokens_only(reasoner):
     torch.testing.assert_close(out.loss, loss, rtol=1e-4, atol=1e-5)
 
 
+def test_a_given_prefix_is_read_not_learned(reasoner):
+    """Training with `prefixes` (the evidence section given, as generation gives it): the prefix
+    sits between prompt and answer with no label, tokenised apart as generation tokenises it."""
+    tok = reasoner.tokenizer
+    context = torch.randn(3, Q, reasoner.hidden_size)
+    prefixes = ["### Evidence Analysis\n- Audio: The voice trembles.\n### Rationale\n", "", "Given. "]
+    answers = ["It sounds sad.", "neutral", "Calm words, calm face."]
+    inputs = reasoner.build_inputs(context, turns(3), answers, prefixes=prefixes, padding_side="left")
+    loss = reasoner(context, turns(3), answers, prefixes)
+    total, count = 0.0, 0
+    for b in range(3):
+        pre = tok(prefixes[b], add_special_tokens=False)["input_ids"] if prefixes[b] else []
+        ans = tok(answers[b], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        labels = inputs.labels[b]
+        assert labels[labels != IGNORE_INDEX].tolist() == ans  # only the answer is learned
+        row = inputs.attention_mask[b].bool()
+        ids_end = reasoner.prompt_ids(turns(3)[b: b + 1])[0][1]
+        # the tokens right before the answer are the prefix, right after the prompt's end
+        n = labels.shape[0]
+        if pre:
+            assert torch.equal(inputs.inputs_embeds[b, n - len(ans) - len(pre): n - len(ans)],
+                               reasoner.embed_tokens(torch.tensor(pre)))
+        assert torch.equal(inputs.inputs_embeds[b, n - len(ans) - len(pre) - len(ids_end): n - len(ans) - len(pre)],
+                           reasoner.embed_tokens(torch.tensor(ids_end)))
+        assert row[-1] and not (inputs.context_mask[b] & (labels != IGNORE_INDEX)).any()
+        # reference: the clip alone, no padding
+        one = reasoner.build_inputs(context[b: b + 1], turns(3)[b: b + 1], answers[b: b + 1], prefixes=prefixes[b: b + 1])
+        logits = reasoner.llm(inputs_embeds=one.inputs_embeds, attention_mask=one.attention_mask).logits[0]
+        lab = one.labels[0]
+        pos = (lab[1:] != IGNORE_INDEX).nonzero().flatten()
+        total = total + F.cross_entropy(logits[pos].float(), lab[1:][pos], reduction="sum")
+        count += len(pos)
+    torch.testing.assert_close(loss, total / count, rtol=1e-4, atol=1e-5)
+
+
 def test_answer_is_truncated_never_the_prompt(tiny_llm_dir):
     r = make_reasoner(tiny_llm_dir, max_txt_len=5, lora_r=0)
     long_answer = " ".join(["word"] * 50)

@@ -42,6 +42,7 @@ EVIDENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Audio", ("audio", "text")),
     ("Physiological", ("au",)),
 )
+EVIDENCE_HEADER = "### Evidence Analysis\n"
 RATIONALE_HEADER = "### Rationale\n"
 
 
@@ -58,7 +59,7 @@ def build_evidence_section(evidence: Optional[Mapping[str, str]] = None) -> str:
     ev = dict(evidence or {})
     lines = [f"- {section}: {_join(*(ev.get(e) for e in experts)) or no_evidence_line(section)}\n"
              for section, experts in EVIDENCE_SECTIONS]
-    return "### Evidence Analysis\n" + "".join(lines)
+    return EVIDENCE_HEADER + "".join(lines)
 
 
 def build_cot_target(
@@ -72,6 +73,15 @@ def build_cot_target(
     rationale = (reasoning or "").strip() or f"Taken together, the cues point to {emotion}."
     prediction = json.dumps({"emotion": emotion, "confidence": round(float(confidence), 2)})
     return f"{build_evidence_section(evidence)}{RATIONALE_HEADER}{rationale}\n### Prediction\n{prediction}"
+
+
+def split_evidence_section(report: str) -> Optional[tuple[str, str]]:
+    """A CoT report -> (its evidence section with the rationale header, the rest), or None when it
+    does not start with an evidence section (e.g. a label-only target)."""
+    head, sep, rest = report.partition(RATIONALE_HEADER)
+    if not sep or not head.startswith(EVIDENCE_HEADER):
+        return None
+    return head + sep, rest
 
 
 def build_label_target(emotion: str) -> str:

@@ -180,9 +180,15 @@ class EvidenceDecoderConfig:
     # (minigpt4/models/hero/evidence_bank.py); an inference choice, recorded at training either way
     decoding: str = "greedy"
     bank_size: int = 64  # distinct annotated sentences kept per expert; more: that expert decodes greedily
+    # the output layer scores only the tokens the decoder was taught, up to this many (more:
+    # the full vocabulary from then on); 0: always the full vocabulary (evidence_vocab.py)
+    output_vocab_size: int = 4096
 
     def check(self) -> None:
         _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len", "bank_size"))
+        if self.output_vocab_size < 0:
+            raise ConfigError(f"model.evidence_decoder.output_vocab_size must be >= 0 (0: the full vocabulary), "
+                              f"got {self.output_vocab_size}")
         _one_of(self, "model.evidence_decoder", "decoding", DECODING_MODES)
         if self.embed_dim % self.num_heads:
             raise ConfigError(f"model.evidence_decoder.embed_dim ({self.embed_dim}) must be divisible by "

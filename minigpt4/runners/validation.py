@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -52,6 +53,7 @@ class ValidationMixin:
             return {}
         was_training = self.model_raw.training
         self.model_raw.eval()
+        t0 = time.perf_counter()
         sums: Dict[str, float] = {}
         count = 0
         records: List[Dict[str, Any]] = []
@@ -78,6 +80,10 @@ class ValidationMixin:
                 count += c
                 records.extend(r)
         self.model_raw.train(was_training)
+        seconds = time.perf_counter() - t0
+        if self.is_main and count:
+            logger.info("validation: %d clips in %.1f s (%.2f clips/s%s)", count, seconds, count / max(seconds, 1e-9),
+                        ", reports generated" if generate else "")
         result = {k: v / count for k, v in sorted(sums.items())} if count else {}
         if generate and records:
             scored = self.task.generation_terms(records, list(self.model_raw.label_names))

@@ -1,6 +1,7 @@
 """The shared evidence decoder: a small causal transformer that writes each expert's sentence
 from its tokens, trained by teacher forcing; greedy generation, and scoring of candidate
-sentences for closed-set decoding (evidence_bank.py)."""
+sentences for closed-set decoding (evidence_bank.py). Its output layer scores only the tokens
+it was taught (evidence_vocab.py) unless `output_vocab_size` is 0."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minigpt4.models.hero.evidence_vocab import EvidenceVocabulary
 from minigpt4.models.hero.observation_experts import QFormerLayer
 
 SCORE_CHUNK_ELEMENTS = 1 << 25  # logits per chunk when scoring candidate sentences (128 MiB in float32)
@@ -30,7 +32,8 @@ class EvidenceDecoder(nn.Module):
 
     def __init__(self, vocab_size: int, memory_dim: int, bos_token_id: int, eos_token_id: int, pad_token_id: int,
                  num_experts: int = 6, embed_dim: int = 256, num_layers: int = 2, num_heads: int = 4,
-                 max_len: int = 64, dropout: float = 0.1, ffn_ratio: float = 4.0, num_conditions: int = 0) -> None:
+                 max_len: int = 64, dropout: float = 0.1, ffn_ratio: float = 4.0, num_conditions: int = 0,
+                 output_vocab_size: int = 0) -> None:
         super().__init__()
         for name, tok in (("bos", bos_token_id), ("eos", eos_token_id), ("pad", pad_token_id)):
             if not 0 <= int(tok) < vocab_size:
@@ -52,6 +55,8 @@ class EvidenceDecoder(nn.Module):
         self.output_bias = nn.Parameter(torch.zeros(vocab_size))
         self.num_conditions = int(num_conditions)
         self.condition_proj = nn.Linear(self.num_conditions, embed_dim) if self.num_conditions > 0 else None
+        # the tokens it was taught, the only ones it scores (0: the full vocabulary)
+        self.vocab = EvidenceVocabulary(vocab_size, output_vocab_size) if output_vocab_size > 0 else None
 
     def _memory(self, memory: Tensor, expert_index: Tensor, condition: Optional[Tensor] = None) -> Tensor:
         """[N, Q, memory_dim] + expert index [N] (+ condition [N, C]) -> [N, 1 (+1) + Q, embed_dim]."""
@@ -78,9 +83,24 @@ class EvidenceDecoder(nn.Module):
             x = layer(x, mem)
         return self.final_norm(x)
 
-    def project(self, h: Tensor) -> Tensor:
-        """Tied output projection in float32: [..., embed_dim] -> [..., vocab]."""
-        return F.linear(h.float(), self.embed.weight.float(), self.output_bias.float())
+    def project(self, h: Tensor, ids: Optional[Tensor] = None) -> Tensor:
+        """Tied output projection in float32: [..., embed_dim] -> [..., vocab], or [..., K] over the
+        token ids `ids` [K] only (the compact vocabulary)."""
+        if ids is None:
+            return F.linear(h.float(), self.embed.weight.float(), self.output_bias.float())
+        return F.linear(h.float(), self.embed.weight[ids].float(), self.output_bias[ids].float())
+
+    def output_ids(self, targets: Optional[Tensor] = None) -> Optional[Tensor]:
+        """The token ids [K] the output layer scores (sorted; with every id of `targets` added), or
+        None for the full vocabulary."""
+        if self.vocab is None:
+            return None
+        return self.vocab.active() if targets is None else self.vocab.with_targets(targets)
+
+    @staticmethod
+    def compact_index(ids: Optional[Tensor], tokens: Tensor) -> Tensor:
+        """Token ids -> their positions in the sorted `ids` (identity when None)."""
+        return tokens if ids is None else torch.searchsorted(ids, tokens)
 
     def _teacher_forcing(self, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Sentences [N, L] (left-aligned, no BOS/EOS) -> inputs [N, L + 1] = [BOS, t1..tn, ...],
@@ -101,9 +121,13 @@ class EvidenceDecoder(nn.Module):
         Input [BOS, t1..tn], labels [t1..tn, EOS]; positions past EOS are ignored.
         """
         inputs, labels, valid = self._teacher_forcing(input_ids, attention_mask)
+        targets = labels[valid]
+        if self.training and self.vocab is not None:
+            self.vocab.observe(targets)  # the decoder learns to write these: record them
         h = self.hidden(memory, expert_index, inputs, condition)
-        logits = self.project(h[valid])  # [M, V]
-        return F.cross_entropy(logits, labels[valid])
+        ids = self.output_ids(targets)
+        logits = self.project(h[valid], ids)  # [M, V] or [M, K]
+        return F.cross_entropy(logits, self.compact_index(ids, targets))
 
     @torch.no_grad()
     def score(self, memory: Tensor, expert_index: Tensor, candidate_ids: Tensor, candidate_mask: Tensor,
@@ -122,10 +146,13 @@ class EvidenceDecoder(nn.Module):
                         None if condition is None else rep(condition))
         valid = valid.repeat(n_rows, 1)
         states, targets = h[valid], labels.repeat(n_rows, 1)[valid]  # [M, D], [M]: real positions only
+        ids = self.output_ids(targets)
+        targets = self.compact_index(ids, targets)
         token = torch.empty(states.shape[0], device=h.device)
-        step = max(1, SCORE_CHUNK_ELEMENTS // self.vocab_size)  # bounds the [chunk, V] logits in memory
+        width = self.vocab_size if ids is None else ids.numel()
+        step = max(1, SCORE_CHUNK_ELEMENTS // width)  # bounds the [chunk, V] logits in memory
         for i in range(0, states.shape[0], step):
-            logits = self.project(states[i: i + step])
+            logits = self.project(states[i: i + step], ids)
             token[i: i + step] = logits.gather(-1, targets[i: i + step, None])[:, 0] - logits.logsumexp(-1)
         per_row = torch.zeros(valid.shape, device=h.device).masked_scatter(valid, token)
         return (per_row.sum(-1) / valid.sum(-1)).view(n_rows, k)
@@ -141,11 +168,14 @@ class EvidenceDecoder(nn.Module):
         steps = max(0, min(int(max_new_tokens), self.max_len - 1))
         seq = torch.full((n_rows, 1), self.bos_token_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(n_rows, dtype=torch.bool, device=memory.device)
+        ids = self.output_ids()
         out = []
         for _ in range(steps):
             if n_rows == 0 or bool(done.all()):
                 break
-            nxt = self.project(self.hidden(memory, expert_index, seq, condition)[:, -1]).argmax(-1)
+            nxt = self.project(self.hidden(memory, expert_index, seq, condition)[:, -1], ids).argmax(-1)
+            if ids is not None:
+                nxt = ids[nxt]
             done = done | (nxt == self.eos_token_id)
             out.append(torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt))
             seq = torch.cat([seq, nxt[:, None]], dim=1)

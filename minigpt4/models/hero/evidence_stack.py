@@ -136,6 +136,7 @@ class HEROEvidenceStack(nn.Module):
             embed_dim=dec.embed_dim, num_layers=dec.num_layers, num_heads=dec.num_heads, max_len=dec.max_len,
             dropout=dropout if dec.dropout is None else dec.dropout, ffn_ratio=ffn_ratio,
             num_conditions=self.num_classes if dec.condition_on_readout else 0,
+            output_vocab_size=dec.output_vocab_size,
         )
         self.pad_token_id = int(pad_token_id)
         self.decoding = dec.decoding

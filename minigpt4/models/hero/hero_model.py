@@ -104,6 +104,8 @@ class HEROModel(nn.Module):
     def checkpoint_buffer_names(self) -> list[str]:
         """Buffers (and frozen experts' parameters) a checkpoint saves besides the trainable parameters."""
         names = ["coverage.seen"] + [f"evidence_stack.evidence_bank.{name}" for name in ("ids", "lengths", "overflow")]
+        if self.evidence_stack.decoder.vocab is not None:
+            names += [f"evidence_stack.decoder.vocab.{name}" for name in ("ids", "count", "overflow")]
         stmil = self.evidence_stack.stmil
         if stmil is not None and stmil.queue is not None:
             names += [f"evidence_stack.stmil.queue.{name}" for name in ("vectors", "filled", "cursor")]
@@ -211,8 +213,10 @@ class HEROModel(nn.Module):
         decoded = self.generated_evidence(output, which=which)
         return sources_.combine(decoded, measured, output.expert_present)
 
-    def training_brief(self, samples: Mapping[str, Any], output: Any) -> list[Optional[dict[str, str]]]:
-        """Brief sentences at training, per `brief_source` and `brief_dropout` (module docstring).
+    def training_brief(self, samples: Mapping[str, Any], output: Any,
+                       given: Optional[list[dict[str, str]]] = None) -> list[Optional[dict[str, str]]]:
+        """Brief sentences at training, per `brief_source` and `brief_dropout` (module docstring);
+        `given`: the experts' sentences (`expert_evidence`) when already computed.
 
         None for a clip means no brief at all (no decision line either).
         """
@@ -220,8 +224,10 @@ class HEROModel(nn.Module):
         if self.brief_source == "none":
             return [None] * batch
         if self.brief_source == "generated":
-            with torch.no_grad():
-                sentences, _ = self.expert_evidence(samples, output)
+            if given is None:
+                with torch.no_grad():
+                    given, _ = self.expert_evidence(samples, output)
+            sentences = list(given)
         else:
             golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
                       for ev in (samples.get("evidence") or [{} for _ in range(batch)])]
@@ -234,6 +240,32 @@ class HEROModel(nn.Module):
             keep = (torch.rand(batch) >= self.brief_dropout).tolist()
             return [s if k else None for s, k in zip(sentences, keep)]
         return sentences
+
+    def training_answers(self, samples: Mapping[str, Any], given: Optional[list[dict[str, str]]]
+                         ) -> tuple[list[str], Optional[list[str]]]:
+        """(what the LLM learns to write, the given start of each answer or None), as `generate` asks.
+
+        With `report_evidence: experts` a report's evidence section is not the LLM's to write:
+        inference gives it, built from the experts' own sentences (`given`), and the LLM writes
+        the rationale and prediction after it. Training does the same: the section from the
+        same sentences is read, not learned, and only the rest of the annotated report is
+        learned. The LLM never sees annotated evidence in its answer (it would read the label
+        off it, a shortcut inference does not have), and a step scores ~40 % of the tokens it
+        scored when it also learned to copy the section.
+        """
+        answers = list(samples["answer"])
+        if self.report_evidence != "experts" or given is None:
+            return answers, None
+        learned, prefixes = [], []
+        for answer, sentences in zip(answers, given):
+            parts = cot.split_evidence_section(answer)
+            if parts is None:  # not a CoT report (e.g. the label-only instruction): learned whole
+                learned.append(answer)
+                prefixes.append("")
+            else:
+                learned.append(parts[1])
+                prefixes.append(cot.build_evidence_section(sentences) + cot.RATIONALE_HEADER)
+        return learned, prefixes
 
     def decision_lines(self, output: Any) -> list[Optional[str]]:
         """The `[fused]` brief line per clip: the head's two most probable classes, or None when off.
@@ -291,11 +323,11 @@ class HEROModel(nn.Module):
     def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
                     output: Any, spoken: Sequence[Optional[str]]) -> list[str]:
         """The user turn per clip; a clip whose sentences are None gets no brief (no decision line).
-        A present expert the decoder may not write for (not learned from annotations) and that
-        has no measured sentence gets a line saying nothing was observed."""
+        A present expert without a sentence (the decoder may not write for it, or wrote nothing,
+        and nothing was measured) gets a line saying nothing was observed, as its report line does."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
-        silent = [name for name, t in zip(EXPERT_ORDER, self.coverage.trained().tolist()) if not t]
+        silent = list(EXPERT_ORDER)  # order_brief keeps the present ones only
         decisions = self.decision_lines(output)
         turns = []
         for instr, sent, w, p, decision, words in zip(instructions, sentences, weights, present, decisions, spoken):
@@ -328,9 +360,14 @@ class HEROModel(nn.Module):
             if accuracy is not None:
                 result[stages.CLS_ACCURACY] = accuracy
         else:
-            sentences = self.training_brief(samples, output)
+            given = None
+            if self.brief_source == "generated" or self.report_evidence == "experts":
+                with torch.no_grad():  # the experts' sentences, as inference writes them
+                    given, _ = self.expert_evidence(samples, output)
+            sentences = self.training_brief(samples, output, given)
             turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
-            loss_task = self.reasoner(output.context, turns, samples["answer"])
+            answers, prefixes = self.training_answers(samples, given)
+            loss_task = self.reasoner(output.context, turns, answers, prefixes)
             loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
             result = {"loss": loss_task + loss_aux, "loss_task": loss_task}
         for name, value in output.losses.items():

@@ -290,8 +290,10 @@ class LLMReasoner(nn.Module):
         """Embed prompt [+ answer] with `context` [B, Q, D] in the video slot, padded to [B, L, D].
 
         Labels are the answer ids and IGNORE_INDEX on prompt, context and padding; the prompt is
-        never truncated (the answer is, by `answer_ids`). `prefixes` (generation only): the start
-        of each answer, given rather than generated (no EOS), which generation then continues.
+        never truncated (the answer is, by `answer_ids`). `prefixes`: the start of each answer,
+        given rather than generated (no EOS): generation continues it; in training it stands
+        between the prompt and the answer, read but not learned (IGNORE_INDEX), tokenised apart
+        exactly as generation tokenises it.
         """
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
@@ -302,16 +304,16 @@ class LLMReasoner(nn.Module):
         if dim != self.hidden_size:
             raise ValueError(f"context width {dim} != LLM hidden size {self.hidden_size}")
         prompts = self.prompt_ids(user_turns)
-        if prefixes is not None and (answers is not None or len(prefixes) != batch):
-            raise ValueError("prefixes are for generation: one per sample, and no answers")
-        targets = (self.answer_ids(answers) if answers is not None
-                   else self._encode(list(prefixes)) if prefixes is not None else [[] for _ in range(batch)])
+        if prefixes is not None and len(prefixes) != batch:
+            raise ValueError(f"batch of {batch} contexts but {len(prefixes)} prefixes")
+        given = self._encode(list(prefixes)) if prefixes is not None else [[] for _ in range(batch)]
+        targets = self.answer_ids(answers) if answers is not None else [[] for _ in range(batch)]
         pad = int(self.tokenizer.pad_token_id)
         rows, ctx_flags, label_rows = [], [], []
-        for (left, right), ans in zip(prompts, targets):
-            rows.append(left + [pad] * num_ctx + right + ans)
-            ctx_flags.append([False] * len(left) + [True] * num_ctx + [False] * (len(right) + len(ans)))
-            label_rows.append([IGNORE_INDEX] * (len(left) + num_ctx + len(right)) + ans)
+        for (left, right), pre, ans in zip(prompts, given, targets):
+            rows.append(left + [pad] * num_ctx + right + pre + ans)
+            ctx_flags.append([False] * len(left) + [True] * num_ctx + [False] * (len(right) + len(pre) + len(ans)))
+            label_rows.append([IGNORE_INDEX] * (len(left) + num_ctx + len(right) + len(pre)) + ans)
         length = max(len(r) for r in rows)
         device = context.device
         ids = torch.full((batch, length), pad, dtype=torch.long)
@@ -330,24 +332,29 @@ class LLMReasoner(nn.Module):
         return LLMInputs(embeds, attn, labels if answers is not None else None, ctx_mask)
 
     # ------------------------------------------------------------- train/gen
-    def forward(self, context: Tensor, user_turns: Sequence[str], answers: Sequence[str]) -> Tensor:
-        """Mean next-token cross-entropy over the answer tokens of the batch (scalar).
+    def forward(self, context: Tensor, user_turns: Sequence[str], answers: Sequence[str],
+                prefixes: Optional[Sequence[str]] = None) -> Tensor:
+        """Mean next-token cross-entropy over the answer tokens of the batch (scalar); `prefixes`:
+        given starts of the answers, read but not learned (`build_inputs`).
 
-        Logits are computed only at positions that predict an answer token (`logits_to_keep`
-        with explicit indices): the prompt is most of the sequence, and full-vocabulary logits
-        over it are the largest tensor of a step.
+        Rows are left-padded, as for generation, with positions counted over real tokens (as
+        `generate` counts them), so every row's answer ends at the last position and the answer
+        positions of the batch are one short tail: logits are computed there only
+        (`logits_to_keep`), not over the prompt, which is most of the sequence, nor over the
+        other rows' prompt lengths (right padding scattered the answers over ~3x more positions).
         """
-        inputs = self.build_inputs(context, user_turns, answers, padding_side="right")
-        labels = inputs.labels
-        targets = labels[:, 1:]
+        inputs = self.build_inputs(context, user_turns, answers, padding_side="left", prefixes=prefixes)
+        attn = inputs.attention_mask
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        targets = inputs.labels[:, 1:]
         keep = (targets != IGNORE_INDEX).any(0).nonzero().flatten()  # [K] positions whose next token is learned
         if keep.numel() == 0:
             raise ValueError("no answer token to learn in this batch (empty answers or max_txt_len too small)")
         if self._supports_logits_to_keep:
-            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=attn, position_ids=positions,
                               use_cache=False, logits_to_keep=keep).logits  # [B, K, V]
         else:
-            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask,
+            logits = self.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=attn, position_ids=positions,
                               use_cache=False).logits[:, keep]
         return nn.functional.cross_entropy(logits.float().flatten(0, 1), targets[:, keep].flatten(),
                                            ignore_index=IGNORE_INDEX)
