@@ -14,6 +14,10 @@ registry, `RunnerBase`'s optimisers, its train loader, its autocast and optimise
   building), each forward and backward; the optimiser step; data. Backward ops are matched to
   the component whose forward op created them (autograd sequence numbers).
 
+Steps from a fresh initialisation are not typical of a run: the untrained evidence decoder
+writes every sentence to its maximum length, and those sentences go into the prompt. Pass
+`--options model.init_from=RUN_DIR` to measure the steps of a trained model instead.
+
 `--paper` swaps the demo data for random features at paper dims (configs/models/hero_paper.yaml:
 CLIP-L / VideoMAE / HuBERT-L widths, hidden 768, 32 queries) on the demo's annotations, and a
 random Llama built from `--llm-hidden/--llm-layers/...` in a temp folder (the real SmolLM2
@@ -132,8 +136,11 @@ def build_runner(cfg: Any, amp: str) -> Any:
     from minigpt4.runners.components import build_components
     from minigpt4.runners.runner_base import RunnerBase
 
+    from minigpt4.runners.init_from import apply_init_from
+
     cfg.run.amp = amp
     comps = build_components(cfg, splits=["train"])
+    apply_init_from(comps.model, cfg)  # model.init_from: steps of a trained model (its brief is short)
     runner = RunnerBase(cfg, comps.task, comps.model, comps.datasets)
     runner._build_optimizers(total_steps=1000)
     runner.model.train()

@@ -57,16 +57,25 @@ def build_param_groups(named_params: Iterable[Tuple[str, nn.Parameter]], weight_
     return groups
 
 
+FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def build_adamw(groups: List[Dict[str, Any]], lr: float, betas: Tuple[float, float] = (0.9, 0.999),
                 eps: float = 1e-8) -> torch.optim.AdamW:
-    """AdamW over `groups`; each group gets `base_lr` (what schedulers scale) = its lr or `lr`."""
+    """AdamW over `groups`; each group gets `base_lr` (what schedulers scale) = its lr or `lr`.
+
+    The fused implementation where every parameter allows it (floating point, on CPU or CUDA):
+    one kernel per step instead of a dozen small ops per tensor (the for-loop default on CPU
+    was 10 % of a demo training step, measured with bench/bench_train.py)."""
     clean = []
     for g in groups:
         g = {k: v for k, v in g.items() if k != "names"}
         g.setdefault("lr", lr)
         g["base_lr"] = g["lr"]
         clean.append(g)
-    return torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps)
+    params = [p for g in clean for p in g["params"]]
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.dtype in FUSED_DTYPES for p in params)
+    return torch.optim.AdamW(clean, lr=lr, betas=betas, eps=eps, fused=fused or None)
 
 
 class _StepScheduler:

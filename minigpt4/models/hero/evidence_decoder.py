@@ -167,18 +167,21 @@ class EvidenceDecoder(nn.Module):
         n_rows = memory.shape[0]
         steps = max(0, min(int(max_new_tokens), self.max_len - 1))
         seq = torch.full((n_rows, 1), self.bos_token_id, dtype=torch.long, device=memory.device)
-        done = torch.zeros(n_rows, dtype=torch.bool, device=memory.device)
+        live = torch.arange(n_rows, device=memory.device)  # rows still writing: only they are run
         ids = self.output_ids()
         out = []
         for _ in range(steps):
-            if n_rows == 0 or bool(done.all()):
+            if live.numel() == 0:
                 break
-            nxt = self.project(self.hidden(memory, expert_index, seq, condition)[:, -1], ids).argmax(-1)
+            cond = None if condition is None else condition[live]
+            nxt = self.project(self.hidden(memory[live], expert_index[live], seq[live], cond)[:, -1], ids).argmax(-1)
             if ids is not None:
                 nxt = ids[nxt]
-            done = done | (nxt == self.eos_token_id)
-            out.append(torch.where(done, torch.full_like(nxt, self.pad_token_id), nxt))
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            token = torch.full((n_rows,), self.pad_token_id, dtype=torch.long, device=memory.device)
+            token[live] = torch.where(nxt == self.eos_token_id, torch.full_like(nxt, self.pad_token_id), nxt)
+            out.append(token)
+            seq = torch.cat([seq, token[:, None]], dim=1)
+            live = live[nxt != self.eos_token_id]
         if not out:
             return torch.full((n_rows, 0), self.pad_token_id, dtype=torch.long, device=memory.device)
         return torch.stack(out, dim=1)

@@ -327,14 +327,13 @@ class HEROModel(nn.Module):
         and nothing was measured) gets a line saying nothing was observed, as its report line does."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
-        silent = list(EXPERT_ORDER)  # order_brief keeps the present ones only
         decisions = self.decision_lines(output)
         turns = []
         for instr, sent, w, p, decision, words in zip(instructions, sentences, weights, present, decisions, spoken):
             if sent is None:
                 turns.append(compose_user_turn(instr, [], words))
                 continue
-            filled = {**{name: NO_EVIDENCE_BRIEF for name in silent}, **sent}
+            filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sent}  # order_brief keeps the present
             brief = self.order_brief(filled, w, p)
             if decision is not None:
                 brief = [(DECISION_TAG, decision)] + brief
