@@ -390,7 +390,7 @@ def test_command_end_to_end_with_missing_audio_writes_every_file(trained_run):
     summary = [l for l in res.stdout.splitlines() if l.startswith("eval test")]
     assert len(summary) == 1 and "(7 clips, without audio): accuracy " in summary[0]
     assert " | W-F1 " in summary[0] and " | UAR " in summary[0] and " | format " in summary[0]
-    assert summary[0].endswith(f"-> {out}")
+    assert summary[0].endswith(f" clips/s -> {out}")
     reduced = _check_predictions(out / "predictions.jsonl", trained_run["labels"])
     full = _check_predictions(out / "predictions_full.jsonl", trained_run["labels"])
     # the model saw the clips without audio: the audio expert gets no weight, every clip had audio
@@ -404,6 +404,8 @@ def test_command_end_to_end_with_missing_audio_writes_every_file(trained_run):
     assert metrics["checkpoint"].endswith("ckpt_00000001") and metrics["prediction_source"] == "report"
     assert metrics["command"][-6:] == ["--missing", "audio", "--max_new_tokens", "6", "--batch_size", "3"]
     assert metrics["use_cot"] is True and metrics["generation"] == {"max_new_tokens": 6, "num_beams": 1}
+    assert 0 < metrics["predict_seconds"] <= metrics["seconds"]
+    assert metrics["clips_per_s"] == pytest.approx(7 / metrics["predict_seconds"], rel=1e-2)
     for key in ("accuracy", "weighted_f1", "uar", "format_compliance"):
         assert metrics["drop"][key] == pytest.approx(metrics["full"][key] - metrics[key]), key
     assert metrics["modality_weights_per_class"]["all"]["audio"] == 0.0

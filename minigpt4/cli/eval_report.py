@@ -86,6 +86,8 @@ def write_outputs(
             metrics["drop"] = metric_drop(scored["full"], scored["missing"])
         metrics["n_repeats_dropped"] = dropped
         metrics["seconds"] = round(time.time() - t0, 3)
+        if meta.get("predict_seconds"):
+            metrics["clips_per_s"] = round(main["n_clips"] / meta["predict_seconds"], 3)
         metrics["files"] = files + [records.METRICS_FILE]
         records.write_json(tmp / records.METRICS_FILE, metrics)
     line = f"eval {meta['split']} ({main['n_clips']} clips"
@@ -95,6 +97,8 @@ def write_outputs(
         full_acc, drop = scored["full"]["accuracy"], metrics["drop"]["accuracy"]
         line += (f" | all modalities: accuracy {'n/a' if full_acc is None else f'{full_acc:.4f}'}, "
                  f"drop {'n/a' if drop is None else f'{drop:+.4f}'}")
+    if metrics.get("clips_per_s"):
+        line += f" | {metrics['clips_per_s']:.2f} clips/s"
     line += f" -> {out_dir}"
     print(line, flush=True)
     evidence_line = evidence_summary_line(main.get("evidence") or {})

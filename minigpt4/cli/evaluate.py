@@ -197,8 +197,10 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     batches = iter_batches_with_progress(loader, total, is_main and bool(cfg.run.get("progress_bar", True)),
                                          f"eval {args.split}")
     brief = False if args.no_brief else None
+    t_predict = time.time()
     records = predict_shard(model, batches, labels, missing, args.use_cls_head, use_cot, gen_kwargs, autocast,
                             brief=brief, device=device)
+    predict_seconds = time.time() - t_predict
     gathered = {cond: gather_records(recs) for cond, recs in records.items()}
     probe = None
     if probe_field and is_main:
@@ -215,6 +217,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                 None if getattr(model, "brief_source", None) is None else model.brief_source != "none")),
             "generation": None if args.use_cls_head else gen_kwargs,
             "batch_size": batch_size,
+            "predict_seconds": round(predict_seconds, 3),  # the model's part (rank 0), set-up and scoring aside
             "temperature": temperature,  # None: the head's confidence as trained
             # the hero-finish-evidence decoder used for the evidence (its numbers), None: the checkpoint's own
             "evidence_finish": getattr(model, "evidence_finish", None),
