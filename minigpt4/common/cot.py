@@ -84,6 +84,16 @@ def split_evidence_section(report: str) -> Optional[tuple[str, str]]:
     return head + sep, rest
 
 
+def given_section_and_rest(report: str, evidence: Mapping[str, str]) -> tuple[str, str]:
+    """A target report whose evidence section is given rather than written: (that section built
+    from `evidence`, with the rationale header; the report's rest, to learn). A report without an
+    evidence section (a label-only target): ("", the report)."""
+    parts = split_evidence_section(report)
+    if parts is None:
+        return "", report
+    return build_evidence_section(evidence) + RATIONALE_HEADER, parts[1]
+
+
 def build_label_target(emotion: str) -> str:
     """The target of the label-only (no CoT) instruction."""
     return json.dumps({"emotion": emotion})

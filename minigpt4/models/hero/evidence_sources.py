@@ -115,3 +115,25 @@ def transcript_lines(tokenizer: Any, transcripts: Optional[Sequence[str]], templ
             text = tokenizer.decode(row[:max_tokens], skip_special_tokens=True).strip() + " ..."
         lines[i] = template.format(text)
     return lines
+
+
+def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool]) -> list[tuple[str, str]]:
+    """(expert, sentence) pairs of present experts with a sentence, highest modality weight first.
+
+    Ties keep EXPERT_ORDER, so the order is deterministic.
+    """
+    items = [(name, sentences[name], float(weights[e]), e) for e, name in enumerate(EXPERT_ORDER)
+             if present[e] and isinstance(sentences.get(name), str) and sentences[name].strip()]
+    items.sort(key=lambda x: (-x[2], x[3]))
+    return [(name, sentence) for name, sentence, _, _ in items]
+
+
+def decision_texts(probs: Tensor, label_names: Sequence[str]) -> list[str]:
+    """The `[fused]` brief line of each row of head probabilities [B, C]:
+    "most likely angry (0.81), then worried (0.12)"."""
+    top = probs.topk(min(2, probs.shape[-1]), dim=-1)
+    lines = []
+    for p, i in zip(top.values.tolist(), top.indices.tolist()):
+        first = f"most likely {label_names[i[0]]} ({p[0]:.2f})"
+        lines.append(first if len(i) < 2 else f"{first}, then {label_names[i[1]]} ({p[1]:.2f})")
+    return lines

@@ -245,43 +245,24 @@ class HEROModel(nn.Module):
                          ) -> tuple[list[str], Optional[list[str]]]:
         """(what the LLM learns to write, the given start of each answer or None), as `generate` asks.
 
-        With `report_evidence: experts` a report's evidence section is not the LLM's to write:
-        inference gives it, built from the experts' own sentences (`given`), and the LLM writes
-        the rationale and prediction after it. Training does the same: the section from the
-        same sentences is read, not learned, and only the rest of the annotated report is
-        learned. The LLM never sees annotated evidence in its answer (it would read the label
-        off it, a shortcut inference does not have), and a step scores ~40 % of the tokens it
-        scored when it also learned to copy the section.
+        With `report_evidence: experts` inference gives the evidence section, built from the
+        experts' own sentences (`given`); training does the same (read, not learned) and learns
+        the rest of the annotated report. The LLM never sees annotated evidence in its answer (a
+        shortcut inference lacks), and a step scores ~40 % of the tokens it did when it copied it.
         """
         answers = list(samples["answer"])
         if self.report_evidence != "experts" or given is None:
             return answers, None
-        learned, prefixes = [], []
-        for answer, sentences in zip(answers, given):
-            parts = cot.split_evidence_section(answer)
-            if parts is None:  # not a CoT report (e.g. the label-only instruction): learned whole
-                learned.append(answer)
-                prefixes.append("")
-            else:
-                learned.append(parts[1])
-                prefixes.append(cot.build_evidence_section(sentences) + cot.RATIONALE_HEADER)
-        return learned, prefixes
+        pairs = [cot.given_section_and_rest(answer, sentences) for answer, sentences in zip(answers, given)]
+        return [rest for _, rest in pairs], [section for section, _ in pairs]
 
     def decision_lines(self, output: Any) -> list[Optional[str]]:
-        """The `[fused]` brief line per clip: the head's two most probable classes, or None when off.
-
-        Shape of the text: "most likely angry (0.81), then worried (0.12)". Probabilities come
-        from the head on the integrated context (detached); no head, no line.
-        """
+        """The `[fused]` brief line per clip (`evidence_sources.decision_texts`: the head's two most
+        probable classes, detached), or None when off or without a head."""
         probs = self.head_probs(output) if self.decision_brief else None
         if probs is None:
             return [None] * int(output.context.shape[0])
-        top = probs.topk(min(2, probs.shape[-1]), dim=-1)
-        lines = []
-        for p, i in zip(top.values.tolist(), top.indices.tolist()):
-            first = f"most likely {self.label_names[i[0]]} ({p[0]:.2f})"
-            lines.append(first if len(i) < 2 else f"{first}, then {self.label_names[i[1]]} ({p[1]:.2f})")
-        return lines
+        return sources_.decision_texts(probs, self.label_names)
 
     @staticmethod
     def head_probs(output: Any, temperature: float = 1.0) -> Optional[Tensor]:
@@ -301,16 +282,7 @@ class HEROModel(nn.Module):
         conf, idx = probs.max(dim=-1)
         return [(self.label_names[int(i)], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
 
-    @staticmethod
-    def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool]) -> list[tuple[str, str]]:
-        """(expert, sentence) pairs of present experts with a sentence, highest modality weight first.
-
-        Ties keep EXPERT_ORDER, so the order is deterministic.
-        """
-        items = [(name, sentences[name], float(weights[e]), e) for e, name in enumerate(EXPERT_ORDER)
-                 if present[e] and isinstance(sentences.get(name), str) and sentences[name].strip()]
-        items.sort(key=lambda x: (-x[2], x[3]))
-        return [(name, sentence) for name, sentence, _, _ in items]
+    order_brief = staticmethod(sources_.order_brief)
 
     def spoken_lines(self, samples: Mapping[str, Any]) -> list[Optional[str]]:
         """The transcript line of each clip's prompt (`model.use_transcript`), None where off or empty."""
