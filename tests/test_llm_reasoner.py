@@ -104,20 +104,25 @@ def test_labels_cover_only_answer_and_eos(reasoner):
         assert not (inputs.context_mask[b] & (labels != IGNORE_INDEX)).any()
 
 
+def reference_loss(reasoner, context, user_turns, answers, prefixes=None) -> torch.Tensor:
+    """Each clip alone (no padding), token losses summed by hand, averaged over the batch's answer tokens."""
+    total, count = 0.0, 0
+    for b in range(len(answers)):
+        one = reasoner.build_inputs(context[b: b + 1], user_turns[b: b + 1], answers[b: b + 1],
+                                    prefixes=None if prefixes is None else prefixes[b: b + 1])
+        logits = reasoner.llm(inputs_embeds=one.inputs_embeds, attention_mask=one.attention_mask).logits[0]
+        labels = one.labels[0]
+        pos = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
+        total = total + F.cross_entropy(logits[pos].float(), labels[1:][pos], reduction="sum")
+        count += len(pos)
+    return total / count
+
+
 def test_loss_is_cross_entropy_over_answer_tokens_only(reasoner):
     context = torch.randn(2, Q, reasoner.hidden_size)
     answers = ["happy and calm", "sad"]
     loss = reasoner(context, turns(2), answers)
-    # reference: run each clip alone, no padding, and average token losses by hand
-    total, count = 0.0, 0
-    for b in range(2):
-        inputs = reasoner.build_inputs(context[b: b + 1], turns(2)[b: b + 1], answers[b: b + 1])
-        logits = reasoner.llm(inputs_embeds=inputs.inputs_embeds, attention_mask=inputs.attention_mask).logits[0]
-        labels = inputs.labels[0]
-        pos = (labels[1:] != IGNORE_INDEX).nonzero().flatten()
-        total = total + F.cross_entropy(logits[pos].float(), labels[1:][pos], reduction="sum")
-        count += len(pos)
-    torch.testing.assert_close(loss, total / count, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss, reference_loss(reasoner, context, turns(2), answers), rtol=1e-4, atol=1e-5)
     # padding is invisible: garbage in the padded positions changes nothing
     padded = reasoner.build_inputs(context, turns(2), answers)
     noisy = padded.inputs_embeds.clone()
@@ -135,7 +140,6 @@ def test_a_given_prefix_is_read_not_learned(reasoner):
     answers = ["It sounds sad.", "neutral", "Calm words, calm face."]
     inputs = reasoner.build_inputs(context, turns(3), answers, prefixes=prefixes, padding_side="left")
     loss = reasoner(context, turns(3), answers, prefixes)
-    total, count = 0.0, 0
     for b in range(3):
         pre = tok(prefixes[b], add_special_tokens=False)["input_ids"] if prefixes[b] else []
         ans = tok(answers[b], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
@@ -151,14 +155,8 @@ def test_a_given_prefix_is_read_not_learned(reasoner):
         assert torch.equal(inputs.inputs_embeds[b, n - len(ans) - len(pre) - len(ids_end): n - len(ans) - len(pre)],
                            reasoner.embed_tokens(torch.tensor(ids_end)))
         assert row[-1] and not (inputs.context_mask[b] & (labels != IGNORE_INDEX)).any()
-        # reference: the clip alone, no padding
-        one = reasoner.build_inputs(context[b: b + 1], turns(3)[b: b + 1], answers[b: b + 1], prefixes=prefixes[b: b + 1])
-        logits = reasoner.llm(inputs_embeds=one.inputs_embeds, attention_mask=one.attention_mask).logits[0]
-        lab = one.labels[0]
-        pos = (lab[1:] != IGNORE_INDEX).nonzero().flatten()
-        total = total + F.cross_entropy(logits[pos].float(), lab[1:][pos], reduction="sum")
-        count += len(pos)
-    torch.testing.assert_close(loss, total / count, rtol=1e-4, atol=1e-5)
+    reference = reference_loss(reasoner, context, turns(3), answers, prefixes)
+    torch.testing.assert_close(loss, reference, rtol=1e-4, atol=1e-5)
 
 
 def test_answer_is_truncated_never_the_prompt(tiny_llm_dir):

@@ -75,23 +75,20 @@ def build_cot_target(
     return f"{build_evidence_section(evidence)}{RATIONALE_HEADER}{rationale}\n### Prediction\n{prediction}"
 
 
-def split_evidence_section(report: str) -> Optional[tuple[str, str]]:
-    """A CoT report -> (its evidence section with the rationale header, the rest), or None when it
-    does not start with an evidence section (e.g. a label-only target)."""
-    head, sep, rest = report.partition(RATIONALE_HEADER)
-    if not sep or not head.startswith(EVIDENCE_HEADER):
-        return None
-    return head + sep, rest
+def given_section(evidence: Optional[Mapping[str, str]]) -> str:
+    """The start of a report whose evidence section is given rather than written (training and
+    generation alike): that section, built from `evidence`, and the rationale header."""
+    return build_evidence_section(evidence) + RATIONALE_HEADER
 
 
 def given_section_and_rest(report: str, evidence: Mapping[str, str]) -> tuple[str, str]:
-    """A target report whose evidence section is given rather than written: (that section built
-    from `evidence`, with the rationale header; the report's rest, to learn). A report without an
-    evidence section (a label-only target): ("", the report)."""
-    parts = split_evidence_section(report)
-    if parts is None:
+    """A target report whose evidence section is given rather than written: (`given_section` of
+    `evidence`; the report's rest, to learn). A report that does not start with an evidence
+    section (a label-only target): ("", the report)."""
+    head, sep, rest = report.partition(RATIONALE_HEADER)
+    if not sep or not head.startswith(EVIDENCE_HEADER):
         return "", report
-    return build_evidence_section(evidence) + RATIONALE_HEADER, parts[1]
+    return given_section(evidence), rest
 
 
 def build_label_target(emotion: str) -> str:

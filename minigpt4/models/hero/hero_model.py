@@ -214,9 +214,10 @@ class HEROModel(nn.Module):
         return sources_.combine(decoded, measured, output.expert_present)
 
     def training_brief(self, samples: Mapping[str, Any], output: Any,
-                       given: Optional[list[dict[str, str]]] = None) -> list[Optional[dict[str, str]]]:
+                       given: Optional[list[dict[str, str]]]) -> list[Optional[dict[str, str]]]:
         """Brief sentences at training, per `brief_source` and `brief_dropout` (module docstring);
-        `given`: the experts' sentences (`expert_evidence`) when already computed.
+        `given`: the experts' sentences (`expert_evidence`, computed by `forward` whenever the
+        brief or the report needs them; None otherwise).
 
         None for a clip means no brief at all (no decision line either).
         """
@@ -224,9 +225,6 @@ class HEROModel(nn.Module):
         if self.brief_source == "none":
             return [None] * batch
         if self.brief_source == "generated":
-            if given is None:
-                with torch.no_grad():
-                    given, _ = self.expert_evidence(samples, output)
             sentences = list(given)
         else:
             golden = [{k: " ".join(v.split()) for k, v in (ev or {}).items() if isinstance(v, str) and v.strip()}
@@ -405,7 +403,7 @@ class HEROModel(nn.Module):
         turns = self._user_turns([instruction] * batch, brief_sentences, output, spoken)
         heard = list(samples.get("transcript") or [None] * batch)
         # the evidence section is the experts' own sentences, given, and the LLM writes the rest
-        prefixes = ([cot.build_evidence_section(e) + cot.RATIONALE_HEADER for e in evidence]
+        prefixes = ([cot.given_section(e) for e in evidence]
                     if use_cot and self.report_evidence == "experts" else None)
         reports = self.reasoner.generate(output.context, turns, prefixes=prefixes, max_new_tokens=max_new_tokens,
                                          num_beams=num_beams, do_sample=do_sample, temperature=temperature,
