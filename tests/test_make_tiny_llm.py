@@ -61,25 +61,3 @@ def test_output_folder_is_replaced_only_when_it_holds_a_model(tmp_path, tiny_llm
     with pytest.raises(FileExistsError, match="thesis.tex"):
         make_tiny_llm(mine, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, seed=0)
     assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
-
-
-@pytest.mark.slow
-def test_real_smollm2_converts_to_safetensors_and_answers(tmp_path):
-    """`--real`: the packaged GGUF becomes an ordinary safetensors folder that answers a chat prompt."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from minigpt4.common.tiny_llm import main
-
-    out = tmp_path / "smollm2"
-    assert main(["--real", "--out", str(out)]) == 0
-    assert list(out.glob("*.safetensors")) and not list(out.glob("*.gguf"))
-    model = AutoModelForCausalLM.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    assert model.config.num_hidden_layers == 30 and model.config.hidden_size == 576
-    assert getattr(model.config, "quantization_config", None) is None
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt")
-    ids = ids["input_ids"] if hasattr(ids, "keys") else ids
-    answer = tok.decode(model.generate(ids, max_new_tokens=16, do_sample=False)[0, ids.shape[1]:],
-                        skip_special_tokens=True)
-    assert "Paris" in answer
