@@ -313,14 +313,14 @@ def test_evidence_targets_tokens_and_frozen_embeddings(llm_dir):
 
 # ---------------------------------------------------------------------------- briefs
 def test_order_brief_by_weight_and_presence():
-    from minigpt4.models.hero.hero_model import HEROModel
+    from minigpt4.models.hero.evidence_sources import order_brief
 
     sentences = {"motion": "m.", "audio": "a.", "au": "u.", "text": "t.", "visual": "v.", "synergy": "s."}
     weights = [0.1, 0.4, 0.0, 0.2, 0.2, 0.1]
     present = [True, True, False, True, True, True]
-    order = HEROModel.order_brief(sentences, weights, present)
+    order = order_brief(sentences, weights, present)
     assert order == [("audio", "a."), ("text", "t."), ("visual", "v."), ("motion", "m."), ("synergy", "s.")]
-    assert HEROModel.order_brief({"audio": " "}, weights, present) == []
+    assert order_brief({"audio": " "}, weights, present) == []
 
 
 def brief_lines(turn: str) -> list[str]:

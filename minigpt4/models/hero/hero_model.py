@@ -280,8 +280,6 @@ class HEROModel(nn.Module):
         conf, idx = probs.max(dim=-1)
         return [(self.label_names[int(i)], float(c)) for i, c in zip(idx.tolist(), conf.tolist())]
 
-    order_brief = staticmethod(sources_.order_brief)
-
     def spoken_lines(self, samples: Mapping[str, Any]) -> list[Optional[str]]:
         """The transcript line of each clip's prompt (`model.use_transcript`), None where off or empty."""
         batch = self._batch_size(samples)
@@ -304,7 +302,7 @@ class HEROModel(nn.Module):
                 turns.append(compose_user_turn(instr, [], words))
                 continue
             filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sent}  # order_brief keeps the present
-            brief = self.order_brief(filled, w, p)
+            brief = sources_.order_brief(filled, w, p)
             if decision is not None:
                 brief = [(DECISION_TAG, decision)] + brief
             turns.append(compose_user_turn(instr, brief, words))
