@@ -69,8 +69,9 @@ def test_forward_shapes_and_loss_terms(strategy):
     assert out.modality_weights.shape == (5, 6) and out.expert_present.shape == (5, 6)
     assert out.summaries.shape == (5, 6, 32) and out.expert_tokens.shape == (5, 6, 4, 32)
     assert out.synergy_score.shape == (5,) and out.cls_logits.shape == (5, 6)
-    assert set(out.losses) == {"loss_stmil", "loss_sccl", "loss_synergy", "loss_evidence", "loss_cls", "loss_kl"}
-    lambdas = {"loss_stmil": 0.1, "loss_sccl": 0.1, "loss_synergy": 0.1, "loss_evidence": 0.5,
+    assert set(out.losses) == {"loss_stmil_cov", "loss_sccl", "loss_synergy", "loss_evidence", "loss_cls", "loss_kl"}
+    assert set(out.readouts) == {"loss_stmil"}  # the vCLUB bound: logged, not trained (stmil.objective)
+    lambdas = {"loss_stmil_cov": 0.1, "loss_sccl": 0.1, "loss_synergy": 0.1, "loss_evidence": 0.5,
                "loss_cls": 0.3, "loss_kl": 0.2}
     expected = sum(lambdas[k] * v for k, v in out.losses.items())
     torch.testing.assert_close(out.loss_aux, expected)
@@ -82,7 +83,7 @@ def test_defaults_switch_optional_terms_off_and_losses_can_be_skipped():
     stack = _stack().train()
     out = stack(_batch(), None)
     # no golden evidence, no kl; the classification head is on by default (lambda_cls 1.0)
-    assert set(out.losses) == {"loss_stmil", "loss_sccl", "loss_synergy", "loss_cls"}
+    assert set(out.losses) == {"loss_stmil_cov", "loss_sccl", "loss_synergy", "loss_cls"}
     assert out.cls_logits.shape == (5, 6) and out.expert_logits is None and stack.decoder.condition_proj is None
     assert _stack(lambda_cls=0.0).eval()(_batch(), None).cls_logits is None
     quiet = stack(_batch(), _targets(), compute_losses=False)

@@ -266,7 +266,8 @@ def test_loss_terms_and_aux_groups(llm_dir):
     out = model(make_batch(seed=1))
     lambdas = model.evidence_stack.lambdas
     terms = {k: v for k, v in out.items() if k.startswith("loss_") and k != "loss_task"}
-    assert {"loss_stmil", "loss_sccl", "loss_synergy", "loss_evidence"} <= set(terms)
+    assert {"loss_stmil", "loss_stmil_cov", "loss_sccl", "loss_synergy", "loss_evidence"} <= set(terms)
+    assert not terms.pop("loss_stmil").requires_grad  # the vCLUB bound is logged, the covariance trained
     expected = out["loss_task"] + sum(lambdas[k[len("loss_"):]] * v for k, v in terms.items())
     torch.testing.assert_close(out["loss"], expected)
     assert set(out["aux_losses"]) == {"stmil_estimator"}

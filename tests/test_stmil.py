@@ -1,5 +1,6 @@
-"""Conditional STMIL (stmil.py, hero_loss.VCLUBEstimator.conditional_bound / fit): content
-disentanglement given the emotion, its queue, its warm-up, and the content probe's read-out."""
+"""Conditional STMIL (stmil.py, hero_loss.VCLUBEstimator.conditional_bound / fit, within_class_rv):
+content disentanglement given the emotion, its two objectives, its queue, its warm-up, and the
+content probe's read-out."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from minigpt4.common.modalities import AUDIO, TEXT
 from minigpt4.common.schema import STMILConfig
 from minigpt4.evaluation.content_probe import ContentProbeError, content_labels, content_probe, probe_expert
 from minigpt4.models.hero.evidence_stack import HEROEvidenceStack
-from minigpt4.models.hero.hero_loss import VCLUBEstimator, gaussian_log_prob
+from minigpt4.models.hero.hero_loss import VCLUBEstimator, gaussian_log_prob, within_class_rv
 from minigpt4.models.hero.stmil import ContentQueue, STMILObjective, pooled_content
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -105,6 +106,73 @@ def test_fit_keeps_the_parameters_with_the_lowest_held_out_loss():
     assert abs(float(est.mi_upper_bound(x2, y2, sampled=False))) < 1.0  # no confident nonsense
 
 
+# ----------------------------------------------------------------------------- the covariance objective
+def _rv_reference(x, y, labels) -> float:
+    """numpy: centre each class by its own mean, drop single-row classes, RV of the pooled rows."""
+    x, y, labels = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(labels)
+    rows_x, rows_y = [], []
+    for c in np.unique(labels):
+        idx = labels == c
+        if idx.sum() >= 2:
+            rows_x.append(x[idx] - x[idx].mean(0))
+            rows_y.append(y[idx] - y[idx].mean(0))
+    xc, yc = np.concatenate(rows_x), np.concatenate(rows_y)
+    cxy, cxx, cyy = xc.T @ yc, xc.T @ xc, yc.T @ yc
+    return float((cxy ** 2).sum() / (np.linalg.norm(cxx) * np.linalg.norm(cyy)))
+
+
+def test_within_class_rv_matches_reference_and_its_extremes():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(12, 5, generator=g), torch.randn(12, 3, generator=g)
+    labels = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 3, 4])  # classes 3 and 4: one row each, left out
+    mem_x, mem_y = torch.randn(7, 5, generator=g), torch.randn(7, 3, generator=g)
+    mem_labels = torch.tensor([0, 1, 2, 3, 3, 4, 5])  # 4 now has two rows; 5 still one
+    got = within_class_rv(x, y, labels, mem_x, mem_y, mem_labels)
+    want = _rv_reference(torch.cat([x, mem_x]), torch.cat([y, mem_y]), torch.cat([labels, mem_labels]))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert float(within_class_rv(y, y, labels)) == pytest.approx(1.0, rel=1e-5)  # x a copy of y
+    big = torch.randn(4000, 4, generator=g)
+    lab = torch.randint(0, 3, (4000,), generator=g)
+    assert float(within_class_rv(big, torch.randn(4000, 4, generator=g), lab)) < 0.01  # independent
+    assert within_class_rv(x[:2], y[:2], torch.tensor([0, 1])) is None  # no class with two rows
+
+
+def test_within_class_rv_ignores_what_the_class_explains():
+    """x and y both carry the class (an emotion voice and words share) and nothing else in common:
+    the within-class coefficient is ~0, the unconditional one is large."""
+    g = torch.Generator().manual_seed(1)
+    lab = torch.randint(0, 4, (2000,), generator=g)
+    means_x, means_y = 5 * torch.randn(4, 6, generator=g), 5 * torch.randn(4, 3, generator=g)
+    x = means_x[lab] + torch.randn(2000, 6, generator=g)
+    y = means_y[lab] + torch.randn(2000, 3, generator=g)
+    assert float(within_class_rv(x, y, lab)) < 0.01
+    assert float(within_class_rv(x, y, torch.zeros_like(lab))) > 0.3
+
+
+def test_within_class_rv_gradient_is_the_full_estimates_as_if_every_row_were_current():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 4, generator=g, requires_grad=True)
+    y = torch.randn(6, 3, generator=g)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    mem_x, mem_y, mem_labels = torch.randn(10, 4, generator=g), torch.randn(10, 3, generator=g), torch.arange(10) % 3
+
+    def reference(x_all: torch.Tensor) -> torch.Tensor:  # the value, with the class means and normaliser fixed
+        onehot = torch.nn.functional.one_hot(torch.cat([labels, mem_labels])).float()
+        per = onehot.sum(0)[:, None]
+        y_all = torch.cat([y, mem_y])
+        xc = x_all - onehot @ ((onehot.t() @ x_all.detach()) / per)
+        yc = y_all - onehot @ ((onehot.t() @ y_all) / per)
+        n = x_all.shape[0]
+        scale = torch.linalg.matrix_norm(xc.detach().t() @ xc.detach()) * torch.linalg.matrix_norm(yc.t() @ yc) / n ** 2
+        return ((xc.t() @ yc / n) ** 2).sum() / scale
+
+    within_class_rv(x, y, labels, mem_x, mem_y, mem_labels).backward()
+    x_all = torch.cat([x.detach(), mem_x]).requires_grad_(True)
+    reference(x_all).backward()
+    # a batch row's gradient is the full estimate's, scaled by rows / batch rows (16 / 6)
+    torch.testing.assert_close(x.grad, x_all.grad[:6] * 16 / 6)
+
+
 # ----------------------------------------------------------------------------- in the evidence stack
 DIMS = {"video_dim": 20, "audio_dim": 16, "au_dim": 6, "text_dim": 12, "visual_dim": 24}
 
@@ -129,12 +197,13 @@ def _batch(labels: list[int], seed: int = 0, t: int = 6):
             "modality_mask": torch.ones(b, 5, dtype=torch.bool), "emotion": torch.tensor(labels)}
 
 
-def test_content_side_gets_no_gradient_only_the_audio_expert_does():
-    stack = _stack().train()
+@pytest.mark.parametrize("objective,term", [("covariance", "loss_stmil_cov"), ("vclub", "loss_stmil")])
+def test_content_side_gets_no_gradient_only_the_audio_expert_does(objective, term):
+    stack = _stack(stmil={"objective": objective}).train()
     batch = _batch([0, 0, 1, 1, 2, 2])
     batch["video_features"].requires_grad_(True)
     out = stack(batch, None)
-    out.losses["loss_stmil"].backward()
+    out.losses[term].backward()
     grad = batch["video_features"].grad
     assert grad[:, TEXT].abs().sum() == 0  # what is said is never pushed by STMIL
     assert grad[:, AUDIO].abs().sum() > 0
@@ -143,24 +212,41 @@ def test_content_side_gets_no_gradient_only_the_audio_expert_does():
     assert all(p.grad is None for p in stack.estimator_parameters())  # the bound never trains q
 
 
-def test_unlabelled_clips_have_no_term_and_evaluation_leaves_the_queue_alone():
-    stack = _stack().train()
+def test_covariance_objective_trains_the_covariance_and_only_logs_the_bound():
+    stack = _stack().train()  # objective: covariance is the default
+    out = stack(_batch([0, 0, 1, 1, 2, 2]), None)
+    assert "loss_stmil" not in out.losses and set(out.readouts) == {"loss_stmil"}
+    assert not out.readouts["loss_stmil"].requires_grad  # measured, never minimised
+    assert "loss_stmil_cov" in out.losses and out.losses["loss_stmil_cov"].requires_grad
+    torch.testing.assert_close(out.loss_aux, 0.1 * out.losses["loss_stmil_cov"])  # lambda_stmil weighs it
+    # the summaries are queued beside their content, row for row
+    q, sq = stack.stmil.queue, stack.stmil.summary_queue
+    assert torch.equal(q.filled, sq.filled) and torch.equal(q.cursor, sq.cursor) and int(sq.filled.sum()) == 6
+    assert _stack(stmil={"objective": "vclub"}).stmil.summary_queue is None
+
+
+@pytest.mark.parametrize("objective", ["covariance", "vclub"])
+def test_unlabelled_clips_have_no_term_and_evaluation_leaves_the_queue_alone(objective):
+    stack = _stack(stmil={"objective": objective}).train()
     out = stack(_batch([-1, -1, -1, -1]), None)
-    assert "loss_stmil" not in out.losses and out.estimator_loss is None
+    assert not any(k.startswith("loss_stmil") for k in {**out.losses, **out.readouts}) and out.estimator_loss is None
     assert int(stack.stmil.queue.filled.sum()) == 0
     stack(_batch([0, 1, 2, 3]), None)  # distinct emotions: no negative yet, but the queue fills
     assert stack.stmil.queue.filled.tolist()[:4] == [1, 1, 1, 1]
     stack.eval()
     out = stack(_batch([0, 1], seed=1), None)
-    assert "loss_stmil" in out.losses  # every same-emotion pair with the queue: the full bound
+    assert "loss_stmil" in {**out.losses, **out.readouts}  # every same-emotion pair with the queue: the full bound
     assert stack.stmil.queue.filled.tolist()[:4] == [1, 1, 1, 1]
+    if objective == "covariance":
+        assert "loss_stmil_cov" in out.losses and stack.stmil.summary_queue.filled.tolist()[:4] == [1, 1, 1, 1]
 
 
-def test_unconditional_mode_keeps_the_earlier_bound_between_the_two_summaries():
-    stack = _stack(stmil={"mode": "unconditional"}).train()
+@pytest.mark.parametrize("objective,term", [("covariance", "loss_stmil_cov"), ("vclub", "loss_stmil")])
+def test_unconditional_mode_keeps_the_earlier_bound_between_the_two_summaries(objective, term):
+    stack = _stack(stmil={"mode": "unconditional", "objective": objective}).train()
     out = stack(_batch([0, 1, 2, 3]), None)
-    assert stack.stmil.queue is None and out.content is None
-    out.losses["loss_stmil"].backward()
+    assert stack.stmil.queue is None and stack.stmil.summary_queue is None and out.content is None
+    out.losses[term].backward()
     assert sum(p.grad.abs().sum() for p in stack.experts[TEXT].parameters() if p.grad is not None) > 0
 
 
@@ -189,6 +275,8 @@ def test_stmil_config_is_checked():
         STMILConfig(mode="sideways").check()
     with pytest.raises(ConfigError, match="model.stmil.queue_size"):
         STMILConfig(queue_size=0).check()
+    with pytest.raises(ConfigError, match="model.stmil.objective"):
+        STMILConfig(objective="mine").check()
     obj = STMILObjective(8, 4, 3, STMILConfig())
     assert obj.estimator.net.mu[0].in_features == 8 + 3  # the audio summary beside the one-hot emotion
 

@@ -35,6 +35,7 @@ BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
 STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
+STMIL_OBJECTIVES: tuple[str, ...] = ("covariance", "vclub")  # model.stmil.objective
 # model keys that choose how a trained model is asked, not what its weights compute: an eval may
 # set them differently from the run's config.yaml without that being config drift
 INFERENCE_MODEL_KEYS: frozenset[str] = frozenset({"report_evidence", "evidence_decoder.decoding"})
@@ -149,6 +150,9 @@ class STMILConfig:
     # clip's pooled text features), negatives from clips of the same emotion | unconditional:
     # I(audio summary; text summary), both trained (the earlier design, for ablation)
     mode: str = "conditional"
+    # what lambda_stmil weights: covariance = the within-emotion cross-covariance (RV) of the
+    # audio summary and the content, the vCLUB bound only logged | vclub = the bound itself
+    objective: str = "covariance"
     hidden_dim: int = 256
     num_negatives: int = 1  # unconditional only: random derangements per training step
     logvar_bound: float = 5.0
@@ -162,6 +166,7 @@ class STMILConfig:
                                         "warmup_batches"))
         _nonnegative(self, "model.stmil", ("warmup_steps",))
         _one_of(self, "model.stmil", "mode", STMIL_MODES)
+        _one_of(self, "model.stmil", "objective", STMIL_OBJECTIVES)
         if self.lr is not None and self.lr < 0:
             raise ConfigError(f"model.stmil.lr must be >= 0 or null, got {self.lr}")
 

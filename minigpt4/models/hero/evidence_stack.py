@@ -6,8 +6,11 @@ internals"): it slices the batch's `video_features [B, 5, T, max_dim]`, runs the
 the context the LLM reads, and computes the auxiliary objectives, all unweighted in `losses`
 and lambda-weighted in `loss_aux`:
 
+- `loss_stmil_cov` the within-emotion cross-covariance (RV) of the audio summary and what is said
+                  (`model.stmil.objective: covariance`, the default), weighted by lambda_stmil;
 - `loss_stmil`    vCLUB bound of what the audio summary still carries of what is said, given the
-                  emotion (`stmil` module docstring; q-network frozen);
+                  emotion (`stmil` module docstring; q-network frozen): a `readouts` entry (logged,
+                  not trained) under the covariance objective, the weighted term under `vclub`;
 - `loss_sccl`     symmetric InfoNCE, expert summary <-> its golden evidence sentence embedding
                   (visual <-> text summaries of the same clip when the batch has no golden evidence);
 - `loss_synergy`  BCE of the "is this audio from this clip?" match head;
@@ -78,6 +81,7 @@ class EvidenceOutput:
     synergy_score: Tensor  # [B] float32 in [0, 1]; 0.5 where the synergy expert is absent
     expert_tokens: Tensor  # [B, 6, Q, H] (zeros for absent experts); the evidence decoder's input
     losses: dict[str, Tensor] = field(default_factory=dict)  # unweighted terms, keys loss_*
+    readouts: dict[str, Tensor] = field(default_factory=dict)  # logged beside them, never in the loss
     loss_aux: Optional[Tensor] = None  # scalar, sum of lambda_* x term (0 when no term is active)
     estimator_loss: Optional[Tensor] = None  # scalar vCLUB q-network NLL (detached inputs) or None
     cls_logits: Optional[Tensor] = None  # [B, num_classes] when the classification head is on
@@ -99,6 +103,7 @@ class HEROEvidenceStack(nn.Module):
         self.include_synergy = c.include_synergy
         self.lambdas = {
             "stmil": c.lambda_stmil,
+            "stmil_cov": c.lambda_stmil,  # the same weight, whichever STMIL objective is trained
             "sccl": c.lambda_sccl,
             "synergy": c.lambda_synergy if self.include_synergy else 0.0,
             "evidence": c.lambda_evidence,
@@ -296,9 +301,10 @@ class HEROEvidenceStack(nn.Module):
         losses: dict[str, Tensor] = {}
         summ, present = out.summaries, out.expert_present
         if self.stmil is not None:
-            bound, out.estimator_loss = self.stmil(summ, present, out.content, samples.get("emotion"), self.training)
-            if bound is not None:
-                losses["loss_stmil"] = bound
+            stmil = self.stmil(summ, present, out.content, samples.get("emotion"), self.training)
+            losses.update(stmil.losses)
+            out.readouts.update(stmil.readouts)
+            out.estimator_loss = stmil.estimator_loss
         if self.lambdas["sccl"] > 0:
             sccl = self._sccl(summ, present, targets)
             if sccl is not None:

@@ -9,6 +9,10 @@ STMIL follows the sampled vCLUB of Cheng et al. (2020): a variational Gaussian q
 
 evaluated with the q-network's parameters *detached* (`torch.func.functional_call`), so the
 bound never trains the estimator and the estimator's loss never trains the model.
+
+`within_class_rv` is STMIL's non-adversarial training objective (`model.stmil.objective:
+covariance`): the RV coefficient of the within-class cross-covariance, a fixed functional of the
+joint distribution with no q-network for the model to play against.
 """
 from __future__ import annotations
 
@@ -168,6 +172,51 @@ class VCLUBEstimator(nn.Module):
         for p in params:
             p.grad = None
         return before, best
+
+
+def _gram_norm(z: Tensor) -> Tensor:
+    """||z^T z||_F for z [N, D], through the smaller of the two Gram matrices (they share it)."""
+    return torch.linalg.matrix_norm(z.t() @ z if z.shape[1] <= z.shape[0] else z @ z.t())
+
+
+def within_class_rv(x: Tensor, y: Tensor, labels: Tensor, memory_x: Optional[Tensor] = None,
+                    memory_y: Optional[Tensor] = None, memory_labels: Optional[Tensor] = None) -> Optional[Tensor]:
+    """RV coefficient of the within-class cross-covariance: ||C_xy||_F^2 / (||C_xx||_F ||C_yy||_F), in [0, 1].
+
+    0 when x holds no linear trace of y beyond what the class explains, 1 when x is a linear
+    image of y (for whitened Gaussians, I(x; y | class) ~ ||C_xy||_F^2 / 2 when small). Rows:
+    the batch's x [N, Dx], y [N, Dy], labels [N] (long) plus memory rows (earlier batches,
+    no graph), each centred by its class mean over all rows; classes with one row are left out.
+
+    Value: the coefficient over all rows. Gradient: that of the batch rows' own cross-covariance
+    taken against it, as if every row were current (a batch of 8 alone would give a noisy C_xy,
+    and memory rows have no graph); the normaliser is held fixed, so it never rewards inflating
+    other directions of x. None when fewer than 3 rows or no batch row are usable.
+    """
+    xs, ys, ls = [x.float()], [y.float()], [labels.long()]
+    if memory_x is not None and memory_x.shape[0]:
+        xs.append(memory_x.to(x.device).float())
+        ys.append(memory_y.to(x.device).float())
+        ls.append(memory_labels.to(x.device).long())
+    xa, ya, la = torch.cat(xs), torch.cat(ys), torch.cat(ls)
+    counts = torch.bincount(la)
+    keep = counts[la] >= 2
+    batch_keep = keep[: x.shape[0]]
+    if int(keep.sum()) < 3 or not bool(batch_keep.any()):
+        return None
+    xa, ya, la = xa[keep], ya[keep], la[keep]
+    onehot = F.one_hot(la).float()
+    per_class = onehot.sum(0).clamp(min=1.0)[:, None]
+    xc = xa - onehot @ ((onehot.t() @ xa.detach()) / per_class)
+    yc = ya - onehot @ ((onehot.t() @ ya.detach()) / per_class)
+    n = xa.shape[0]
+    cross = xc.t() @ yc / n  # [Dx, Dy]
+    scale = (_gram_norm(xc.detach()) * _gram_norm(yc.detach()) / n ** 2).clamp(min=1e-12)
+    value = (cross.detach() ** 2).sum() / scale
+    nb = int(batch_keep.sum())  # kept batch rows come first
+    batch_cross = xc[:nb].t() @ yc[:nb] / nb
+    surrogate = 2.0 * (batch_cross * cross.detach()).sum() / scale
+    return value + surrogate - surrogate.detach()
 
 
 def random_derangement(n: int, device: torch.device | str | None = None) -> Tensor:

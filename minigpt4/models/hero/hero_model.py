@@ -110,6 +110,8 @@ class HEROModel(nn.Module):
         if stmil is not None and stmil.queue is not None:
             names += [f"evidence_stack.stmil.queue.{name}" for name in ("vectors", "filled", "cursor")]
             names += [f"evidence_stack.stmil.{name}" for name in ("content_mean", "content_scale")]
+            if stmil.summary_queue is not None:
+                names += [f"evidence_stack.stmil.summary_queue.{name}" for name in ("vectors", "filled", "cursor")]
         return names + stages.frozen_expert_names(self, self.freeze_experts)
 
     @property
@@ -337,7 +339,7 @@ class HEROModel(nn.Module):
             loss_task = self.reasoner(output.context, turns, answers, prefixes)
             loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
             result = {"loss": loss_task + loss_aux, "loss_task": loss_task}
-        for name, value in output.losses.items():
+        for name, value in {**output.readouts, **output.losses}.items():
             key = name if name.startswith("loss_") else f"loss_{name}"
             if key in ("loss", "loss_task"):
                 raise KeyError(f"evidence stack loss term {name!r} collides with {key!r}")

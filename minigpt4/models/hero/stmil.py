@@ -18,9 +18,23 @@ reading should not lean on). `model.stmil.mode`:
 The q-network (`VCLUBEstimator`) is fitted by its own optimiser on detached pairs; before
 training starts `warm_up` fits it on the initial representations (`model.stmil.warmup_steps`),
 so the logged bound is an estimate from the first step, not ~0 from an untrained q.
+
+What training minimises, `model.stmil.objective`:
+
+- `covariance` (default): `loss_stmil_cov`, the RV coefficient of the audio summary's
+  cross-covariance with the content *within each emotion* (`within_class_rv`; the queue keeps
+  the earlier batches' summaries beside their content). It has no q-network to play against and
+  is 0 exactly when no linear trace of the words is left beyond the emotion. The vCLUB bound is
+  still computed, without gradient, and logged as `loss_stmil`: an estimator the model does not
+  train against, so a falling `loss_stmil` means the content left, not that q was outplayed.
+- `vclub`: `loss_stmil`, the vCLUB bound itself, is minimised (the paper's form). Measured on
+  the demo, the expert then moves its summaries where the lagging q reads them wrong and the
+  topic becomes *more* readable to a fresh probe (README, "STMIL").
 """
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -29,7 +43,7 @@ from torch import Tensor, nn
 
 from minigpt4.common.modalities import AUDIO, TEXT
 from minigpt4.common.schema import STMILConfig
-from minigpt4.models.hero.hero_loss import VCLUBEstimator
+from minigpt4.models.hero.hero_loss import VCLUBEstimator, within_class_rv
 
 
 class ContentQueue(nn.Module):
@@ -68,18 +82,32 @@ def pooled_content(features: Tensor, frame_mask: Tensor) -> Tensor:
     return ((features * weights).sum(1) / weights.sum(1).clamp(min=1.0)).detach().float()
 
 
+@dataclass
+class STMILTerms:
+    """One step's STMIL: `losses` are weighted by lambda_stmil, `readouts` are only logged."""
+
+    losses: dict[str, Tensor] = field(default_factory=dict)
+    readouts: dict[str, Tensor] = field(default_factory=dict)
+    estimator_loss: Optional[Tensor] = None  # the q-network's NLL on detached pairs
+
+
 class STMILObjective(nn.Module):
     """The STMIL bound and its q-network for one `model.stmil` configuration (module docstring)."""
 
     def __init__(self, hidden_dim: int, content_dim: int, num_classes: int, cfg: STMILConfig) -> None:
         super().__init__()
         self.conditional = cfg.mode == "conditional"
+        self.covariance = cfg.objective == "covariance"
+        self.hidden_dim = hidden_dim
         self.num_classes = num_classes
         self.warmup_steps, self.warmup_batches = cfg.warmup_steps, cfg.warmup_batches
         x_dim = hidden_dim + num_classes if self.conditional else hidden_dim
         y_dim = content_dim if self.conditional else hidden_dim
         self.estimator = VCLUBEstimator(x_dim, y_dim, cfg.hidden_dim, cfg.num_negatives, cfg.logvar_bound)
         self.queue = ContentQueue(num_classes, cfg.queue_size, content_dim) if self.conditional else None
+        # the summaries written beside the queue's content (same rows): the covariance's memory
+        self.summary_queue = ContentQueue(num_classes, cfg.queue_size, hidden_dim) \
+            if self.conditional and self.covariance else None
         # the content side, standardised with statistics fixed at the warm-up (identity without one)
         self.register_buffer("content_mean", torch.zeros(content_dim))
         self.register_buffer("content_scale", torch.ones(content_dim))
@@ -106,25 +134,46 @@ class STMILObjective(nn.Module):
         return x, y, lab
 
     def forward(self, summaries: Tensor, present: Tensor, content: Optional[Tensor], emotion: Optional[Tensor],
-                training: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """(bound or None, the q-network's NLL on detached pairs or None).
+                training: bool) -> STMILTerms:
+        """This batch's terms (empty when no pair can be formed).
 
-        Training pushes this batch's content into the queue after using it; evaluation reads
-        the queue without changing it (every same-emotion pair: the full conditional bound).
+        Training pushes this batch's content (and summaries) into the queue after using it;
+        evaluation reads the queue without changing it (every same-emotion pair: the full
+        conditional bound).
         """
         pairs = self.pairs(summaries, present, content, emotion)
         if pairs is None:
-            return None, None
+            return STMILTerms()
         x, y, labels = pairs
-        estimator_loss = self.estimator.estimator_loss(x, y)
-        if not self.conditional:
-            bound = self.estimator.mi_upper_bound(x, y, sampled=training) if x.shape[0] >= 2 else None
-            return bound, estimator_loss
-        memory_y, memory_labels = self.queue.contents()
-        bound = self.estimator.conditional_bound(x, y, labels, memory_y, memory_labels)
-        if training:
+        terms = STMILTerms(estimator_loss=self.estimator.estimator_loss(x, y))
+        with torch.no_grad() if self.covariance else contextlib.nullcontext():
+            bound = self._bound(x, y, labels, training)
+        if bound is not None:
+            (terms.readouts if self.covariance else terms.losses)["loss_stmil"] = bound
+        if self.covariance:
+            rv = self._covariance(x[:, :self.hidden_dim], y, labels)
+            if rv is not None:
+                terms.losses["loss_stmil_cov"] = rv
+        if training and self.conditional:
             self.queue.push(y, labels)
-        return bound, estimator_loss
+            if self.summary_queue is not None:
+                self.summary_queue.push(x[:, :self.hidden_dim], labels)
+        return terms
+
+    def _bound(self, x: Tensor, y: Tensor, labels: Optional[Tensor], training: bool) -> Optional[Tensor]:
+        if not self.conditional:
+            return self.estimator.mi_upper_bound(x, y, sampled=training) if x.shape[0] >= 2 else None
+        memory_y, memory_labels = self.queue.contents()
+        return self.estimator.conditional_bound(x, y, labels, memory_y, memory_labels)
+
+    def _covariance(self, summary: Tensor, y: Tensor, labels: Optional[Tensor]) -> Optional[Tensor]:
+        """Within-emotion RV of (audio summary, content) over this batch and the queue (conditional);
+        unconditional: over this batch, one class."""
+        if not self.conditional:
+            return within_class_rv(summary, y, torch.zeros(summary.shape[0], dtype=torch.long, device=summary.device))
+        memory_x, _ = self.summary_queue.contents()
+        memory_y, memory_labels = self.queue.contents()
+        return within_class_rv(summary, y, labels, memory_x, memory_y, memory_labels)
 
     @torch.no_grad()
     def bound_on(self, x: Tensor, y: Tensor, labels: Optional[Tensor]) -> Optional[float]:
@@ -153,6 +202,8 @@ class STMILObjective(nn.Module):
         before, after = self.estimator.fit(x, y, self.warmup_steps, lr)
         if self.queue is not None and labels is not None:
             self.queue.push(y, labels)
+            if self.summary_queue is not None:
+                self.summary_queue.push(x[:, :self.hidden_dim], labels)
         stats = {"pairs": float(x.shape[0]), "nll_before": before, "nll_after": after}
         bound = self.bound_on(x, y, labels)
         if bound is not None:
