@@ -160,6 +160,11 @@ class STMILConfig:
     queue_size: int = 64  # conditional: content vectors kept per emotion as negatives
     warmup_steps: int = 300  # q fitted on the initial representations before step 1 (0: no warm-up)
     warmup_batches: int = 32  # training batches read for that warm-up
+    # erase the content from the audio expert's output by construction (content_eraser.py):
+    # the directions of the whitened summary whose within-emotion canonical correlation with the
+    # pooled text features reaches erase_min_correlation, refitted from the training split every epoch
+    erase: bool = False
+    erase_min_correlation: float = 0.3
 
     def check(self) -> None:
         _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound", "queue_size",
@@ -167,6 +172,8 @@ class STMILConfig:
         _nonnegative(self, "model.stmil", ("warmup_steps",))
         _one_of(self, "model.stmil", "mode", STMIL_MODES)
         _one_of(self, "model.stmil", "objective", STMIL_OBJECTIVES)
+        if not 0.0 <= self.erase_min_correlation < 1.0:
+            raise ConfigError(f"model.stmil.erase_min_correlation must be in [0, 1), got {self.erase_min_correlation}")
         if self.lr is not None and self.lr < 0:
             raise ConfigError(f"model.stmil.lr must be >= 0 or null, got {self.lr}")
 

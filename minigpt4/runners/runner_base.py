@@ -31,6 +31,7 @@ This module holds the loop; `RunnerBase` takes the rest from one mixin per job: 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -145,6 +146,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                 truncate_log(self.output_dir, self.step, self.epoch)
         else:
             self._warm_up_estimators(train_ds)
+            self._refit_statistics(train_ds)
         self._logger = MetricLogger(self.output_dir, enabled=self.is_main, purge_step=self.step + 1 if resume else None)
         use_no_sync = self.dist.distributed and not isinstance(train_ds, IterableDataset)
         log_freq = int(rc.log_freq)
@@ -211,7 +213,9 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             if save_freq > 0 and self.step % save_freq == 0 and not (end_of_epoch and save_every_epoch):
                 self.save_checkpoint()
         bar.close()
-        # end of epoch: validate, then advance the counters and checkpoint (so resume starts the next epoch)
+        # end of epoch: refit data statistics, validate, then advance the counters and checkpoint
+        # (so resume starts the next epoch with the statistics the checkpoint holds)
+        self._refit_statistics(train_ds)
         val = self.evaluate()
         best = None
         if val:
@@ -254,6 +258,34 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                     dist.broadcast(p.data, src=0)
         if stats and self.is_main:
             logger.info("estimator warm-up (%.1f s): %s", time.time() - t0,
+                        ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+
+    def _refit_statistics(self, train_ds: Any) -> None:
+        """Statistics the model takes from a whole pass over the training split rather than from
+        gradients (`model.refit_statistics`, e.g. HERO's content eraser), RNG states left as they
+        were; with DDP each rank reads its shard and rank 0's statistics reach the others with the
+        module buffers at the next forward."""
+        refit = getattr(self.model_raw, "refit_statistics", None)
+        if not callable(refit):
+            return
+        rng = capture_rng_state()
+        t0 = time.time()
+        parts = list(getattr(train_ds, "datasets", [train_ds]))
+        modes = [getattr(d, "training", None) for d in parts]
+        try:
+            for d, mode in zip(parts, modes):  # the split as it is, without training-time dropout
+                if mode is not None:
+                    d.training = False
+            batches = itertools.islice(self._train_batches(train_ds, self.epoch, 0), self.iters_per_epoch(train_ds))
+            with self._autocast():
+                stats = refit(move_to_device(s, self.device, non_blocking=self.device.type == "cuda") for s in batches)
+        finally:
+            for d, mode in zip(parts, modes):
+                if mode is not None:
+                    d.training = mode
+            restore_rng_state(rng)
+        if stats and self.is_main:
+            logger.info("statistics refit (%.1f s): %s", time.time() - t0,
                         ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
 
     def _resume_source(self) -> Optional[str]:

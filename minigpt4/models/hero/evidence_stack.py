@@ -40,6 +40,7 @@ from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER,
 from minigpt4.common.schema import model_config
 from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
+from minigpt4.models.hero.content_eraser import ContentEraser
 from minigpt4.models.hero.hero_loss import distillation_kl, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
@@ -149,6 +150,8 @@ class HEROEvidenceStack(nn.Module):
         self.stmil = None
         if self.lambdas["stmil"] > 0:
             self.stmil = STMILObjective(h, self.dims[TEXT], self.num_classes, c.stmil)
+        self.content_eraser = ContentEraser(h, self.dims[TEXT], self.num_classes, c.stmil.erase_min_correlation) \
+            if c.stmil.erase else None
         if self.lambdas["sccl"] > 0:
             self.sccl_summary_proj = nn.Linear(h, c.sccl_dim)
             self.sccl_text_proj = nn.Linear(int(llm_dim), c.sccl_dim)
@@ -207,7 +210,7 @@ class HEROEvidenceStack(nn.Module):
         slices = slice_modalities(samples["video_features"].to(device), samples["feature_mask"].to(device),
                                   samples["modality_mask"].to(device), self.dims)
         content = None
-        if self.stmil is not None and self.stmil.conditional:
+        if self.content_eraser is not None or (self.stmil is not None and self.stmil.conditional):
             content = pooled_content(slices[TEXT].features, slices[TEXT].frame_mask)
         tokens, summaries, present = [], [], []
         for expert, s in zip(self.experts, slices):
@@ -215,6 +218,9 @@ class HEROEvidenceStack(nn.Module):
             tokens.append(t)
             summaries.append(summ)
             present.append(s.present)
+        if self.content_eraser is not None:
+            tokens[AUDIO], summaries[AUDIO] = self.content_eraser.erase_audio(
+                tokens[AUDIO], summaries[AUDIO], present[AUDIO], present[TEXT], content, samples.get("emotion"))
         batch = tokens[0].shape[0]
         syn_loss = None
         if self.synergy is not None:

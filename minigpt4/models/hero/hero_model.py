@@ -17,10 +17,9 @@ holds the decoder's generated sentence of every present expert; at training:
   harsh, raised voice"), so the LLM learns to read the label off the brief, a shortcut that is
   never there at inference (measured: a collapse to one class on a corpus with such sentences).
 - `none`: no brief at training or inference (context + instruction only), an ablation.
-Absent experts (modality missing or dropped) never get a line.
-
-`model.brief_dropout` (default 0) drops the whole brief of a training clip with that
-probability, so the LLM must also write its evidence from the integrated context.
+Absent experts (modality missing or dropped) never get a line. `model.brief_dropout` (default 0)
+drops the whole brief of a training clip with that probability, so the LLM must also write its
+evidence from the integrated context.
 
 The decision line (`model.decision_brief`, on by default whenever the classification head
 is): the head on the integrated context reads the emotion from the features
@@ -107,11 +106,10 @@ class HEROModel(nn.Module):
         if self.evidence_stack.decoder.vocab is not None:
             names += [f"evidence_stack.decoder.vocab.{name}" for name in ("ids", "count", "overflow")]
         stmil = self.evidence_stack.stmil
-        if stmil is not None and stmil.queue is not None:
-            names += [f"evidence_stack.stmil.queue.{name}" for name in ("vectors", "filled", "cursor")]
-            names += [f"evidence_stack.stmil.{name}" for name in ("content_mean", "content_scale")]
-            if stmil.summary_queue is not None:
-                names += [f"evidence_stack.stmil.summary_queue.{name}" for name in ("vectors", "filled", "cursor")]
+        if stmil is not None and stmil.queue is not None:  # the queues and the content standardisation
+            names += [f"evidence_stack.stmil.{n}" for n, _ in stmil.named_buffers()]
+        eraser = self.evidence_stack.content_eraser
+        names += [f"evidence_stack.content_eraser.{n}" for n, _ in eraser.named_buffers()] if eraser else []
         return names + stages.frozen_expert_names(self, self.freeze_experts)
 
     @property
@@ -358,10 +356,14 @@ class HEROModel(nn.Module):
         return {"stmil_estimator": {"params": params, "lr": self.stmil_lr, "weight_decay": None, "schedule": False}}
 
     def warm_up_estimators(self, batches: Iterable[Mapping[str, Any]], lr: float) -> Optional[dict[str, float]]:
-        """Before the first training step: fit the STMIL q-network on the initial representations
-        (`stmil` module docstring); `lr` is the runner's, unless `model.stmil.lr` is set."""
+        """Before step 1: fit the STMIL q-network on the initial representations (lr: `model.stmil.lr` or the runner's)."""
         rate = self.stmil_lr if self.stmil_lr is not None else lr
         return self.evidence_stack.warm_up_stmil((self._on_device(s) for s in batches), rate)
+
+    def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
+        """Before step 1 and after every epoch: the content eraser's statistics from the training split."""
+        eraser = self.evidence_stack.content_eraser
+        return eraser.refit(self.evidence_stack, (self._on_device(s) for s in batches)) if eraser else None
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()

@@ -1,0 +1,139 @@
+"""Erase what is said from the voice: a closed-form linear eraser on the audio expert's output.
+
+STMIL's losses push the audio expert to drop the words' content, and measured on the demo they
+do not manage it: whatever the objective (vCLUB, a cross-covariance), the expert keeps the
+topic in faint directions that a linear probe still reads (README, "STMIL"). The eraser removes
+it by construction instead, in the way of LEACE (Belrose et al., 2023): from
+within-emotion statistics of the audio summary x and the content y (the clip's pooled text
+features), whiten x (W = S_xx^-1/2), find the directions of whitened x that correlate with y
+(the left singular vectors of W S_xy S_yy^-1/2 whose canonical correlation is at least
+`model.stmil.erase_min_correlation`), and project them out:
+
+    x' = mu + (I - W^+ P W)(x - mu),   P the projection onto those directions.
+
+After it, the pooled within-emotion cross-covariance of x' and y is 0 along every erased
+direction, so no linear read-out of the voice predicts them beyond the emotion; the emotion
+itself (the class means) is left alone where it does not lie along them. The map is computed
+from statistics held fixed between refits, so the expert is never pushed to hide the content
+from it; it is the same linear map on every audio token and on the summary (their mean).
+
+The statistics come from a whole pass over the training split with the model in eval mode
+(`refit`; the runner calls the model's `refit_statistics` before step 1 and at the end of every
+epoch, before validation and the checkpoint, which saves them). Running averages over training
+batches were tried first and did not work: the expert's dropout and its drift over an epoch
+left the topic readable (demo: probe 0.72 with them, 0.39 with eval-mode statistics of the same
+model). Before the first refit the eraser is the identity.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+MIN_ROWS = 8  # labelled (audio, text) rows a refit needs; with fewer the eraser stays as it was
+SHRINKAGE = 0.1  # each covariance's diagonal raised by this x its mean variance before whitening
+
+
+def _sqrt_and_inverse_sqrt(cov: Tensor) -> tuple[Tensor, Tensor]:
+    """(S^1/2, S^-1/2) of a symmetric PSD matrix after shrinkage towards its mean variance."""
+    ridge = torch.diagonal(cov).mean().clamp(min=1e-12) * SHRINKAGE
+    values, vectors = torch.linalg.eigh(cov + ridge * torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype))
+    values = values.clamp(min=1e-12)
+    return (vectors * values.sqrt()) @ vectors.t(), (vectors * values.rsqrt()) @ vectors.t()
+
+
+def eraser_matrix(cov_xx: Tensor, cov_xy: Tensor, cov_yy: Tensor, min_correlation: float) -> tuple[Tensor, Tensor]:
+    """(M [H, H] with x' = mu + M (x - mu), canonical correlations [min(H, D)]) from within-class
+    covariances cov_xx [H, H], cov_xy [H, D], cov_yy [D, D]."""
+    root_x, white_x = _sqrt_and_inverse_sqrt(cov_xx)
+    _, white_y = _sqrt_and_inverse_sqrt(cov_yy)
+    u, s, _ = torch.linalg.svd(white_x @ cov_xy @ white_y, full_matrices=False)
+    keep = u[:, s >= min_correlation]
+    eye = torch.eye(cov_xx.shape[0], device=cov_xx.device, dtype=cov_xx.dtype)
+    return eye - root_x @ keep @ keep.t() @ white_x, s
+
+
+class ContentEraser(nn.Module):
+    """Within-emotion statistics of (audio summary, content) from the last refit, and the eraser they give."""
+
+    def __init__(self, hidden_dim: int, content_dim: int, num_classes: int, min_correlation: float) -> None:
+        super().__init__()
+        self.min_correlation = min_correlation
+        self.num_classes = num_classes
+        self.register_buffer("rows", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mean_x", torch.zeros(hidden_dim))
+        self.register_buffer("cov_xx", torch.zeros(hidden_dim, hidden_dim))
+        self.register_buffer("cov_xy", torch.zeros(hidden_dim, content_dim))
+        self.register_buffer("cov_yy", torch.zeros(content_dim, content_dim))
+        self._cached: Optional[tuple[tuple[int, float], Tensor]] = None  # (statistics key, M)
+        self._collected: Optional[list[tuple[Tensor, Tensor, Tensor]]] = None  # rows read during a refit
+
+    @torch.no_grad()
+    def fit(self, x: Tensor, y: Tensor, labels: Tensor) -> None:
+        """Set the statistics from labelled rows: x [N, H] raw summaries, y [N, D] content, labels [N] >= 0."""
+        x, y, labels = x.detach().float(), y.detach().float(), labels.long()
+        onehot = F.one_hot(labels, self.num_classes).float()
+        counts = onehot.sum(0).clamp(min=1.0)[:, None]
+        xc = x - onehot @ ((onehot.t() @ x) / counts)
+        yc = y - onehot @ ((onehot.t() @ y) / counts)
+        n = x.shape[0]
+        self.cov_xx.copy_(xc.t() @ xc / n)
+        self.cov_xy.copy_(xc.t() @ yc / n)
+        self.cov_yy.copy_(yc.t() @ yc / n)
+        self.mean_x.copy_(x.mean(0))
+        self.rows.fill_(n)
+
+    def matrix(self) -> Optional[Tensor]:
+        """The current M (None, i.e. identity, before the first refit)."""
+        if int(self.rows) < MIN_ROWS:
+            return None
+        key = (int(self.rows), float(self.cov_xy.abs().sum()))  # changes with every refit or load
+        if self._cached is None or self._cached[0] != key or self._cached[1].device != self.cov_xx.device:
+            self._cached = (key, eraser_matrix(self.cov_xx, self.cov_xy, self.cov_yy, self.min_correlation)[0])
+        return self._cached[1]
+
+    def forward(self, h: Tensor) -> Tensor:
+        """Erase from h [..., H] (tokens or summaries); unchanged before the first refit."""
+        m = self.matrix()
+        if m is None:
+            return h
+        mu = self.mean_x.to(h.dtype)
+        return mu + (h - mu) @ m.t().to(h.dtype)
+
+    def erase_audio(self, tokens: Tensor, summary: Tensor, audio: Tensor, text: Tensor, content: Tensor,
+                    emotion: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+        """The audio expert's tokens [B, Q, H] and summary [B, H] with the content erased where audio is
+        present; during a refit, records the clips with audio, text and a label and erases nothing."""
+        if self._collected is not None:
+            if isinstance(emotion, Tensor):
+                labels = emotion.to(summary.device).long()
+                use = audio & text & (labels >= 0) & (labels < self.num_classes)
+                self._collected.append((summary[use].float(), content[use].float(), labels[use]))
+            return tokens, summary
+        keep = audio.bool()
+        return (torch.where(keep[:, None, None], self(tokens), tokens),
+                torch.where(keep[:, None], self(summary), summary))
+
+    @torch.no_grad()
+    def refit(self, stack: nn.Module, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+        """Read `batches` through `stack` (the evidence stack, in eval mode) and refit from the raw
+        audio summaries; returns what was fitted (rows, erased directions, top canonical correlation)."""
+        was_training = stack.training
+        stack.eval()
+        self._collected = []
+        try:
+            for samples in batches:
+                stack(samples, None, compute_losses=False)
+            collected = self._collected
+        finally:
+            self._collected = None
+            stack.train(was_training)
+        n = sum(int(x.shape[0]) for x, _, _ in collected)
+        if n < MIN_ROWS:
+            return {"rows": float(n), "fitted": 0.0}
+        self.fit(*(torch.cat(parts) for parts in zip(*collected)))
+        _, corr = eraser_matrix(self.cov_xx, self.cov_xy, self.cov_yy, self.min_correlation)
+        return {"rows": float(n), "erased": float((corr >= self.min_correlation).sum()),
+                "top_correlation": float(corr.max())}

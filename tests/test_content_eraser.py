@@ -1,0 +1,147 @@
+"""The content eraser (models/hero/content_eraser.py): the LEACE-style map removes the content's
+linear trace from the audio summary given the emotion, keeps the emotion, acts only where audio
+is present, and travels with the checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from minigpt4.common.modalities import AUDIO
+from minigpt4.common.schema import ConfigError, STMILConfig
+from minigpt4.models.hero.content_eraser import MIN_ROWS, ContentEraser, eraser_matrix
+from minigpt4.models.hero.evidence_stack import HEROEvidenceStack
+from tests.test_hero_model import build, llm_dir, make_batch, make_cfg  # noqa: F401 - llm_dir is a fixture
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+H, D, C, TOPICS = 24, 8, 3, 4
+
+
+def _clips(n: int, g: torch.Generator, faint: float = 0.1):
+    """Summaries with the emotion loud and the topic faint (the case a cross-covariance misses)."""
+    embed = torch.randn(TOPICS, D, generator=torch.Generator().manual_seed(7))
+    topic_dir = faint * torch.randn(TOPICS, H, generator=torch.Generator().manual_seed(8))
+    emotion_dir = torch.randn(C, H, generator=torch.Generator().manual_seed(9))
+    labels = torch.randint(0, C, (n,), generator=g)
+    topics = torch.randint(0, TOPICS, (n,), generator=g)
+    y = embed[topics] + 0.5 * torch.randn(n, D, generator=g)
+    x = emotion_dir[labels] + topic_dir[topics] + torch.randn(n, H, generator=g) * torch.linspace(0.01, 1.0, H)
+    return x, y, labels, topics
+
+
+def _probe(x_train, y_train, x_test, y_test) -> float:
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    return float(clf.fit(x_train.numpy(), y_train.numpy()).score(x_test.numpy(), y_test.numpy()))
+
+
+def test_eraser_matrix_removes_the_cross_covariance_and_is_a_projection():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(200, H, generator=g)
+    b = a[:, :D] + torch.randn(200, D, generator=g)
+    cxx, cxy, cyy = a.t() @ a / 200, a.t() @ b / 200, b.t() @ b / 200
+    m, corr = eraser_matrix(cxx, cxy, cyy, min_correlation=0.0)  # every correlated direction
+    assert (m @ cxy).abs().max() < 1e-4  # Cov(M x, y) = 0
+    torch.testing.assert_close(m @ m, m, atol=1e-4, rtol=1e-4)  # erasing twice changes nothing more
+    assert corr.shape == (D,) and bool((corr <= 1.0 + 1e-5).all())
+    kept, _ = eraser_matrix(cxx, cxy, cyy, min_correlation=0.999)  # nothing correlates that much
+    torch.testing.assert_close(kept, torch.eye(H), atol=1e-5, rtol=0)
+
+
+def test_fitted_eraser_hides_a_faint_topic_from_a_linear_probe_and_keeps_the_emotion():
+    g = torch.Generator().manual_seed(1)
+    eraser = ContentEraser(H, D, C, min_correlation=0.3)
+    x, y, labels, _ = _clips(1200, g)
+    eraser.fit(x, y, labels)
+    x_tr, _, lab_tr, top_tr = _clips(800, g)
+    x_te, _, lab_te, top_te = _clips(400, g)
+    before = _probe(x_tr, top_tr, x_te, top_te)
+    after = _probe(eraser(x_tr), top_tr, eraser(x_te), top_te)
+    assert before > 0.8 and after < 0.45  # chance 0.25
+    assert _probe(eraser(x_tr), lab_tr, eraser(x_te), lab_te) > 0.95
+
+
+def test_fit_uses_class_centred_statistics_and_the_eraser_waits_for_a_fit():
+    g = torch.Generator().manual_seed(2)
+    eraser = ContentEraser(H, D, C, min_correlation=0.3)
+    x, y, _, _ = _clips(40, g)
+    assert eraser.matrix() is None and torch.equal(eraser(x), x)  # identity before the first fit
+    labels = torch.arange(40) % C
+    shifted = x + 100.0 * F.one_hot(labels, C).float() @ torch.randn(C, H, generator=g)  # class offsets only
+    eraser.fit(x, y, labels)
+    m = eraser.matrix()
+    eraser.fit(shifted, y, labels)
+    torch.testing.assert_close(eraser.matrix(), m, atol=1e-4, rtol=1e-4)  # the emotion's offsets change nothing
+    assert int(eraser.rows) == 40
+
+
+def _stack(**stmil):
+    dims = {"video_dim": 20, "audio_dim": 16, "au_dim": 6, "text_dim": 12, "visual_dim": 24}
+    cfg = dict(dims, hidden_dim=32, num_queries=4, num_qformer_layers=1, num_output_queries=6, num_heads=4,
+               dropout=0.0, evidence_max_len=15, lambda_stmil=0.0, lambda_sccl=0.0, lambda_synergy=0.0,
+               lambda_cls=0.0, stmil={"erase": True, **stmil},
+               evidence_decoder={"embed_dim": 32, "num_layers": 1, "num_heads": 4, "max_len": 16})
+    return HEROEvidenceStack(OmegaConf.create(cfg), llm_dim=24, vocab_size=50, bos_token_id=1, eos_token_id=2,
+                             pad_token_id=0)
+
+
+def _batch(b: int, seed: int, audio_present: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(b, 5, 6, 32, generator=g)
+    modality = torch.ones(b, 5, dtype=torch.bool)
+    if not audio_present:
+        modality[0, AUDIO] = False
+    return {"video_features": feats, "feature_mask": torch.ones(b, 5, 6, dtype=torch.bool),
+            "modality_mask": modality, "emotion": torch.arange(b) % 3}
+
+
+def test_refit_reads_raw_summaries_in_eval_mode_and_erasure_leaves_absent_audio_alone():
+    stack = _stack().train()
+    batches = [_batch(8, seed) for seed in range(4)]
+    stats = stack.content_eraser.refit(stack, iter(batches))
+    assert stats["rows"] == 32.0 and stack.training  # labelled clips with audio and text; mode restored
+    eraser = stack.content_eraser
+    stack.eval()
+    raw = stack.experts[AUDIO](*_audio_slice(stack, batches[0]))[1]
+    eraser_input = []
+    original = eraser.fit
+    eraser.fit = lambda x, y, labels: eraser_input.append(x) or original(x, y, labels)
+    eraser.refit(stack, iter(batches[:1]))
+    torch.testing.assert_close(eraser_input[0], raw)  # fitted on the unerased eval-mode summaries
+    out = stack(_batch(8, 99, audio_present=False), None)
+    assert float(out.summaries[0, AUDIO].abs().sum()) == 0.0  # absent audio stays zero
+    assert not torch.allclose(out.summaries[1:, AUDIO], stack.experts[AUDIO](*_audio_slice(
+        stack, _batch(8, 99, audio_present=False)))[1][1:])  # present audio is erased
+    assert _stack(erase=False).content_eraser is None
+
+
+def _audio_slice(stack, batch):
+    from minigpt4.models.hero.observation_experts import slice_modalities
+
+    s = slice_modalities(batch["video_features"], batch["feature_mask"], batch["modality_mask"], stack.dims)[AUDIO]
+    return s.features, s.frame_mask, s.present
+
+
+def test_eraser_statistics_travel_with_the_checkpoint(llm_dir):
+    from minigpt4.common.checkpoint import trainable_state_dict
+
+    model = build(make_cfg(llm_dir, stmil={"erase": True}))
+    assert model.refit_statistics(iter([make_batch(seed=s) for s in range(4)]))["rows"] == 12.0
+    saved = trainable_state_dict(model)
+    names = {f"evidence_stack.content_eraser.{n}" for n, _ in model.evidence_stack.content_eraser.named_buffers()}
+    assert names <= set(saved) and int(saved["evidence_stack.content_eraser.rows"]) >= MIN_ROWS
+    fresh = build(make_cfg(llm_dir, stmil={"erase": True}), seed=5)
+    fresh.load_state_dict(saved, strict=False)
+    x = torch.randn(5, fresh.evidence_stack.hidden_dim)
+    torch.testing.assert_close(fresh.evidence_stack.content_eraser(x), model.evidence_stack.content_eraser(x))
+
+
+def test_eraser_config_is_checked():
+    with pytest.raises(ConfigError, match="model.stmil.erase_min_correlation"):
+        STMILConfig(erase_min_correlation=-0.1).check()
+    assert np.isclose(STMILConfig().erase_min_correlation, 0.3)
