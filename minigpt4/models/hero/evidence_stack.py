@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
 from minigpt4.common.schema import model_config
+from minigpt4.models.hero.content_eraser import ContentEraser
 from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
-from minigpt4.models.hero.content_eraser import ContentEraser
 from minigpt4.models.hero.hero_loss import distillation_kl, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
