@@ -70,13 +70,13 @@ def test_fit_uses_class_centred_statistics_and_the_eraser_waits_for_a_fit():
     g = torch.Generator().manual_seed(2)
     eraser = ContentEraser(H, D, C, min_correlation=0.3)
     x, y, _, _ = _clips(40, g)
-    assert eraser.matrix() is None and torch.equal(eraser(x), x)  # identity before the first fit
+    assert int(eraser.rows) == 0 and torch.equal(eraser(x), x)  # identity before the first fit
     labels = torch.arange(40) % C
     shifted = x + 100.0 * F.one_hot(labels, C).float() @ torch.randn(C, H, generator=g)  # class offsets only
     eraser.fit(x, y, labels)
-    m = eraser.matrix()
+    m = eraser.matrix.clone()
     eraser.fit(shifted, y, labels)
-    torch.testing.assert_close(eraser.matrix(), m, atol=1e-4, rtol=1e-4)  # the emotion's offsets change nothing
+    torch.testing.assert_close(eraser.matrix, m, atol=1e-4, rtol=1e-4)  # the emotion's offsets change nothing
     assert int(eraser.rows) == 40
 
 
@@ -145,3 +145,27 @@ def test_eraser_config_is_checked():
     with pytest.raises(ConfigError, match="model.stmil.erase_min_correlation"):
         STMILConfig(erase_min_correlation=-0.1).check()
     assert np.isclose(STMILConfig().erase_min_correlation, 0.3)
+
+
+def test_the_runner_refits_before_step_1_and_after_every_epoch_and_checkpoints_it(tiny_llm_dir, tmp_path, caplog):
+    import logging
+
+    from safetensors.torch import load_file
+
+    from minigpt4.cli.train import run as train_run
+    from minigpt4.common import checkpoint as ckpt
+    from tests.test_eval import write_tiny_config, write_tiny_dataset
+
+    labels = write_tiny_dataset(tmp_path / "data", {"train": 16, "val": 4, "test": 4})
+    cfg = write_tiny_config(tmp_path, tiny_llm_dir, labels, valid_splits=["val"], iters_per_epoch=4,
+                            val_max_new_tokens=2)  # 4 batches of 4: an epoch reads the whole split
+    out = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="minigpt4.runners.runner_base"):
+        train_run(["--cfg-path", str(cfg), "--options", "model.train_stage=observation", "model.stmil.erase=true",
+                   "run.max_epoch=2", f"run.output_dir={out}"])
+    refits = [r.getMessage() for r in caplog.records if r.getMessage().startswith("statistics refit")]
+    assert len(refits) == 3  # before step 1, after epoch 0, after epoch 1
+    saved = load_file(str(ckpt.resolve_checkpoint(out) / "model.safetensors"))
+    rows = int(saved["evidence_stack.content_eraser.rows"])
+    assert rows >= MIN_ROWS and all(f"rows={rows}.0000" in message for message in refits)  # the whole split, each time
+    assert not torch.equal(saved["evidence_stack.content_eraser.matrix"], torch.eye(32))

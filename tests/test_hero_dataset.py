@@ -497,3 +497,17 @@ def test_hero_task_checks_the_files_against_the_model_dims(corpus) -> None:
     cfg.model.audio_dim = DIMS["audio"] + 4
     with pytest.raises(FeatureFileError, match=r"audio features are 32 wide, narrower than model\.audio_dim = 36"):
         HeroTask(cfg).build_datasets(cfg)
+
+
+def test_without_training_dropout_switches_every_part_off_and_restores_it_even_on_error():
+    from types import SimpleNamespace
+
+    from minigpt4.datasets.datasets import without_training_dropout
+
+    a, b, c = SimpleNamespace(training=True), SimpleNamespace(training=False), SimpleNamespace()
+    concat = SimpleNamespace(datasets=[a, b])
+    with pytest.raises(RuntimeError):
+        with without_training_dropout(concat, c):
+            assert (a.training, b.training) == (False, False) and not hasattr(c, "training")
+            raise RuntimeError("a failing read")
+    assert (a.training, b.training) == (True, False) and not hasattr(c, "training")

@@ -231,24 +231,17 @@ def run_content_probe(model: Any, datasets: Any, split: str, field: str, batch_s
                       autocast: Any) -> dict[str, Any]:
     """`content_probe` of metrics.json (rank 0 alone: the probe reads whole splits). The train split
     is read without its training-time modality dropout."""
+    from minigpt4.datasets.datasets import without_training_dropout
     from minigpt4.evaluation.content_probe import content_labels, content_probe
     from minigpt4.runners.runner_base import sharded_loader
 
     train, _, _ = build_eval_dataset(datasets, "train")
     test, _, _ = build_eval_dataset(datasets, split)
     parts = [d for ds in (train, test) for d in getattr(ds, "datasets", [ds])]
-    saved = [(d, getattr(d, "training", None)) for d in parts]
-    for d, _ in saved:
-        if hasattr(d, "training"):
-            d.training = False
-    try:
+    with without_training_dropout(train, test):
         loaders = [sharded_loader(ds, batch_size, int(cfg.run.get("num_workers") or 0), 0, 1, False, int(cfg.run.seed))
                    for ds in (train, test)]
         result = content_probe(model, loaders[0], loaders[1], content_labels(parts, field), autocast, field)
-    finally:
-        for d, flag in saved:
-            if flag is not None:
-                d.training = flag
     audio = result["audio"]
     logger.info("content probe (%s) on the audio expert: %.3f (chance %.3f), emotion %.3f; text expert %s",
                 field, audio["content_accuracy"], audio["content_chance"], audio["emotion_accuracy"] or float("nan"),

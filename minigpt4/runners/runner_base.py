@@ -52,6 +52,7 @@ from minigpt4.common.logger import MetricLogger, truncate_log
 from minigpt4.common.registry import registry
 from minigpt4.common.schema import RunConfig, build
 from minigpt4.common.seed import capture_rng_state, restore_rng_state, set_seed
+from minigpt4.datasets.datasets import without_training_dropout
 from minigpt4.runners.checkpointing import CheckpointMixin, refuse_used_folder
 from minigpt4.runners.extraction_record import write_extraction_settings
 from minigpt4.runners.init_from import apply_init_from
@@ -243,50 +244,43 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         warm_up = getattr(self.model_raw, "warm_up_estimators", None)
         if not callable(warm_up):
             return
-        rng = capture_rng_state()
-        t0 = time.time()
-        try:
-            batches = (move_to_device(s, self.device, non_blocking=self.device.type == "cuda")
-                       for s in self._train_batches(train_ds, 0, 0))
-            with self._autocast():
-                stats = warm_up(batches, float(self.run_cfg.init_lr))
-        finally:
-            restore_rng_state(rng)
+        lr = float(self.run_cfg.init_lr)
+        stats, seconds = self._read_training_batches(lambda batches: warm_up(batches, lr),
+                                                     self._train_batches(train_ds, 0, 0))
         if self.dist.distributed:
             for group in self._aux_params.values():
                 for p in group:
                     dist.broadcast(p.data, src=0)
-        if stats and self.is_main:
-            logger.info("estimator warm-up (%.1f s): %s", time.time() - t0,
-                        ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+        self._log_pass("estimator warm-up", stats, seconds)
 
     def _refit_statistics(self, train_ds: Any) -> None:
-        """Statistics the model takes from a whole pass over the training split rather than from
-        gradients (`model.refit_statistics`, e.g. HERO's content eraser), RNG states left as they
-        were; with DDP each rank reads its shard and rank 0's statistics reach the others with the
-        module buffers at the next forward."""
+        """Statistics the model takes from one epoch's training batches (the whole split unless
+        `run.iters_per_epoch` caps it) rather than from gradients (`model.refit_statistics`, e.g.
+        HERO's content eraser), read without training-time dropout, RNG states left as they were; with DDP each rank reads its shard and rank 0's
+        statistics reach the others with the module buffers at the next forward."""
         refit = getattr(self.model_raw, "refit_statistics", None)
         if not callable(refit):
             return
+        with without_training_dropout(train_ds):
+            batches = itertools.islice(self._train_batches(train_ds, self.epoch, 0), self.iters_per_epoch(train_ds))
+            stats, seconds = self._read_training_batches(refit, batches)
+        self._log_pass("statistics refit", stats, seconds)
+
+    def _read_training_batches(self, read: Any, batches: Any) -> tuple[Any, float]:
+        """(what `read` returns for `batches` moved to the device under autocast, seconds); every RNG
+        state is restored afterwards, so the training run draws the same numbers as without it."""
         rng = capture_rng_state()
         t0 = time.time()
-        parts = list(getattr(train_ds, "datasets", [train_ds]))
-        modes = [getattr(d, "training", None) for d in parts]
         try:
-            for d, mode in zip(parts, modes):  # the split as it is, without training-time dropout
-                if mode is not None:
-                    d.training = False
-            batches = itertools.islice(self._train_batches(train_ds, self.epoch, 0), self.iters_per_epoch(train_ds))
             with self._autocast():
-                stats = refit(move_to_device(s, self.device, non_blocking=self.device.type == "cuda") for s in batches)
+                stats = read(move_to_device(s, self.device, non_blocking=self.device.type == "cuda") for s in batches)
         finally:
-            for d, mode in zip(parts, modes):
-                if mode is not None:
-                    d.training = mode
             restore_rng_state(rng)
+        return stats, time.time() - t0
+
+    def _log_pass(self, what: str, stats: Optional[Mapping[str, float]], seconds: float) -> None:
         if stats and self.is_main:
-            logger.info("statistics refit (%.1f s): %s", time.time() - t0,
-                        ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
+            logger.info("%s (%.1f s): %s", what, seconds, ", ".join(f"{k}={v:.4f}" for k, v in stats.items()))
 
     def _resume_source(self) -> Optional[str]:
         """The checkpoint a training run resumes from (`run.resume_ckpt_path`; `auto`: the latest in

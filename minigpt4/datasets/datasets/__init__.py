@@ -7,6 +7,8 @@ from minigpt4.datasets.datasets.hero_dataset import (
     SampleBuilder,
     collate_hero,
     drop_modalities,
+    without_training_dropout,
 )
 
-__all__ = ["BATCH_KEYS", "HERODataset", "MissingFeaturesError", "SampleBuilder", "collate_hero", "drop_modalities"]
+__all__ = ["BATCH_KEYS", "HERODataset", "MissingFeaturesError", "SampleBuilder", "collate_hero", "drop_modalities",
+           "without_training_dropout"]

@@ -25,10 +25,11 @@ unlabeled `test` split may lack one (emotion -1, emotion_label "unknown", empty 
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
 
 from torch.utils.data import Dataset
 
@@ -187,3 +188,20 @@ class HERODataset(Dataset):
 
     def collater(self, samples: Sequence[Union[PreparedSample, Mapping[str, Any]]]) -> dict[str, Any]:
         return collate_hero(samples)
+
+
+@contextlib.contextmanager
+def without_training_dropout(*datasets: Any) -> Iterator[None]:
+    """Read datasets (or concatenations of them) as they are: every part's `training` flag off
+    (no modality or frame dropout) inside the block, restored after it."""
+    parts = [d for ds in datasets for d in getattr(ds, "datasets", [ds])]
+    modes = [getattr(d, "training", None) for d in parts]
+    for d, mode in zip(parts, modes):
+        if mode is not None:
+            d.training = False
+    try:
+        yield
+    finally:
+        for d, mode in zip(parts, modes):
+            if mode is not None:
+                d.training = mode

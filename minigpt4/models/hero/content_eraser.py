@@ -17,7 +17,8 @@ itself (the class means) is left alone where it does not lie along them. The map
 from statistics held fixed between refits, so the expert is never pushed to hide the content
 from it; it is the same linear map on every audio token and on the summary (their mean).
 
-The statistics come from a whole pass over the training split with the model in eval mode
+The statistics come from a pass over one epoch's training batches (the whole split unless
+`run.iters_per_epoch` caps it) with the model in eval mode
 (`refit`; the runner calls the model's `refit_statistics` before step 1 and at the end of every
 epoch, before validation and the checkpoint, which saves them). Running averages over training
 batches were tried first and did not work: the expert's dropout and its drift over an epoch
@@ -56,51 +57,39 @@ def eraser_matrix(cov_xx: Tensor, cov_xy: Tensor, cov_yy: Tensor, min_correlatio
 
 
 class ContentEraser(nn.Module):
-    """Within-emotion statistics of (audio summary, content) from the last refit, and the eraser they give."""
+    """The eraser of the last refit: x' = mean_x + matrix (x - mean_x), the identity before one."""
 
     def __init__(self, hidden_dim: int, content_dim: int, num_classes: int, min_correlation: float) -> None:
         super().__init__()
         self.min_correlation = min_correlation
         self.num_classes = num_classes
-        self.register_buffer("rows", torch.zeros((), dtype=torch.long))
+        self.register_buffer("rows", torch.zeros((), dtype=torch.long))  # labelled rows of the last refit
         self.register_buffer("mean_x", torch.zeros(hidden_dim))
-        self.register_buffer("cov_xx", torch.zeros(hidden_dim, hidden_dim))
-        self.register_buffer("cov_xy", torch.zeros(hidden_dim, content_dim))
-        self.register_buffer("cov_yy", torch.zeros(content_dim, content_dim))
-        self._cached: Optional[tuple[tuple[int, float], Tensor]] = None  # (statistics key, M)
+        self.register_buffer("matrix", torch.eye(hidden_dim))
         self._collected: Optional[list[tuple[Tensor, Tensor, Tensor]]] = None  # rows read during a refit
 
     @torch.no_grad()
-    def fit(self, x: Tensor, y: Tensor, labels: Tensor) -> None:
-        """Set the statistics from labelled rows: x [N, H] raw summaries, y [N, D] content, labels [N] >= 0."""
+    def fit(self, x: Tensor, y: Tensor, labels: Tensor) -> Tensor:
+        """Set the eraser from labelled rows: x [N, H] raw summaries, y [N, D] content, labels [N] >= 0,
+        through their within-class covariances; returns the canonical correlations [min(H, D)]."""
         x, y, labels = x.detach().float(), y.detach().float(), labels.long()
         onehot = F.one_hot(labels, self.num_classes).float()
         counts = onehot.sum(0).clamp(min=1.0)[:, None]
         xc = x - onehot @ ((onehot.t() @ x) / counts)
         yc = y - onehot @ ((onehot.t() @ y) / counts)
         n = x.shape[0]
-        self.cov_xx.copy_(xc.t() @ xc / n)
-        self.cov_xy.copy_(xc.t() @ yc / n)
-        self.cov_yy.copy_(yc.t() @ yc / n)
+        matrix, correlations = eraser_matrix(xc.t() @ xc / n, xc.t() @ yc / n, yc.t() @ yc / n, self.min_correlation)
+        self.matrix.copy_(matrix)
         self.mean_x.copy_(x.mean(0))
         self.rows.fill_(n)
-
-    def matrix(self) -> Optional[Tensor]:
-        """The current M (None, i.e. identity, before the first refit)."""
-        if int(self.rows) < MIN_ROWS:
-            return None
-        key = (int(self.rows), float(self.cov_xy.abs().sum()))  # changes with every refit or load
-        if self._cached is None or self._cached[0] != key or self._cached[1].device != self.cov_xx.device:
-            self._cached = (key, eraser_matrix(self.cov_xx, self.cov_xy, self.cov_yy, self.min_correlation)[0])
-        return self._cached[1]
+        return correlations
 
     def forward(self, h: Tensor) -> Tensor:
         """Erase from h [..., H] (tokens or summaries); unchanged before the first refit."""
-        m = self.matrix()
-        if m is None:
+        if int(self.rows) < MIN_ROWS:
             return h
         mu = self.mean_x.to(h.dtype)
-        return mu + (h - mu) @ m.t().to(h.dtype)
+        return mu + (h - mu) @ self.matrix.t().to(h.dtype)
 
     def erase_audio(self, tokens: Tensor, summary: Tensor, audio: Tensor, text: Tensor, content: Tensor,
                     emotion: Optional[Tensor]) -> tuple[Tensor, Tensor]:
@@ -133,7 +122,6 @@ class ContentEraser(nn.Module):
         n = sum(int(x.shape[0]) for x, _, _ in collected)
         if n < MIN_ROWS:
             return {"rows": float(n), "fitted": 0.0}
-        self.fit(*(torch.cat(parts) for parts in zip(*collected)))
-        _, corr = eraser_matrix(self.cov_xx, self.cov_xy, self.cov_yy, self.min_correlation)
+        corr = self.fit(*(torch.cat(parts) for parts in zip(*collected)))
         return {"rows": float(n), "erased": float((corr >= self.min_correlation).sum()),
                 "top_correlation": float(corr.max())}
