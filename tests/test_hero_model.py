@@ -598,3 +598,34 @@ def test_the_experts_evidence_section_is_given_at_training_as_at_inference(llm_d
     monkeypatch.setattr(llm_model.reasoner, "forward", fwd)
     llm_model(batch)
     assert seen[-1] == (batch["answer"], None)
+
+
+def test_unreported_brief_lines_leave_out_what_the_given_section_carries(llm_dir, monkeypatch):
+    """`brief_lines: unreported`: where the answer starts with the given evidence section, the brief
+    keeps only the lines that section lacks ([synergy]; [fused] with a head), at training as at
+    inference; a clip whose target is no CoT report (nothing given) keeps every line; `all` keeps
+    every line everywhere."""
+    batch = make_batch()
+    batch["answer"] = [cot.build_cot_target(LABELS[i], EVIDENCE[i], f"Reason {i}.") for i in range(2)] + ["sad"]
+    turns_of: dict[str, list[list[str]]] = {}
+    for lines in ("all", "unreported"):
+        model = build(make_cfg(llm_dir, report_evidence="experts", brief_source="generated", brief_lines=lines,
+                               lambda_cls=1.0))
+        seen = capture_turns(model, monkeypatch)
+        model(batch)
+        model.eval()
+        model.generate(batch, max_new_tokens=2)
+        turns_of[lines] = seen
+    full_train, full_gen = turns_of["all"]
+    cut_train, cut_gen = turns_of["unreported"]
+    tags = lambda turn: [line.split("]")[0][1:] for line in brief_lines(turn)]  # noqa: E731
+    for b in range(3):
+        assert tags(full_train[b])[0] == "fused" and set(tags(full_train[b])) & cot.REPORTED_EXPERTS
+        reported_here = b < 2  # clip 2's target is a bare label: no section is given
+        kept = [t for t in tags(full_train[b]) if not reported_here or t not in cot.REPORTED_EXPERTS]
+        assert tags(cut_train[b]) == kept
+        assert tags(cut_gen[b]) == [t for t in tags(full_gen[b]) if t not in cot.REPORTED_EXPERTS]
+        assert tags(cut_gen[b])[0] == "fused" and "synergy" in tags(cut_gen[b])
+    assert tags(cut_train[2]) == tags(full_train[2])
+    with pytest.raises(Exception, match="brief_lines"):
+        build(make_cfg(llm_dir, brief_lines="some"))

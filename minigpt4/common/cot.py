@@ -42,6 +42,8 @@ EVIDENCE_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Audio", ("audio", "text")),
     ("Physiological", ("au",)),
 )
+# the experts whose sentences a given evidence section carries (model.brief_lines: unreported)
+REPORTED_EXPERTS: frozenset[str] = frozenset(e for _, experts in EVIDENCE_SECTIONS for e in experts)
 EVIDENCE_HEADER = "### Evidence Analysis\n"
 RATIONALE_HEADER = "### Rationale\n"
 

@@ -33,6 +33,7 @@ __all__ = ["ConfigError", "EvidenceDecoderConfig", "LLMConfig", "MODEL_SCHEMAS",
 
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
+BRIEF_LINES: tuple[str, ...] = ("all", "unreported")
 DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
 STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
 STMIL_OBJECTIVES: tuple[str, ...] = ("covariance", "vclub")  # model.stmil.objective
@@ -254,6 +255,9 @@ class ModelConfig:
     # who writes a generated report's evidence section: experts (their own sentences, given to
     # the LLM as the start of its answer, so the report cannot contradict them) | llm
     report_evidence: str = "experts"
+    # the brief's lines where the report's evidence section is given: all (each expert's sentence
+    # twice: in the brief and in the section) | unreported ([fused] and experts no section reports)
+    brief_lines: str = "all"
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
     # the clip's transcript in the prompt (Emotion-LLaMA style), at training and inference alike:
     # the annotation's `text`, else the feature file's; cut to transcript_max_tokens LLM tokens
@@ -297,6 +301,7 @@ class ModelConfig:
         _one_of(self, "model", "integration_strategy", ("audio", "dynamic", "concat"))
         _one_of(self, "model", "brief_source", BRIEF_SOURCES)
         _one_of(self, "model", "report_evidence", REPORT_EVIDENCE)
+        _one_of(self, "model", "brief_lines", BRIEF_LINES)
         if self.transcript_template.count("{}") != 1:
             raise ConfigError(f"model.transcript_template must contain exactly one '{{}}', got {self.transcript_template!r}")
         if self.prompt_template.count("{}") != 1:

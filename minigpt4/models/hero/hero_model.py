@@ -17,7 +17,10 @@ holds the decoder's generated sentence of every present expert; at training:
   harsh, raised voice"), so the LLM learns to read the label off the brief, a shortcut that is
   never there at inference (measured: a collapse to one class on a corpus with such sentences).
 - `none`: no brief at training or inference (context + instruction only), an ablation.
-Absent experts (modality missing or dropped) never get a line. `model.brief_dropout` (default 0)
+Absent experts (modality missing or dropped) never get a line. Where the report's evidence
+section is given (`report_evidence: experts`), `model.brief_lines: unreported` leaves out the
+lines of the experts that section carries (visual, motion, audio, text, au): the LLM reads each
+sentence once, in the section, and keeps `[fused]` and `[synergy]` in the brief. `model.brief_dropout` (default 0)
 drops the whole brief of a training clip with that probability, so the LLM must also write its
 evidence from the integrated context.
 
@@ -63,6 +66,7 @@ class HEROModel(nn.Module):
         self.brief_source = c.brief_source
         self.brief_dropout = c.brief_dropout
         self.report_evidence = c.report_evidence
+        self.brief_lines = c.brief_lines
         self.evidence_max_len = c.evidence_max_len
         self.use_transcript = c.use_transcript
         self.transcript_template = c.transcript_template
@@ -289,20 +293,26 @@ class HEROModel(nn.Module):
                                          self.transcript_template, self.transcript_max_tokens, batch)
 
     def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
-                    output: Any, spoken: Sequence[Optional[str]]) -> list[str]:
+                    output: Any, spoken: Sequence[Optional[str]], reported: Sequence[bool]) -> list[str]:
         """The user turn per clip; a clip whose sentences are None gets no brief (no decision line).
         A present expert without a sentence (the decoder may not write for it, or wrote nothing,
-        and nothing was measured) gets a line saying nothing was observed, as its report line does."""
+        and nothing was measured) gets a line saying nothing was observed, as its report line does.
+        `reported`: per clip, whether its answer starts with the given evidence section; there,
+        `brief_lines: unreported` leaves out the experts that section carries (`cot.REPORTED_EXPERTS`):
+        the LLM reads them once, in the section, and the step is shorter."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
         decisions = self.decision_lines(output)
         turns = []
-        for instr, sent, w, p, decision, words in zip(instructions, sentences, weights, present, decisions, spoken):
+        for instr, sent, w, p, decision, words, given in zip(instructions, sentences, weights, present, decisions,
+                                                             spoken, reported):
             if sent is None:
                 turns.append(compose_user_turn(instr, [], words))
                 continue
             filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sent}  # order_brief keeps the present
             brief = sources_.order_brief(filled, w, p)
+            if given and self.brief_lines == "unreported":
+                brief = [(name, text) for name, text in brief if name not in cot.REPORTED_EXPERTS]
             if decision is not None:
                 brief = [(DECISION_TAG, decision)] + brief
             turns.append(compose_user_turn(instr, brief, words))
@@ -332,8 +342,9 @@ class HEROModel(nn.Module):
                 with torch.no_grad():  # the experts' sentences, as inference writes them
                     given, _ = self.expert_evidence(samples, output)
             sentences = self.training_brief(samples, output, given)
-            turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples))
             answers, prefixes = self.training_answers(samples, given)
+            reported = [bool(p) for p in prefixes] if prefixes is not None else [False] * len(answers)
+            turns = self._user_turns(samples["instruction"], sentences, output, self.spoken_lines(samples), reported)
             loss_task = self.reasoner(output.context, turns, answers, prefixes)
             loss_aux = output.loss_aux if output.loss_aux is not None else torch.zeros((), device=loss_task.device)
             result = {"loss": loss_task + loss_aux, "loss_task": loss_task}
@@ -402,11 +413,11 @@ class HEROModel(nn.Module):
         brief_sentences = evidence if use_brief else [None] * batch
         instruction = cot.build_instruction(self.label_names, use_cot)
         spoken = self.spoken_lines(samples)
-        turns = self._user_turns([instruction] * batch, brief_sentences, output, spoken)
-        heard = list(samples.get("transcript") or [None] * batch)
         # the evidence section is the experts' own sentences, given, and the LLM writes the rest
         prefixes = ([cot.given_section(e) for e in evidence]
                     if use_cot and self.report_evidence == "experts" else None)
+        turns = self._user_turns([instruction] * batch, brief_sentences, output, spoken, [prefixes is not None] * batch)
+        heard = list(samples.get("transcript") or [None] * batch)
         reports = self.reasoner.generate(output.context, turns, prefixes=prefixes, max_new_tokens=max_new_tokens,
                                          num_beams=num_beams, do_sample=do_sample, temperature=temperature,
                                          top_p=top_p, **gen_kwargs)
