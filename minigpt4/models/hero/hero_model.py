@@ -20,9 +20,9 @@ holds the decoder's generated sentence of every present expert; at training:
 Absent experts (modality missing or dropped) never get a line. Where the report's evidence
 section is given (`report_evidence: experts`), `model.brief_lines: unreported` leaves out the
 lines of the experts that section carries (visual, motion, audio, text, au): the LLM reads each
-sentence once, in the section, and keeps `[fused]` and `[synergy]` in the brief. `model.brief_dropout` (default 0)
-drops the whole brief of a training clip with that probability, so the LLM must also write its
-evidence from the integrated context.
+sentence once, in the section, and keeps `[fused]` and `[synergy]` in the brief.
+`model.brief_dropout` (default 0) drops the whole brief of a training clip with that probability,
+so the LLM must also write its evidence from the integrated context.
 
 The decision line (`model.decision_brief`, on by default whenever the classification head
 is): the head on the integrated context reads the emotion from the features
