@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from minigpt4.common import cot
 from minigpt4.common.modalities import AUDIO, AU, DEFAULT_EMOTIONS, EXPERT_ORDER, TEXT, VIDEO_PLACEHOLDER
 from minigpt4.common.registry import registry
-from minigpt4.models.hero.hero_model import NO_EVIDENCE_BRIEF
+from minigpt4.models.hero.evidence_sources import NO_EVIDENCE_BRIEF
 from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER
 
 DIMS = {"video_dim": 6, "audio_dim": 8, "au_dim": 5, "text_dim": 6, "visual_dim": 8}

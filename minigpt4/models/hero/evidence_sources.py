@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from minigpt4.common.modalities import EXPERT_ORDER
 
 MEASURED, GENERATED, NONE = "measured", "generated", "none"
+DECISION_TAG = "fused"  # the brief line of the classification head's reading
+NO_EVIDENCE_BRIEF = "nothing was observed."  # the brief line of a present expert without a sentence
 
 
 class EvidenceCoverage(nn.Module):
@@ -126,6 +128,18 @@ def order_brief(sentences: Mapping[str, str], weights: Sequence[float], present:
              if present[e] and isinstance(sentences.get(name), str) and sentences[name].strip()]
     items.sort(key=lambda x: (-x[2], x[3]))
     return [(name, sentence) for name, sentence, _, _ in items]
+
+
+def clip_brief(sentences: Mapping[str, str], weights: Sequence[float], present: Sequence[bool],
+               decision: Optional[str], skip: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """One clip's brief as (tag, sentence) pairs: the `[fused]` decision line first (when given),
+    then every present expert by modality weight (`order_brief`) except those in `skip` (the
+    experts a given evidence section already carries). A present expert without a sentence (the
+    decoder may not write for it, or wrote nothing, and nothing was measured) gets a line saying
+    nothing was observed, as its report line does."""
+    filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sentences}  # order_brief keeps the present
+    brief = [(name, text) for name, text in order_brief(filled, weights, present) if name not in skip]
+    return brief if decision is None else [(DECISION_TAG, decision)] + brief
 
 
 def decision_texts(probs: Tensor, label_names: Sequence[str]) -> list[str]:

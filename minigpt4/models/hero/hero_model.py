@@ -48,8 +48,6 @@ from minigpt4.models.hero import training_stage as stages
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
 from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
 
-DECISION_TAG = "fused"
-NO_EVIDENCE_BRIEF = "nothing was observed."  # the brief line of a present expert without a sentence
 _TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
 
 
@@ -295,11 +293,8 @@ class HEROModel(nn.Module):
     def _user_turns(self, instructions: Sequence[str], sentences: Sequence[Optional[Mapping[str, str]]],
                     output: Any, spoken: Sequence[Optional[str]], reported: Sequence[bool]) -> list[str]:
         """The user turn per clip; a clip whose sentences are None gets no brief (no decision line).
-        A present expert without a sentence (the decoder may not write for it, or wrote nothing,
-        and nothing was measured) gets a line saying nothing was observed, as its report line does.
         `reported`: per clip, whether its answer starts with the given evidence section; there,
-        `brief_lines: unreported` leaves out the experts that section carries (`cot.REPORTED_EXPERTS`):
-        the LLM reads them once, in the section, and the step is shorter."""
+        `brief_lines: unreported` leaves out the experts that section carries (`sources_.clip_brief`)."""
         weights = output.modality_weights.detach().float().tolist()
         present = output.expert_present.bool().tolist()
         decisions = self.decision_lines(output)
@@ -309,13 +304,8 @@ class HEROModel(nn.Module):
             if sent is None:
                 turns.append(compose_user_turn(instr, [], words))
                 continue
-            filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sent}  # order_brief keeps the present
-            brief = sources_.order_brief(filled, w, p)
-            if given and self.brief_lines == "unreported":
-                brief = [(name, text) for name, text in brief if name not in cot.REPORTED_EXPERTS]
-            if decision is not None:
-                brief = [(DECISION_TAG, decision)] + brief
-            turns.append(compose_user_turn(instr, brief, words))
+            skip = cot.REPORTED_EXPERTS if given and self.brief_lines == "unreported" else frozenset()
+            turns.append(compose_user_turn(instr, sources_.clip_brief(sent, w, p, decision, skip), words))
         return turns
 
     # ------------------------------------------------------------------ training
