@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -372,9 +371,6 @@ def report(res: dict[str, Any]) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    from minigpt4.common.host_memory import HUGE_PAGES_ENV, enable_huge_pages
-
-    huge_pages = enable_huge_pages()  # as hero-train does, before torch allocates
     import torch
 
     if args.threads:
@@ -383,8 +379,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(args, Path(tmp))
         print(f"config {args.cfg_path or (PAPER_CFG if args.paper else DEMO_CFG)}, device {args.device}, "
-              f"threads {torch.get_num_threads()}, torch {torch.__version__}, "
-              f"huge pages {'on' if huge_pages else 'off'} ({HUGE_PAGES_ENV}={os.environ[HUGE_PAGES_ENV]})")
+              f"threads {torch.get_num_threads()}, torch {torch.__version__}")
         device = torch.device(args.device)
         peaks = {amp: matmul_peak(device, getattr(torch, AMP_DTYPES[amp]), args.peak_size) for amp in args.amp}
         fp32 = matmul_peak(device, torch.float32, args.peak_size) if "none" not in peaks else peaks["none"]

@@ -19,7 +19,6 @@ from typing import Any, Optional, Sequence
 from minigpt4.app.args import AppOptions, parse_args
 from minigpt4.app.limits import UploadLimits
 from minigpt4.app.workspace import Workspace
-from minigpt4.common.host_memory import enable_huge_pages
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +123,6 @@ def _known_errors() -> tuple[type, ...]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (`hero-app`): 0 after a clean stop, 1 with a one-line error for bad input."""
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     opts = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -51,7 +51,6 @@ from minigpt4.cli.eval_report import is_eval_output, write_outputs
 from minigpt4.common import cot
 from minigpt4.common.atomic_io import check_replaceable_dir
 from minigpt4.common.config import add_config_args, load_config
-from minigpt4.common.host_memory import enable_huge_pages
 from minigpt4.common.modalities import STACK_ORDER
 
 __all__ = ["EvalError", "build_eval_dataset", "classify_batch", "evaluate", "main", "parse_args", "predict_shard",
@@ -312,7 +311,6 @@ def _known_errors() -> tuple[type, ...]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (`hero-eval`): 0 on success, 1 with a one-line error for bad input."""
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     try:
         run(argv)
     except Exception as exc:  # imports stay lazy: --help must not load torch

@@ -19,8 +19,6 @@ import sys
 import time
 from typing import Any, Optional, Sequence
 
-from minigpt4.common.host_memory import enable_huge_pages
-
 logger = logging.getLogger(__name__)
 
 DEFAULT_EPOCHS = 3  # measured on the demo: 3 epochs took the audio state from 0.49 to 0.83 on test (greedy)
@@ -99,7 +97,6 @@ def finish(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from minigpt4.common import cot
-from minigpt4.common.host_memory import enable_huge_pages
 
 PROG = "hero-infer"
 DEFAULT_MAX_NEW_TOKENS = cot.REPORT_TOKENS  # as hero-eval (minigpt4.common.cot is light: --help stays torch-free)
@@ -160,7 +159,6 @@ def _known_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (`hero-infer`): 0 when every clip was predicted, 1 when any failed or on an
     expected error (one line on stderr; the traceback with --debug or HERO_DEBUG=1)."""
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HERO_DEBUG", "") not in ("", "0")
     try:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from minigpt4.common.config import add_config_args, apply_options, load_config
-from minigpt4.common.host_memory import enable_huge_pages
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -83,7 +82,6 @@ def error_line(exc: BaseException) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point (`hero-train`); exit status 0 when training finished, 1 on an expected error
     (one line on stderr; the traceback with --debug or HERO_DEBUG=1)."""
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("HERO_DEBUG", "") not in ("", "0")
     try:

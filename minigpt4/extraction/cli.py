@@ -22,7 +22,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from minigpt4.common.host_memory import enable_huge_pages
 from minigpt4.extraction.config import DEFAULT_CONFIG, MODALITIES, load_extract_config
 from minigpt4.extraction.jobs import list_videos
 from minigpt4.extraction.pipeline import RunSettings, RunSummary, extract
@@ -116,7 +115,6 @@ def report(summary: RunSummary) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse `argv` (default: sys.argv[1:]), extract, and return the exit code."""
-    enable_huge_pages()  # before torch allocates (common/host_memory.py)
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     return run(args)
