@@ -10,6 +10,7 @@ from minigpt4.models.hero.observation_experts import (
     ModalityQFormer,
     MultiHeadAttention,
     SynergyExpert,
+    contrast_frames,
     modality_dims,
     slice_modalities,
 )
@@ -117,6 +118,38 @@ def test_qformer_padded_frames_change_nothing():
     # and a shorter batch (trailing padding cut off) gives the same result for the same clip
     tokens3, _ = qf(feats[:1, :6], mask[:1, :6])
     torch.testing.assert_close(tokens3, tokens[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_contrast_frames_match_a_frame_by_frame_reference():
+    torch.manual_seed(0)
+    feats = torch.randn(2, 6, 3)
+    mask = torch.tensor([[True, True, False, True, True, False], [False, True, True, True, False, False]])
+    out = contrast_frames(feats, mask)
+    assert out.shape == (2, 6, 9)
+    for b in range(2):
+        real = [t for t in range(6) if mask[b, t]]
+        mean = feats[b, real].mean(0)
+        for t in range(6):
+            if not mask[b, t]:
+                assert torch.equal(out[b, t], torch.zeros(9))
+                continue
+            before = [r for r in real if r < t]
+            delta = feats[b, t] - feats[b, before[-1]] if before else torch.zeros(3)
+            torch.testing.assert_close(out[b, t], torch.cat([feats[b, t], feats[b, t] - mean, delta]))
+
+
+def test_qformer_with_frame_contrast_ignores_padding_and_sees_a_level_shift():
+    torch.manual_seed(0)
+    qf = ModalityQFormer(12, 32, num_queries=6, num_layers=1, num_heads=4, dropout=0.0, frame_contrast=True).eval()
+    feats = torch.randn(2, 8, 12)
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[1, 5:] = False
+    noisy = feats.clone()
+    noisy[~mask] = 50.0
+    assert torch.equal(qf(feats, mask)[1], qf(noisy, mask)[1])
+    # a constant offset on every frame (a speaker's level) moves only the raw part of the input
+    shifted = contrast_frames(feats + 3.0, mask)
+    torch.testing.assert_close(shifted[..., 12:], contrast_frames(feats, mask)[..., 12:])
 
 
 def test_qformer_absent_modality_is_zero_and_finite_with_gradients():

@@ -231,6 +231,7 @@ class ModelConfig:
     ffn_ratio: float = 4.0
     temporal_position: bool = True
     frame_encoder_layers: int = 0  # self-attention layers over each modality's frames before its queries read them
+    frame_contrast: bool = False  # each frame also as its change from the clip's mean and from the frame before
     include_synergy: bool = True
     integration_strategy: str = "audio"  # audio | dynamic | concat
     # objectives

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 # model keys (and the sections below them) whose values a `model.init_from` run must share with this config
 ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset({
     "arch", "visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim", "num_heads", "num_queries",
-    "num_qformer_layers", "num_output_queries", "ffn_ratio", "temporal_position", "frame_encoder_layers",
+    "num_qformer_layers", "num_output_queries", "ffn_ratio", "temporal_position", "frame_encoder_layers", "frame_contrast",
     "include_synergy", "integration_strategy", "label_names", "num_classes", "sccl_dim", "stmil.hidden_dim",
     "evidence_max_len", "evidence_decoder.embed_dim", "evidence_decoder.num_layers", "evidence_decoder.num_heads",
     "evidence_decoder.max_len", "evidence_decoder.condition_on_readout", "evidence_decoder.bank_size", "llm.path",

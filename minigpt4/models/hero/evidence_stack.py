@@ -123,7 +123,8 @@ class HEROEvidenceStack(nn.Module):
         temporal, frame_layers = c.temporal_position, c.frame_encoder_layers
 
         self.experts = nn.ModuleList(
-            ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal, frame_layers)
+            ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal, frame_layers,
+                            c.frame_contrast)
             for dim in self.dims
         )
         self.synergy = SynergyExpert(h, num_heads, dropout, ffn_ratio) if self.include_synergy else None

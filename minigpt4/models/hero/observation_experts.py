@@ -190,6 +190,28 @@ class FrameEncoderLayer(nn.Module):
         return x + self.drop(self.ffn(self.norm_ffn(x)))
 
 
+def contrast_frames(features: Tensor, frame_mask: Tensor) -> Tensor:
+    """[x_t, x_t - mean(x), x_t - x_prev] per frame: features [B, T, D], frame_mask [B, T] -> [B, T, 3D].
+
+    Why: a cue can be a level relative to the clip's own baseline (a speaker's loudness, a scene's
+    tint: what cepstral mean normalisation removes in speech) or a change between frames (a ramp's
+    direction, an oscillation: the classic delta features); a query that reads each frame on its own
+    sees neither. The mean is over the real frames; x_prev is the previous real frame (the first
+    one's delta is 0); padded frames come out 0.
+    """
+    mask = frame_mask.to(features.dtype)[..., None]
+    x = features * mask
+    mean = x.sum(1, keepdim=True) / mask.sum(1, keepdim=True).clamp(min=1.0)
+    # the previous real frame: carry the last real frame forward over masked ones
+    idx = torch.arange(x.shape[1], device=x.device)[None, :].expand(x.shape[0], -1)
+    last_real = torch.where(frame_mask.bool(), idx, torch.zeros_like(idx)).cummax(dim=1).values
+    prev_idx = torch.cat([last_real[:, :1], last_real[:, :-1]], dim=1)
+    prev = torch.gather(x, 1, prev_idx[..., None].expand_as(x))
+    first = frame_mask.bool() & (frame_mask.bool().long().cumsum(1) == 1)
+    prev = torch.where(first[..., None], x, prev)
+    return torch.cat([x, (x - mean) * mask, (x - prev) * mask], dim=-1)
+
+
 # --------------------------------------------------------------------------- modality expert
 class ModalityQFormer(nn.Module):
     """One observation expert: learned queries read a modality's frames under its padding mask.
@@ -203,14 +225,15 @@ class ModalityQFormer(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int, num_queries: int = 32, num_layers: int = 2,
                  num_heads: int = 8, dropout: float = 0.1, ffn_ratio: float = 4.0,
-                 temporal_position: bool = True, frame_layers: int = 0) -> None:
+                 temporal_position: bool = True, frame_layers: int = 0, frame_contrast: bool = False) -> None:
         super().__init__()
         if num_queries < 1 or num_layers < 1:
             raise ValueError(f"num_queries and num_qformer_layers must be >= 1, got {num_queries}, {num_layers}")
         if frame_layers < 0:
             raise ValueError(f"frame_encoder_layers must be >= 0, got {frame_layers}")
         self.in_dim = in_dim
-        self.input_proj = nn.Linear(in_dim, hidden_dim)
+        self.frame_contrast = frame_contrast
+        self.input_proj = nn.Linear(in_dim * (3 if frame_contrast else 1), hidden_dim)
         self.input_norm = nn.LayerNorm(hidden_dim)
         self.temporal_position = temporal_position
         self.frame_layers = nn.ModuleList(
@@ -224,7 +247,10 @@ class ModalityQFormer(nn.Module):
             raise ValueError(f"expected features [B, T, {self.in_dim}], got {tuple(features.shape)}")
         frame_mask = frame_mask.bool()
         present = frame_mask.any(-1) if present is None else (present.bool() & frame_mask.any(-1))
-        memory = self.input_norm(self.input_proj(features.to(self.input_proj.weight.dtype)))
+        features = features.to(self.input_proj.weight.dtype)
+        if self.frame_contrast:
+            features = contrast_frames(features, frame_mask)
+        memory = self.input_norm(self.input_proj(features))
         if self.temporal_position:
             memory = memory + sinusoidal_positions(memory.shape[1], memory.shape[2], memory.device, memory.dtype)
         device_type = memory.device.type
