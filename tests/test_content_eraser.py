@@ -14,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 
 from minigpt4.common.modalities import AUDIO
 from minigpt4.common.schema import ConfigError, STMILConfig
-from minigpt4.models.hero.content_eraser import MIN_ROWS, ContentEraser, eraser_matrix
+from minigpt4.models.hero.content_eraser import MIN_ROWS, ContentEraser, eraser_matrix, shuffled_floor
 from minigpt4.models.hero.evidence_stack import HEROEvidenceStack
 from tests.test_hero_model import build, llm_dir, make_batch, make_cfg  # noqa: F401 - llm_dir is a fixture
 
@@ -45,12 +45,45 @@ def test_eraser_matrix_removes_the_cross_covariance_and_is_a_projection():
     a = torch.randn(200, H, generator=g)
     b = a[:, :D] + torch.randn(200, D, generator=g)
     cxx, cxy, cyy = a.t() @ a / 200, a.t() @ b / 200, b.t() @ b / 200
-    m, corr = eraser_matrix(cxx, cxy, cyy, min_correlation=0.0)  # every correlated direction
+    m, corr, count = eraser_matrix(cxx, cxy, cyy, min_correlation=0.0)  # every correlated direction
     assert (m @ cxy).abs().max() < 1e-4  # Cov(M x, y) = 0
     torch.testing.assert_close(m @ m, m, atol=1e-4, rtol=1e-4)  # erasing twice changes nothing more
-    assert corr.shape == (D,) and bool((corr <= 1.0 + 1e-5).all())
-    kept, _ = eraser_matrix(cxx, cxy, cyy, min_correlation=0.999)  # nothing correlates that much
+    assert corr.shape == (D,) and bool((corr <= 1.0 + 1e-5).all()) and count == D
+    kept, _, none = eraser_matrix(cxx, cxy, cyy, min_correlation=0.999)  # nothing correlates that much
     torch.testing.assert_close(kept, torch.eye(H), atol=1e-5, rtol=0)
+    assert none == 0
+    # a floor keeps only the directions above it
+    _, _, two = eraser_matrix(cxx, cxy, cyy, min_correlation=0.0, floor=float(corr[2] + corr[1]) / 2)
+    assert two == 2
+
+
+def test_shuffled_floor_sits_at_the_noise_and_the_fit_erases_only_what_beats_it():
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(300) % C
+    x = torch.randn(300, H, generator=g)
+    y = torch.randn(300, D, generator=g)
+    eraser = ContentEraser(H, D, C, min_correlation=0.0, null_permutations=8)
+    stats = eraser.fit(x, y, labels)
+    assert stats["erased"] == 0.0  # independent data: nothing beats its own shuffles
+    assert 0.2 < stats["shuffled_top"] < 0.6 and stats["top_correlation"] < stats["shuffled_top"] + 0.1
+    torch.testing.assert_close(eraser.matrix, torch.eye(H))
+    assert shuffled_floor(x, y, labels, C, 8) == shuffled_floor(x, y, labels, C, 8)  # same rows, same floor
+    # two planted directions of the content: exactly those two are erased (a fixed 0.3 takes noise too)
+    y2 = y.clone()
+    y2[:, 0] += 2.0 * x[:, 0]
+    y2[:, 1] += 2.0 * x[:, 1]
+    assert eraser.fit(x, y2, labels)["erased"] == 2.0
+    fixed = ContentEraser(H, D, C, min_correlation=0.3, null_permutations=0).fit(x, y2, labels)
+    assert fixed["erased"] > 2.0 and "shuffled_top" not in fixed
+
+
+def test_shuffles_stay_within_each_class():
+    g = torch.Generator().manual_seed(4)
+    labels = torch.tensor([0] * 50 + [1] * 50)
+    x = torch.randn(100, H, generator=g)
+    y = torch.randn(100, D, generator=g) + 50.0 * labels[:, None].float()  # a class offset only
+    # shuffling across classes would carry the offset into the within-class covariance and inflate the floor
+    assert shuffled_floor(x, y, labels, 2, 4) < 0.7
 
 
 def test_fitted_eraser_hides_a_faint_topic_from_a_linear_probe_and_keeps_the_emotion():
@@ -101,7 +134,8 @@ def _batch(b: int, seed: int, audio_present: bool = True):
 
 
 def test_refit_reads_raw_summaries_in_eval_mode_and_erasure_leaves_absent_audio_alone():
-    stack = _stack().train()
+    # random clips: only the fixed threshold erases anything here (the shuffled floor rightly would not)
+    stack = _stack(erase_null_permutations=0).train()
     batches = [_batch(8, seed) for seed in range(4)]
     stats = stack.content_eraser.refit(stack, iter(batches))
     assert stats["rows"] == 32.0 and stack.training  # labelled clips with audio and text; mode restored
@@ -145,6 +179,9 @@ def test_eraser_config_is_checked():
     with pytest.raises(ConfigError, match="model.stmil.erase_min_correlation"):
         STMILConfig(erase_min_correlation=-0.1).check()
     assert np.isclose(STMILConfig().erase_min_correlation, 0.3)
+    with pytest.raises(ConfigError, match="model.stmil.erase_null_permutations"):
+        STMILConfig(erase_null_permutations=-1).check()
+    assert STMILConfig().erase_null_permutations == 8
 
 
 def test_the_runner_refits_before_step_1_and_after_every_epoch_and_checkpoints_it(tiny_llm_dir, tmp_path, caplog):

@@ -166,11 +166,14 @@ class STMILConfig:
     # pooled text features reaches erase_min_correlation, refitted from the training split every epoch
     erase: bool = False
     erase_min_correlation: float = 0.3
+    # and beats the same rank's correlation with the content shuffled within each emotion, over
+    # this many shuffles (0: the fixed threshold alone)
+    erase_null_permutations: int = 8
 
     def check(self) -> None:
         _positive(self, "model.stmil", ("hidden_dim", "num_negatives", "logvar_bound", "queue_size",
                                         "warmup_batches"))
-        _nonnegative(self, "model.stmil", ("warmup_steps",))
+        _nonnegative(self, "model.stmil", ("warmup_steps", "erase_null_permutations"))
         _one_of(self, "model.stmil", "mode", STMIL_MODES)
         _one_of(self, "model.stmil", "objective", STMIL_OBJECTIVES)
         if not 0.0 <= self.erase_min_correlation < 1.0:

@@ -151,7 +151,8 @@ class HEROEvidenceStack(nn.Module):
         self.stmil = None
         if self.lambdas["stmil"] > 0:
             self.stmil = STMILObjective(h, self.dims[TEXT], self.num_classes, c.stmil)
-        self.content_eraser = ContentEraser(h, self.dims[TEXT], self.num_classes, c.stmil.erase_min_correlation) \
+        self.content_eraser = ContentEraser(h, self.dims[TEXT], self.num_classes, c.stmil.erase_min_correlation,
+                                            c.stmil.erase_null_permutations) \
             if c.stmil.erase else None
         if self.lambdas["sccl"] > 0:
             self.sccl_summary_proj = nn.Linear(h, c.sccl_dim)
