@@ -319,3 +319,41 @@ def test_expert_readouts_train_and_condition_the_decoder():
     assert _stack(lambda_expert_cls=0.5).decoder.condition_proj is None  # off unless asked
     with pytest.raises(ValueError, match="lambda_expert_cls"):
         _stack(evidence_decoder=dec)
+
+
+def test_head_and_experts_decision_is_the_product_of_the_head_and_present_read_outs():
+    """model.decision head_and_experts: cls_logits (what the brief, the confidence and --use_cls_head
+    read) = log p_head + sum of present experts' log p; loss_cls still trains the head alone."""
+    torch.manual_seed(0)
+    fused = _stack(lambda_cls=1.0, lambda_expert_cls=0.5, decision="head_and_experts").eval()
+    batch = _batch()
+    out = fused(batch, None)
+    log_p = torch.log_softmax
+    expected = log_p(out.head_logits, -1).clone()
+    for b in range(5):
+        for e in range(6):
+            if out.expert_present[b, e]:
+                expected[b] += log_p(out.expert_logits[b, e], -1)
+    torch.testing.assert_close(out.cls_logits, expected)
+    assert not bool(out.expert_present[1, AUDIO])  # clip 1 has no audio: its read-out took no part
+    changed = out.expert_logits.clone()
+    changed[1, AUDIO] += 100.0 * torch.arange(6.0)
+    from minigpt4.models.hero.decision_fusion import fused_decision
+
+    torch.testing.assert_close(fused_decision(out.head_logits, changed, out.expert_present), out.cls_logits)
+    fused.train()
+    out = fused(batch, None)
+    labelled = batch["emotion"] >= 0
+    torch.testing.assert_close(out.losses["loss_cls"], torch.nn.functional.cross_entropy(
+        out.head_logits[labelled], batch["emotion"][labelled]))
+    plain = _stack(lambda_cls=1.0, lambda_expert_cls=0.5).eval()(batch, None)
+    assert torch.equal(plain.cls_logits, plain.head_logits)  # the default decision is the head's
+
+
+def test_head_and_experts_decision_needs_both_read_outs():
+    from minigpt4.common.schema import ConfigError, ModelConfig
+
+    with pytest.raises(ConfigError, match="model.decision"):
+        ModelConfig(lambda_cls=1.0, lambda_expert_cls=0.0, decision="head_and_experts").check()
+    with pytest.raises(ConfigError, match="model.decision"):
+        ModelConfig(decision="vote").check()

@@ -34,6 +34,7 @@ __all__ = ["ConfigError", "EvidenceDecoderConfig", "LLMConfig", "MODEL_SCHEMAS",
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 BRIEF_LINES: tuple[str, ...] = ("all", "unreported")
+DECISIONS: tuple[str, ...] = ("head", "head_and_experts")  # model.decision (models/hero/decision_fusion.py)
 DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
 STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
 STMIL_OBJECTIVES: tuple[str, ...] = ("covariance", "vclub")  # model.stmil.objective
@@ -263,6 +264,10 @@ class ModelConfig:
     # twice: in the brief and in the section) | unreported ([fused] and experts no section reports)
     brief_lines: str = "all"
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
+    # the class decision the [fused] line, the confidence and --use_cls_head read: head (the
+    # classification head on the integrated context) | head_and_experts (it and every present
+    # expert's read-out as a product of experts; needs lambda_expert_cls > 0)
+    decision: str = "head"
     # the clip's transcript in the prompt (Emotion-LLaMA style), at training and inference alike:
     # the annotation's `text`, else the feature file's; cut to transcript_max_tokens LLM tokens
     use_transcript: bool = False  # opt-in: a pretrained LLM reads words (hero_paper.yaml: true)
@@ -323,6 +328,10 @@ class ModelConfig:
         if self.decision_brief and not head:
             raise ConfigError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
                               "model.use_cls_head: true)")
+        _one_of(self, "model", "decision", DECISIONS)
+        if self.decision != "head" and (not head or self.lambda_expert_cls <= 0):
+            raise ConfigError(f"model.decision {self.decision} needs the classification head and the expert "
+                              "read-outs (model.lambda_cls > 0 and model.lambda_expert_cls > 0)")
         if self.evidence_decoder.condition_on_readout and self.lambda_expert_cls <= 0:
             raise ConfigError("model.evidence_decoder.condition_on_readout needs the expert read-outs "
                               "(model.lambda_expert_cls > 0)")

@@ -39,9 +39,10 @@ from torch import Tensor, nn
 from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
 from minigpt4.common.schema import model_config
 from minigpt4.models.hero.content_eraser import ContentEraser
+from minigpt4.models.hero.decision_fusion import fused_decision
 from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
-from minigpt4.models.hero.hero_loss import distillation_kl, info_nce
+from minigpt4.models.hero.hero_loss import distillation_kl, expert_readout_loss, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
 from minigpt4.models.hero.observation_experts import (
     ModalityQFormer,
@@ -85,7 +86,8 @@ class EvidenceOutput:
     readouts: dict[str, Tensor] = field(default_factory=dict)  # logged beside them, never in the loss
     loss_aux: Optional[Tensor] = None  # scalar, sum of lambda_* x term (0 when no term is active)
     estimator_loss: Optional[Tensor] = None  # scalar vCLUB q-network NLL (detached inputs) or None
-    cls_logits: Optional[Tensor] = None  # [B, num_classes] when the classification head is on
+    cls_logits: Optional[Tensor] = None  # [B, num_classes] the class decision (`decision_fusion`) when the head is on
+    head_logits: Optional[Tensor] = None  # [B, num_classes] the head on the context alone (what loss_cls trains)
     expert_logits: Optional[Tensor] = None  # [B, 6, num_classes] per-expert read-outs (lambda_expert_cls > 0)
     content: Optional[Tensor] = None  # [B, text_dim] pooled text features (conditional STMIL's content side)
 
@@ -117,6 +119,7 @@ class HEROEvidenceStack(nn.Module):
         for name in ("cls", "kl"):
             if self.lambdas[name] > 0 and not self.use_cls_head:
                 raise ValueError(f"model.lambda_{name} > 0 needs the classification head (model.use_cls_head: true)")
+        self.decision = c.decision
         self.kl_drop_prob = c.kl_drop_prob
         self.kl_temperature = c.kl_temperature
         self.sccl_temperature = c.sccl_temperature
@@ -241,13 +244,16 @@ class HEROEvidenceStack(nn.Module):
         summaries_t = torch.stack(summaries, dim=1)  # [B, 6, H]
         present_t = torch.stack(present, dim=1)  # [B, 6]
         integ = self.integration(tokens_t, summaries_t, present_t)
-        cls_logits = self._classify(integ.context) if self.use_cls_head else None
+        head_logits = self._classify(integ.context) if self.use_cls_head else None
         expert_logits = None
         if self.lambdas["expert_cls"] > 0:
             expert_logits = torch.stack([head(summaries_t[:, e]) for e, head in enumerate(self.expert_cls_heads)], 1)
+        cls_logits = fused_decision(head_logits, expert_logits, present_t) \
+            if self.decision == "head_and_experts" and head_logits is not None else head_logits
         out = EvidenceOutput(context=integ.context, modality_weights=integ.modality_weights, expert_present=present_t,
                              summaries=summaries_t, synergy_score=synergy_score.float(), expert_tokens=tokens_t,
-                             cls_logits=cls_logits, expert_logits=expert_logits, content=content)
+                             cls_logits=cls_logits, head_logits=head_logits, expert_logits=expert_logits,
+                             content=content)
         if compute_losses:
             self._losses(out, samples, targets, syn_loss)
         else:
@@ -324,7 +330,7 @@ class HEROEvidenceStack(nn.Module):
             if evidence is not None:
                 losses["loss_evidence"] = evidence
         if self.use_cls_head:
-            cls = self._cls_loss(out.cls_logits, samples.get("emotion"))
+            cls = self._cls_loss(out.head_logits, samples.get("emotion"))
             if cls is not None and self.lambdas["cls"] > 0:
                 losses["loss_cls"] = cls
             if self.lambdas["kl"] > 0 and self.training:
@@ -332,7 +338,7 @@ class HEROEvidenceStack(nn.Module):
                 if kl is not None:
                     losses["loss_kl"] = kl
         if self.lambdas["expert_cls"] > 0:
-            expert_cls = self._expert_cls_loss(out.expert_logits, present, samples.get("emotion"))
+            expert_cls = expert_readout_loss(out.expert_logits, present, samples.get("emotion"))
             if expert_cls is not None:
                 losses["loss_expert_cls"] = expert_cls
         total = torch.zeros((), device=out.context.device)
@@ -411,20 +417,6 @@ class HEROEvidenceStack(nn.Module):
             raise ValueError(f"emotion index {int(labels.max())} >= model.num_classes {self.num_classes}")
         return F.cross_entropy(logits[valid].float(), labels[valid])
 
-    def _expert_cls_loss(self, logits: Tensor, present: Tensor, emotion: Any) -> Optional[Tensor]:
-        """Mean cross-entropy of each present expert's own read-out of the emotion (deep supervision).
-
-        logits [B, 6, C]; absent experts and unlabelled clips are left out.
-        """
-        if not isinstance(emotion, Tensor):
-            return None
-        labels = emotion.to(logits.device).long()
-        valid = present & (labels >= 0)[:, None]
-        if not bool(valid.any()):
-            return None
-        rows = valid.nonzero(as_tuple=False)
-        return F.cross_entropy(logits[rows[:, 0], rows[:, 1]].float(), labels[rows[:, 0]])
-
     def _kl_loss(self, out: EvidenceOutput) -> Optional[Tensor]:
         """KL(full view || modality-dropped view) of the class distributions; teacher detached.
 
@@ -443,4 +435,4 @@ class HEROEvidenceStack(nn.Module):
         syn = out.expert_present[:, SYNERGY] & keep[:, AUDIO] & keep[:, MOTION]
         student_present = torch.cat([keep, syn[:, None]], dim=1)
         student = self.integration(out.expert_tokens, out.summaries, student_present)
-        return distillation_kl(out.cls_logits, self._classify(student.context), self.kl_temperature, mask=changed)
+        return distillation_kl(out.head_logits, self._classify(student.context), self.kl_temperature, mask=changed)

@@ -17,7 +17,7 @@ joint distribution with no q-network for the model to play against.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -267,3 +267,19 @@ def distillation_kl(teacher_logits: Tensor, student_logits: Tensor, temperature:
             return kl.sum() * 0.0
         kl = kl[mask]
     return kl.mean()
+
+
+def expert_readout_loss(logits: Tensor, present: Tensor, emotion: Any) -> Optional[Tensor]:
+    """Mean cross-entropy of each present expert's own read-out of the emotion (deep supervision).
+
+    logits [B, E, C], present [B, E] bool, emotion [B] (-1 = unknown); absent experts and
+    unlabelled clips are left out; None when nothing is left (or there are no labels).
+    """
+    if not isinstance(emotion, Tensor):
+        return None
+    labels = emotion.to(logits.device).long()
+    valid = present & (labels >= 0)[:, None]
+    if not bool(valid.any()):
+        return None
+    rows = valid.nonzero(as_tuple=False)
+    return F.cross_entropy(logits[rows[:, 0], rows[:, 1]].float(), labels[rows[:, 0]])
