@@ -167,8 +167,8 @@ class STMILConfig:
     # pooled text features reaches erase_min_correlation, refitted from the training split every epoch
     erase: bool = False
     erase_min_correlation: float = 0.3
-    # and beats the same rank's correlation with the content shuffled within each emotion, over
-    # this many shuffles (0: the fixed threshold alone)
+    # and beats the largest correlation the content reaches when shuffled within each emotion,
+    # over this many shuffles (0: the fixed threshold alone)
     erase_null_permutations: int = 8
 
     def check(self) -> None:

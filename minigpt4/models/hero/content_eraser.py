@@ -58,13 +58,6 @@ def _sqrt_and_inverse_sqrt(cov: Tensor) -> tuple[Tensor, Tensor]:
     return (vectors * values.sqrt()) @ vectors.t(), (vectors * values.rsqrt()) @ vectors.t()
 
 
-def canonical_correlations(cov_xx: Tensor, cov_xy: Tensor, cov_yy: Tensor) -> Tensor:
-    """The (shrunk) canonical correlations [min(H, D)], largest first, of within-class covariances."""
-    _, white_x = _sqrt_and_inverse_sqrt(cov_xx)
-    _, white_y = _sqrt_and_inverse_sqrt(cov_yy)
-    return torch.linalg.svdvals(white_x @ cov_xy @ white_y)
-
-
 def eraser_matrix(cov_xx: Tensor, cov_xy: Tensor, cov_yy: Tensor, min_correlation: float,
                   floor: float = 0.0) -> tuple[Tensor, Tensor, int]:
     """(M [H, H] with x' = mu + M (x - mu), canonical correlations [min(H, D)], erased count) from within-class
@@ -79,11 +72,14 @@ def eraser_matrix(cov_xx: Tensor, cov_xy: Tensor, cov_yy: Tensor, min_correlatio
     return eye - root_x @ keep @ keep.t() @ white_x, s, count
 
 
+def _class_centred(z: Tensor, onehot: Tensor) -> Tensor:
+    """z [N, K] minus its class's mean on every row (onehot [N, C])."""
+    return z - onehot @ ((onehot.t() @ z) / onehot.sum(0).clamp(min=1.0)[:, None])
+
+
 def within_class_covariances(x: Tensor, y: Tensor, onehot: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(cov_xx, cov_xy, cov_yy) of x [N, H] and y [N, D] after removing each class's mean (onehot [N, C])."""
-    counts = onehot.sum(0).clamp(min=1.0)[:, None]
-    xc = x - onehot @ ((onehot.t() @ x) / counts)
-    yc = y - onehot @ ((onehot.t() @ y) / counts)
+    xc, yc = _class_centred(x, onehot), _class_centred(y, onehot)
     n = x.shape[0]
     return xc.t() @ xc / n, xc.t() @ yc / n, yc.t() @ yc / n
 
@@ -91,8 +87,15 @@ def within_class_covariances(x: Tensor, y: Tensor, onehot: Tensor) -> tuple[Tens
 def shuffled_floor(x: Tensor, y: Tensor, labels: Tensor, num_classes: int, permutations: int,
                    seed: int = 0) -> float:
     """The largest canonical correlation over `permutations` shufflings of y among rows of the same
-    class: what sampling noise alone reaches (fixed seed: a refit of the same rows gives the same floor)."""
+    class: what sampling noise alone reaches (fixed seed: a refit of the same rows gives the same floor).
+
+    A within-class shuffle leaves cov_xx and cov_yy as they are, so both are whitened once and
+    only the cross-covariance is recomputed per shuffle."""
     onehot = F.one_hot(labels, num_classes).float()
+    xc, yc = _class_centred(x, onehot), _class_centred(y, onehot)
+    n = x.shape[0]
+    _, white_x = _sqrt_and_inverse_sqrt(xc.t() @ xc / n)
+    _, white_y = _sqrt_and_inverse_sqrt(yc.t() @ yc / n)
     generator = torch.Generator().manual_seed(seed)
     cpu_labels = labels.cpu()
     floors = []
@@ -101,7 +104,8 @@ def shuffled_floor(x: Tensor, y: Tensor, labels: Tensor, num_classes: int, permu
         for c in range(num_classes):
             rows = (cpu_labels == c).nonzero(as_tuple=True)[0]
             order[rows] = rows[torch.randperm(len(rows), generator=generator)]
-        floors.append(float(canonical_correlations(*within_class_covariances(x, y[order.to(y.device)], onehot))[0]))
+        cov_xy = xc.t() @ yc[order.to(yc.device)] / n  # a row's class mean moves with it
+        floors.append(float(torch.linalg.svdvals(white_x @ cov_xy @ white_y)[0]))
     return max(floors)
 
 

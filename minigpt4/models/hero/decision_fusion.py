@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+
 def fused_decision(head_logits: Tensor, expert_logits: Tensor, present: Tensor) -> Tensor:
     """log p_head + sum over present experts of log p_expert: [B, C] from head_logits [B, C],
     expert_logits [B, E, C] and present [B, E] bool (an absent expert adds nothing)."""
