@@ -34,7 +34,7 @@ __all__ = ["ConfigError", "EvidenceDecoderConfig", "LLMConfig", "MODEL_SCHEMAS",
 BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 BRIEF_LINES: tuple[str, ...] = ("all", "unreported")
-DECISIONS: tuple[str, ...] = ("head", "head_and_experts")  # model.decision (models/hero/decision_fusion.py)
+DECISIONS: tuple[str, ...] = ("head", "head_and_experts", "refit")  # model.decision (models/hero/decision_fusion.py)
 DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
 STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
 STMIL_OBJECTIVES: tuple[str, ...] = ("covariance", "vclub")  # model.stmil.objective
@@ -266,8 +266,10 @@ class ModelConfig:
     decision_brief: Optional[bool] = None  # null: on iff the classification head is
     # the class decision the [fused] line, the confidence and --use_cls_head read: head (the
     # classification head on the integrated context) | head_and_experts (it and every present
-    # expert's read-out as a product of experts; needs lambda_expert_cls > 0)
+    # expert's read-out as a product of experts; needs lambda_expert_cls > 0) | refit (a logistic
+    # regression on the expert summaries, refitted from the training split every epoch: refit_readout.py)
     decision: str = "head"
+    decision_refit_c: float = 0.01  # the refitted read-out's inverse ridge strength (scikit-learn's C)
     # the clip's transcript in the prompt (Emotion-LLaMA style), at training and inference alike:
     # the annotation's `text`, else the feature file's; cut to transcript_max_tokens LLM tokens
     use_transcript: bool = False  # opt-in: a pretrained LLM reads words (hero_paper.yaml: true)
@@ -329,7 +331,12 @@ class ModelConfig:
             raise ConfigError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
                               "model.use_cls_head: true)")
         _one_of(self, "model", "decision", DECISIONS)
-        if self.decision != "head" and (not head or self.lambda_expert_cls <= 0):
+        if self.decision == "refit" and not head:
+            raise ConfigError("model.decision refit needs the classification head (model.lambda_cls > 0): it "
+                              "decides until the first refit and keeps training the context the LLM reads")
+        if not self.decision_refit_c > 0:
+            raise ConfigError(f"model.decision_refit_c must be > 0, got {self.decision_refit_c}")
+        if self.decision == "head_and_experts" and (not head or self.lambda_expert_cls <= 0):
             raise ConfigError(f"model.decision {self.decision} needs the classification head and the expert "
                               "read-outs (model.lambda_cls > 0 and model.lambda_expert_cls > 0)")
         if self.evidence_decoder.condition_on_readout and self.lambda_expert_cls <= 0:

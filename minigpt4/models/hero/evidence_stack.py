@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from minigpt4.common.modalities import AUDIO, EXPERT_ORDER, MOTION, STACK_ORDER, SYNERGY, TEXT, VISUAL
 from minigpt4.common.schema import model_config
 from minigpt4.models.hero.content_eraser import ContentEraser
-from minigpt4.models.hero.decision_fusion import fused_decision
+from minigpt4.models.hero.decision_fusion import class_decision
 from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
 from minigpt4.models.hero.hero_loss import distillation_kl, expert_readout_loss, info_nce
@@ -50,6 +50,7 @@ from minigpt4.models.hero.observation_experts import (
     modality_dims,
     slice_modalities,
 )
+from minigpt4.models.hero.refit_readout import RefitReadout
 from minigpt4.models.hero.stmil import STMILObjective, pooled_content
 
 NUM_EXPERTS = len(EXPERT_ORDER)
@@ -120,6 +121,8 @@ class HEROEvidenceStack(nn.Module):
             if self.lambdas[name] > 0 and not self.use_cls_head:
                 raise ValueError(f"model.lambda_{name} > 0 needs the classification head (model.use_cls_head: true)")
         self.decision = c.decision
+        self.readout = RefitReadout(NUM_EXPERTS, c.hidden_dim, c.num_classes or len(c.label_names),
+                                    c.decision_refit_c) if c.decision == "refit" else None
         self.kl_drop_prob = c.kl_drop_prob
         self.kl_temperature = c.kl_temperature
         self.sccl_temperature = c.sccl_temperature
@@ -170,6 +173,15 @@ class HEROEvidenceStack(nn.Module):
     def estimator_parameters(self) -> list[nn.Parameter]:
         """The vCLUB q-network's parameters (own optimiser; only `estimator_loss` reaches them)."""
         return list(self.stmil.estimator.parameters()) if self.stmil is not None else []
+
+    def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
+        """The closed-form parts from one pass's batches: the content eraser, then the refitted
+        read-out (which so reads the erased summaries); None when there is neither."""
+        parts = [p for p in (self.content_eraser, self.readout) if p is not None]
+        if not parts:
+            return None
+        batches = list(batches)
+        return {key: value for part in parts for key, value in part.refit(self, batches).items()}
 
     @torch.no_grad()
     def warm_up_stmil(self, batches: Iterable[Mapping[str, Any]], lr: float) -> Optional[dict[str, float]]:
@@ -248,8 +260,8 @@ class HEROEvidenceStack(nn.Module):
         expert_logits = None
         if self.lambdas["expert_cls"] > 0:
             expert_logits = torch.stack([head(summaries_t[:, e]) for e, head in enumerate(self.expert_cls_heads)], 1)
-        cls_logits = fused_decision(head_logits, expert_logits, present_t) \
-            if self.decision == "head_and_experts" and head_logits is not None else head_logits
+        refit = self.readout(summaries_t, present_t, samples.get("emotion")) if self.readout is not None else None
+        cls_logits = class_decision(self.decision, head_logits, expert_logits, present_t, refit)
         out = EvidenceOutput(context=integ.context, modality_weights=integ.modality_weights, expert_present=present_t,
                              summaries=summaries_t, synergy_score=synergy_score.float(), expert_tokens=tokens_t,
                              cls_logits=cls_logits, head_logits=head_logits, expert_logits=expert_logits,

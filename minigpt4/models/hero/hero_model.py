@@ -110,8 +110,9 @@ class HEROModel(nn.Module):
         stmil = self.evidence_stack.stmil
         if stmil is not None and stmil.queue is not None:  # the queues and the content standardisation
             names += [f"evidence_stack.stmil.{n}" for n, _ in stmil.named_buffers()]
-        eraser = self.evidence_stack.content_eraser
-        names += [f"evidence_stack.content_eraser.{n}" for n, _ in eraser.named_buffers()] if eraser else []
+        for part in ("content_eraser", "readout"):  # fitted in closed form from the training split
+            fitted = getattr(self.evidence_stack, part)
+            names += [f"evidence_stack.{part}.{n}" for n, _ in fitted.named_buffers()] if fitted is not None else []
         return names + stages.frozen_expert_names(self, self.freeze_experts)
 
     @property
@@ -362,9 +363,8 @@ class HEROModel(nn.Module):
         return self.evidence_stack.warm_up_stmil((self._on_device(s) for s in batches), rate)
 
     def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
-        """Before step 1 and after every epoch: the content eraser's statistics from the training split."""
-        eraser = self.evidence_stack.content_eraser
-        return eraser.refit(self.evidence_stack, (self._on_device(s) for s in batches)) if eraser else None
+        """Before step 1 and after every epoch: the content eraser's and the refitted read-out's statistics."""
+        return self.evidence_stack.refit_statistics(self._on_device(s) for s in batches)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()
