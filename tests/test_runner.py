@@ -78,6 +78,22 @@ def test_logged_lr_follows_linear_warmup_cosine(tmp_path: Path):
         assert rec["lr"] == pytest.approx(expected, rel=1e-12), step
 
 
+def test_a_log_line_holds_the_mean_of_its_interval(tmp_path: Path):
+    """log_freq 3 over 8-step epochs: lines at 3, 6, 8 (epoch end), 9, 12, ...; each the mean of the
+    steps since the previous line, against the same run logged every step."""
+    train(tmp_path / "every")
+    train(tmp_path / "third", run={"log_freq": 3})
+    every, third = train_records(tmp_path / "every" / "run"), train_records(tmp_path / "third" / "run")
+    assert sorted(third) == [3, 6, 8, 9, 12, 15, 16]
+    previous = 0
+    for step in sorted(third):
+        for key in ("loss", "loss_task", "loss_reg", "loss_estimator"):
+            mean = sum(every[s][key] for s in range(previous + 1, step + 1)) / (step - previous)
+            assert third[step][key] == pytest.approx(mean, rel=1e-6), (step, key)
+        assert third[step]["lr"] == every[step]["lr"]
+        previous = step
+
+
 # mid-epoch (last ckpt: step 9) / epoch boundary (step 8) / two steps past the last ckpt (9; log.txt has 10, 11)
 @pytest.mark.parametrize("crash_after", [19, 16, 22])
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, crash_after: int):

@@ -175,6 +175,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                    disable=not (self.is_main and self.run_cfg.get("progress_bar", True)))
         batches = self._train_batches(train_ds, epoch, skip) if skip < n_iters else iter(())
         step_terms: Dict[str, float] = {}
+        interval_terms: Dict[str, float] = {}  # summed over the steps since the last log line
+        interval_steps = 0
         t_log, samples_since = time.time(), 0
         it = skip
         while it < n_iters:
@@ -204,10 +206,17 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             if not last_in_group:
                 continue
             stats = self._optimizer_step()
+            for k, v in step_terms.items():
+                interval_terms[k] = interval_terms.get(k, 0.0) + v
+            interval_steps += 1
             if self.step % log_freq == 0 or it == n_iters:
                 now = time.time()
-                self.last_train = self._log_train(step_terms, stats, samples_since, now - t_log)
+                # the mean over the interval, as HF Trainer logs it: one step's value of a
+                # few-clip estimate (the vCLUB bound on 8 clips) is mostly noise
+                means = {k: v / interval_steps for k, v in interval_terms.items()}
+                self.last_train = self._log_train(means, stats, samples_since, now - t_log)
                 t_log, samples_since = now, 0
+                interval_terms, interval_steps = {}, 0
                 bar.set_postfix(loss=f"{self.last_train.get('loss', float('nan')):.4f}", lr=f"{stats['lr']:.2e}")
             step_terms = {}
             end_of_epoch = it == n_iters
