@@ -94,6 +94,24 @@ def test_a_log_line_holds_the_mean_of_its_interval(tmp_path: Path):
         previous = step
 
 
+def test_a_term_some_steps_lack_is_averaged_over_the_steps_that_have_it(tmp_path: Path):
+    """`loss_sparse` on every 2nd step only: a log line every 3 steps holds its mean over the 1-2 steps
+    of the interval that had it (not diluted by the steps without it), and no line invents it."""
+    model = {"sparse_term_every": 2}
+    train(tmp_path / "every", model=model)
+    train(tmp_path / "third", model=model, run={"log_freq": 3})
+    every, third = train_records(tmp_path / "every" / "run"), train_records(tmp_path / "third" / "run")
+    assert [s for s in sorted(every) if "loss_sparse" in every[s]] == list(range(2, 17, 2))
+    previous = 0
+    for step in sorted(third):
+        had = [every[s]["loss_sparse"] for s in range(previous + 1, step + 1) if "loss_sparse" in every[s]]
+        if had:
+            assert third[step]["loss_sparse"] == pytest.approx(sum(had) / len(had), rel=1e-6), step
+        else:
+            assert "loss_sparse" not in third[step], step
+        previous = step
+
+
 # mid-epoch (last ckpt: step 9) / epoch boundary (step 8) / two steps past the last ckpt (9; log.txt has 10, 11)
 @pytest.mark.parametrize("crash_after", [19, 16, 22])
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, crash_after: int):

@@ -29,22 +29,26 @@ class ToyCrash(RuntimeError):
 class ToyRegressor(nn.Module):
     """x [B, in_dim] -> encoder (Linear, LayerNorm, GELU, Dropout) -> head -> y_hat [B]."""
 
+    CONFIG_KEYS = ("in_dim", "hidden", "dropout", "aux", "aux_lr", "crash_after_calls", "freeze_head_bias",
+                   "sparse_term_every")
+
     def __init__(self, in_dim: int = 8, hidden: int = 16, dropout: float = 0.1, aux: bool = True,
-                 aux_lr: Optional[float] = None, crash_after_calls: int = 0, freeze_head_bias: bool = False) -> None:
+                 aux_lr: Optional[float] = None, crash_after_calls: int = 0, freeze_head_bias: bool = False,
+                 sparse_term_every: int = 0) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, 1)
         self.estimator = nn.Linear(hidden, 1) if aux else None
         self.aux_lr = aux_lr
         self.crash_after_calls = crash_after_calls
+        self.sparse_term_every = sparse_term_every  # > 0: `loss_sparse` only on every n-th training forward
         self.calls = 0
         if freeze_head_bias:
             self.head.bias.requires_grad_(False)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ToyRegressor":
-        keys = ("in_dim", "hidden", "dropout", "aux", "aux_lr", "crash_after_calls", "freeze_head_bias")
-        return cls(**{k: cfg[k] for k in keys if k in cfg})
+        return cls(**{k: cfg[k] for k in cls.CONFIG_KEYS if k in cfg})
 
     def auxiliary_parameter_groups(self) -> Dict[str, Dict[str, Any]]:
         if self.estimator is None:
@@ -72,6 +76,8 @@ class ToyRegressor(nn.Module):
             penalty = 0.01 * F.linear(h, w, b).float().pow(2).mean()
             out["loss_penalty"] = penalty
             loss = loss + penalty
+        if self.training and self.sparse_term_every and self.calls % self.sparse_term_every == 0:
+            out["loss_sparse"] = loss_task.detach() + self.calls  # a logged term some steps lack (HERO: no target)
         out["loss"] = loss
         return out
 
@@ -97,8 +103,7 @@ class ToyReporter(ToyRegressor):
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any]) -> "ToyReporter":
-        keys = ("in_dim", "hidden", "dropout", "aux", "aux_lr", "crash_after_calls", "freeze_head_bias")
-        return cls(gen_schedule=list(cfg.get("gen_schedule", [True])), **{k: cfg[k] for k in keys if k in cfg})
+        return cls(gen_schedule=list(cfg.get("gen_schedule", [True])), **{k: cfg[k] for k in cls.CONFIG_KEYS if k in cfg})
 
     def train(self, mode: bool = True) -> "ToyReporter":
         if not mode:  # each switch to eval mode starts a new validation pass

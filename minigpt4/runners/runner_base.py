@@ -36,7 +36,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -175,8 +175,9 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                    disable=not (self.is_main and self.run_cfg.get("progress_bar", True)))
         batches = self._train_batches(train_ds, epoch, skip) if skip < n_iters else iter(())
         step_terms: Dict[str, float] = {}
-        interval_terms: Dict[str, float] = {}  # summed over the steps since the last log line
-        interval_steps = 0
+        # per term: (sum, steps that had it) since the last log line; a term can be missing from a step
+        # (e.g. no evidence target in the batch), so each is averaged over its own steps
+        interval_terms: Dict[str, Tuple[float, int]] = {}
         t_log, samples_since = time.time(), 0
         it = skip
         while it < n_iters:
@@ -207,16 +208,16 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                 continue
             stats = self._optimizer_step()
             for k, v in step_terms.items():
-                interval_terms[k] = interval_terms.get(k, 0.0) + v
-            interval_steps += 1
+                total, steps = interval_terms.get(k, (0.0, 0))
+                interval_terms[k] = (total + v, steps + 1)
             if self.step % log_freq == 0 or it == n_iters:
                 now = time.time()
                 # the mean over the interval, as HF Trainer logs it: one step's value of a
                 # few-clip estimate (the vCLUB bound on 8 clips) is mostly noise
-                means = {k: v / interval_steps for k, v in interval_terms.items()}
+                means = {k: total / steps for k, (total, steps) in interval_terms.items()}
                 self.last_train = self._log_train(means, stats, samples_since, now - t_log)
                 t_log, samples_since = now, 0
-                interval_terms, interval_steps = {}, 0
+                interval_terms = {}
                 bar.set_postfix(loss=f"{self.last_train.get('loss', float('nan')):.4f}", lr=f"{stats['lr']:.2e}")
             step_terms = {}
             end_of_epoch = it == n_iters
