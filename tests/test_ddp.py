@@ -40,7 +40,9 @@ else:
     from tests.toy_components import write_toy_config
 
     RUN = {"max_epoch": 2, "save_freq": 5}
-    MODEL = {"dropout": 0.0}  # dropout would draw different masks per rank than in one process
+    # dropout would draw different masks per rank than in one process; `loss_sparse` is logged by
+    # rank 0 only (a term one rank's batches lack), on each of its forwards, valued the forward's number
+    MODEL = {"dropout": 0.0, "sparse_term_every": 1, "sparse_term_rank": 0}
 
     def torchrun(cfg: Path, dump: Path, *extra: str) -> tuple[dict, dict]:
         """Train on 2 CPU ranks; returns each rank's final trainable parameters."""
@@ -73,6 +75,8 @@ else:
         assert sorted(logs[0]) == sorted(logs[1]) == list(range(1, 17))
         for step in logs[0]:  # rank 0 logs the mean over ranks, i.e. the global batch's loss
             assert logs[0][step]["loss"] == pytest.approx(logs[1][step]["loss"], rel=1e-5)
+            # over rank 0's two batches of the step only (forwards 2s-1, 2s), not halved by rank 1
+            assert logs[0][step]["loss_sparse"] == 2 * step - 0.5
         assert (tmp_path / "ddp" / "run" / "checkpoints" / "ckpt_00000016").is_dir()
         val = [{r["step"]: r["val_loss"] for r in read_log(tmp_path / d / "run") if r.get("phase") == "val"}
                for d in ("ddp", "single")]

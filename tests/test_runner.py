@@ -112,6 +112,16 @@ def test_a_term_some_steps_lack_is_averaged_over_the_steps_that_have_it(tmp_path
         previous = step
 
 
+def test_a_term_some_accumulated_batches_lack_is_averaged_over_the_batches_that_have_it(tmp_path: Path):
+    """Two accumulated batches per step, `loss_sparse` (= the forward's number) on every 2nd forward:
+    step s has it on forward 2s only, so its line holds 2s, not 2s diluted by the batch without it."""
+    train(tmp_path, run={"batch_size_train": 4, "accum_grad_iters": 2}, model={"sparse_term_every": 2})
+    recs = train_records(tmp_path / "run")
+    assert sorted(recs) == list(range(1, 17))
+    for step, rec in recs.items():
+        assert rec["loss_sparse"] == 2 * step, step
+
+
 # mid-epoch (last ckpt: step 9) / epoch boundary (step 8) / two steps past the last ckpt (9; log.txt has 10, 11)
 @pytest.mark.parametrize("crash_after", [19, 16, 22])
 def test_resume_after_crash_reproduces_the_uninterrupted_run(tmp_path: Path, crash_after: int):

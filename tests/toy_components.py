@@ -30,11 +30,11 @@ class ToyRegressor(nn.Module):
     """x [B, in_dim] -> encoder (Linear, LayerNorm, GELU, Dropout) -> head -> y_hat [B]."""
 
     CONFIG_KEYS = ("in_dim", "hidden", "dropout", "aux", "aux_lr", "crash_after_calls", "freeze_head_bias",
-                   "sparse_term_every")
+                   "sparse_term_every", "sparse_term_rank")
 
     def __init__(self, in_dim: int = 8, hidden: int = 16, dropout: float = 0.1, aux: bool = True,
                  aux_lr: Optional[float] = None, crash_after_calls: int = 0, freeze_head_bias: bool = False,
-                 sparse_term_every: int = 0) -> None:
+                 sparse_term_every: int = 0, sparse_term_rank: int = -1) -> None:
         super().__init__()
         self.encoder = nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Dropout(dropout))
         self.head = nn.Linear(hidden, 1)
@@ -42,6 +42,7 @@ class ToyRegressor(nn.Module):
         self.aux_lr = aux_lr
         self.crash_after_calls = crash_after_calls
         self.sparse_term_every = sparse_term_every  # > 0: `loss_sparse` only on every n-th training forward
+        self.sparse_term_rank = sparse_term_rank  # >= 0: ... and only on this rank
         self.calls = 0
         if freeze_head_bias:
             self.head.bias.requires_grad_(False)
@@ -76,8 +77,10 @@ class ToyRegressor(nn.Module):
             penalty = 0.01 * F.linear(h, w, b).float().pow(2).mean()
             out["loss_penalty"] = penalty
             loss = loss + penalty
-        if self.training and self.sparse_term_every and self.calls % self.sparse_term_every == 0:
-            out["loss_sparse"] = loss_task.detach() + self.calls  # a logged term some steps lack (HERO: no target)
+        on_rank = self.sparse_term_rank < 0 or get_rank() == self.sparse_term_rank
+        if self.training and self.sparse_term_every and self.calls % self.sparse_term_every == 0 and on_rank:
+            # a logged term some batches lack (HERO: no evidence target); its value is the forward's number
+            out["loss_sparse"] = torch.tensor(float(self.calls))
         out["loss"] = loss
         return out
 

@@ -10,7 +10,7 @@ import datetime
 import logging
 import os
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -107,3 +107,14 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
             t = t.cuda()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.cpu().tolist()]
+
+
+def union_of_keys(keys: Iterable[str]) -> list[str]:
+    """The sorted union of every rank's keys (one small object gather), so that ranks whose
+    records hold different terms still reduce the same list in the same order."""
+    mine = sorted(set(keys))
+    if not (is_dist_avail_and_initialized() and get_world_size() > 1):
+        return mine
+    gathered: list[Optional[list[str]]] = [None] * get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return sorted({k for rank_keys in gathered for k in (rank_keys or [])})

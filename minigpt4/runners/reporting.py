@@ -1,13 +1,13 @@
-"""What `RunnerBase` reports: the per-step training record (the mean over ranks, to the metric
-logger) and the end-of-run summary (returned, and printed by rank 0)."""
+"""What `RunnerBase` reports: the training record of a log interval (each term's mean over the
+batches of all ranks that had it, to the metric logger) and the end-of-run summary (returned, and printed by rank 0)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from minigpt4.common.dist_utils import DistInfo, all_reduce_sum
+from minigpt4.common.dist_utils import DistInfo, all_reduce_sum, union_of_keys
 from minigpt4.common.logger import MetricLogger
 
 __all__ = ["ReportingMixin"]
@@ -28,14 +28,19 @@ class ReportingMixin:
     last_val: Dict[str, float]
     _logger: Optional[MetricLogger]
 
-    def _log_train(self, terms: Dict[str, float], stats: Dict[str, float], samples: int, elapsed: float) -> Dict[str, Any]:
-        if self.dist.distributed:  # every rank calls: the mean over ranks is the global batch's value
-            keys = sorted(terms)
-            vals = all_reduce_sum([terms[k] for k in keys] + [float(samples)], self.device)
-            terms = {k: v / self.world_size for k, v in zip(keys, vals[:-1])}
+    def _log_train(self, terms: Dict[str, Tuple[float, int]], stats: Dict[str, float], samples: int,
+                   elapsed: float) -> Dict[str, Any]:
+        """terms: per loss term, (sum over the interval's batches that had it, how many had it);
+        the record holds each term's mean over those batches, over all ranks together."""
+        if self.dist.distributed:  # every rank calls, with the same keys in the same order
+            keys = union_of_keys(terms)
+            flat = [x for k in keys for x in terms.get(k, (0.0, 0))]
+            vals = all_reduce_sum(flat + [float(samples)], self.device)
+            terms = {k: (vals[2 * i], int(vals[2 * i + 1])) for i, k in enumerate(keys)}
             samples = int(vals[-1])
+        means = {k: total / count for k, (total, count) in terms.items() if count > 0}
         record: Dict[str, Any] = {"step": self.step, "epoch": self.epoch, "phase": "train", "lr": stats["lr"]}
-        record.update(terms)
+        record.update(means)
         record.update({k: v for k, v in stats.items() if k != "lr"})
         record["samples_per_s"] = samples / max(elapsed, 1e-9)
         if self._logger is not None:

@@ -174,9 +174,9 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         bar = tqdm(total=n_iters, initial=skip, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False,
                    disable=not (self.is_main and self.run_cfg.get("progress_bar", True)))
         batches = self._train_batches(train_ds, epoch, skip) if skip < n_iters else iter(())
-        step_terms: Dict[str, float] = {}
-        # per term: (sum, steps that had it) since the last log line; a term can be missing from a step
-        # (e.g. no evidence target in the batch), so each is averaged over its own steps
+        # per term: (sum, batches that had it) since the last log line; a term can be missing from a
+        # batch (e.g. no evidence target in it), so each is averaged over its own batches, also
+        # within a step of several accumulated batches and over ranks
         interval_terms: Dict[str, Tuple[float, int]] = {}
         t_log, samples_since = time.time(), 0
         it = skip
@@ -199,7 +199,8 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
                 scaled = total.float() / group_size
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             for k, v in scalar_terms(out).items():
-                step_terms[k] = step_terms.get(k, 0.0) + v / group_size
+                total_k, count_k = interval_terms.get(k, (0.0, 0))
+                interval_terms[k] = (total_k + v, count_k + 1)
             samples_since += batch_size_of(samples)  # this rank; summed over ranks when logged
             it += 1
             self.iter_in_epoch = it
@@ -207,19 +208,14 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             if not last_in_group:
                 continue
             stats = self._optimizer_step()
-            for k, v in step_terms.items():
-                total, steps = interval_terms.get(k, (0.0, 0))
-                interval_terms[k] = (total + v, steps + 1)
             if self.step % log_freq == 0 or it == n_iters:
                 now = time.time()
                 # the mean over the interval, as HF Trainer logs it: one step's value of a
                 # few-clip estimate (the vCLUB bound on 8 clips) is mostly noise
-                means = {k: total / steps for k, (total, steps) in interval_terms.items()}
-                self.last_train = self._log_train(means, stats, samples_since, now - t_log)
+                self.last_train = self._log_train(interval_terms, stats, samples_since, now - t_log)
                 t_log, samples_since = now, 0
                 interval_terms = {}
                 bar.set_postfix(loss=f"{self.last_train.get('loss', float('nan')):.4f}", lr=f"{stats['lr']:.2e}")
-            step_terms = {}
             end_of_epoch = it == n_iters
             if save_freq > 0 and self.step % save_freq == 0 and not (end_of_epoch and save_every_epoch):
                 self.save_checkpoint()
