@@ -9,6 +9,7 @@ from minigpt4.evaluation.faithfulness import (
     faithfulness_metrics,
     rationale_conclusion,
     rationale_consistent,
+    rationale_grounding,
 )
 from minigpt4.evaluation.metrics import metrics_from_records, summary_line
 
@@ -54,6 +55,20 @@ def test_rationale_conclusion_and_consistency():
     assert rationale_consistent('{"emotion": "happy"}', "happy", LABELS) is None
 
 
+def test_rationale_grounding_names_the_cues_spoken_of_without_evidence():
+    no_face = {"motion": "The body stays still.", "audio": "The voice is calm.", "text": "The words are plain."}
+    text = _report(no_face, "The voice is calm and the body is still. The face reads negative. "
+                            "The words agree with the face. Together these point to neutral.", "neutral")
+    assert rationale_grounding(text, no_face) == {"face": False, "voice": True, "body": True, "words": True}
+    # an au sentence backs the face as a visual one does; empty sentences back nothing
+    assert rationale_grounding(text, dict(no_face, au="AU04 is active."))["face"] is True
+    assert rationale_grounding(text, dict(no_face, visual="  "))["face"] is False
+    # a cue not spoken of is not judged; case and punctuation do not matter; no rationale: None
+    assert rationale_grounding(_report(no_face, "FACIAL cues: none. So, neutral.", "neutral"), {}) == {"face": False}
+    assert rationale_grounding(_report(no_face, "Together these point to neutral.", "neutral"), no_face) == {}
+    assert rationale_grounding('{"emotion": "happy"}', no_face) is None
+
+
 def _record(report, pred, evidence, weights=None):
     return {"video_id": pred, "gold_emotion": "happy", "pred_emotion": pred, "confidence": None, "format_ok": True,
             "report": report, "evidence": evidence, "modality_weights": weights}
@@ -72,6 +87,12 @@ def test_faithfulness_block_by_hand():
     assert f["per_section"] == {"Visual": 1.0, "Audio": pytest.approx(2 / 3), "Physiological": pytest.approx(2 / 3)}
     assert f["n_rationales"] == 3 and f["rationale_consistency"] == pytest.approx(2 / 3)
     assert f["absent_expert_sentences"] == 1  # clip 3 has an au sentence although au's weight is 0
+    # clip 4 speaks of the face and the voice while only the motion expert spoke
+    recs.append(_record(_report(EVIDENCE, "The face and the voice say happy."), "happy",
+                        {"motion": "The person barely moves."}, weights))
+    f = faithfulness_metrics(recs, LABELS)
+    assert f["rationale_grounding"] == pytest.approx(3 / 4)  # clips 1-3 speak of no cue, or of a backed one
+    assert f["ungrounded_cues"] == {"face": 1, "voice": 1, "body": 0, "words": 0}
     m = metrics_from_records(recs, LABELS)
-    assert m["faithfulness"] == f and "| faithful 0.7778 | rationale 0.6667" in summary_line(m)
+    assert m["faithfulness"] == f and "| faithful 0.7500 | rationale 0.7500 | grounded 0.7500" in summary_line(m)
     assert faithfulness_metrics([_record(None, "happy", {})], LABELS) is None

@@ -1,4 +1,5 @@
-"""Does a report say what its experts said, and does its reasoning reach its own label?
+"""Does a report say what its experts said, does its reasoning reach its own label, and does it
+speak only of what its experts saw?
 
 Definitions (README, "Outputs"), all on predictions.jsonl records:
 - **Evidence-line agreement**: a report has three evidence lines (`cot.EVIDENCE_SECTIONS`:
@@ -11,6 +12,11 @@ Definitions (README, "Outputs"), all on predictions.jsonl records:
 - **Rationale consistency**: the last sentence of the rationale (between `### Rationale` and
   `### Prediction`) names the predicted label (the label or one of its word forms,
   `LABEL_FORMS`) and no other label of the set. Over reports with a parsed prediction.
+- **Rationale grounding**: every cue the rationale speaks of (`RATIONALE_CUES`: the face, the
+  voice, the body, the words, each a set of cue words) is backed by a sentence of one of that
+  cue's experts in the record's `evidence`; "The face reads negative." over a clip whose
+  visual and au experts said nothing is ungrounded. The share of rationales with no ungrounded
+  cue, and per cue how many rationales spoke of it without its evidence.
 - **Absent-expert sentences**: sentences from experts whose modality weight is exactly 0
   (the expert was absent for the clip); must be 0.
 """
@@ -32,6 +38,14 @@ LABEL_FORMS: dict[str, tuple[str, ...]] = {
     "fear": ("fear", "fearful", "afraid"),
     "contempt": ("contempt", "contemptuous"),
     "doubt": ("doubt", "doubtful"),
+}
+# what a rationale can speak of -> (its cue words, the experts whose sentence backs it)
+RATIONALE_CUES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "face": (("face", "faces", "facial", "smile", "smiles", "smiling", "frown", "frowns", "frowning",
+              "brow", "brows", "eyes"), ("visual", "au")),
+    "voice": (("voice", "voices", "tone", "pitch", "vocal", "prosody", "speech"), ("audio",)),
+    "body": (("body", "posture", "gesture", "gestures", "gesturing", "movement", "movements"), ("motion",)),
+    "words": (("words", "transcript", "utterance"), ("text",)),
 }
 _NON_WORD = re.compile(r"[^0-9a-z]+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -63,16 +77,35 @@ def evidence_line_agreement(report: str, evidence: Mapping[str, str]) -> Optiona
     return out
 
 
-def rationale_conclusion(report: str) -> Optional[str]:
-    """The last sentence of the report's rationale, or None without a rationale section."""
+def rationale_text(report: str) -> Optional[str]:
+    """The report's rationale (between `### Rationale` and `### Prediction`), or None without one."""
     start = report.find("### Rationale")
     if start < 0:
         return None
     body = report[start + len("### Rationale"):]
     end = body.find("### Prediction")
-    body = (body if end < 0 else body[:end]).strip()
+    return (body if end < 0 else body[:end]).strip()
+
+
+def rationale_conclusion(report: str) -> Optional[str]:
+    """The last sentence of the report's rationale, or None without a rationale section."""
+    body = rationale_text(report)
+    if body is None:
+        return None
     sentences = [s for s in _SENTENCE_END.split(body) if s.strip()]
     return sentences[-1] if sentences else None
+
+
+def rationale_grounding(report: str, evidence: Mapping[str, Any]) -> Optional[dict[str, bool]]:
+    """Cue the rationale speaks of -> whether one of its experts has a sentence in `evidence`
+    (module docstring); None without a rationale."""
+    body = rationale_text(report)
+    if body is None:
+        return None
+    words = set(normalise(body).split())
+    spoke = {e for e, t in evidence.items() if isinstance(t, str) and t.strip()}
+    return {cue: bool(spoke & set(experts)) for cue, (cue_words, experts) in RATIONALE_CUES.items()
+            if words & set(cue_words)}
 
 
 def names_labels(text: str, label_names: Sequence[str]) -> set[str]:
@@ -97,7 +130,14 @@ def faithfulness_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequ
     per_section: dict[str, list[bool]] = {section: [] for section, _ in cot.EVIDENCE_SECTIONS}
     reports_without_lines = 0
     consistent: list[bool] = []
+    grounded: list[bool] = []
+    ungrounded = {cue: 0 for cue in RATIONALE_CUES}
     for r in with_report:
+        cues = rationale_grounding(r["report"], r.get("evidence") or {})
+        if cues is not None:
+            grounded.append(all(cues.values()))
+            for cue, ok in cues.items():
+                ungrounded[cue] += not ok
         agreement = evidence_line_agreement(r["report"], r.get("evidence") or {})
         if agreement is None:
             reports_without_lines += 1
@@ -117,5 +157,7 @@ def faithfulness_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequ
         "reports_without_evidence": reports_without_lines,
         "rationale_consistency": sum(consistent) / len(consistent) if consistent else None,
         "n_rationales": len(consistent),
+        "rationale_grounding": sum(grounded) / len(grounded) if grounded else None,
+        "ungrounded_cues": ungrounded,
         "absent_expert_sentences": absent,
     }
