@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from minigpt4.common import cot
 from minigpt4.common.modalities import AUDIO, AU, DEFAULT_EMOTIONS, EXPERT_ORDER, TEXT, VIDEO_PLACEHOLDER
 from minigpt4.common.registry import registry
-from minigpt4.models.hero.evidence_sources import NO_EVIDENCE_BRIEF
+from minigpt4.models.hero.evidence_sources import ABSENT_BRIEF, NO_EVIDENCE_BRIEF
 from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER
 
 DIMS = {"video_dim": 6, "audio_dim": 8, "au_dim": 5, "text_dim": 6, "visual_dim": 8}
@@ -349,19 +349,24 @@ def test_golden_brief_at_training_generated_at_inference(llm_dir, monkeypatch):
         silent = {n: NO_EVIDENCE_BRIEF for n in shown}  # untrained (motion, synergy) or nothing written
         # golden where annotated, generated for the other present (trained) experts
         trained = {n: s for n, s in generated[b].items() if n not in ("motion", "synergy")}
-        expected = {**silent, **trained, **golden}
+        absent = {n: ABSENT_BRIEF for e, n in enumerate(EXPERT_ORDER) if not present[b, e]}
+        expected = {**silent, **trained, **golden, **absent}
         assert set(generated[b]) <= shown
         assert len(brief_lines(turn)) == len(expected)
         assert all(f"[{n}] {s}" in turn for n, s in expected.items())
         assert turn.startswith(VIDEO_PLACEHOLDER) and turn.endswith(INSTRUCTION.replace(VIDEO_PLACEHOLDER, "").strip())
     assert "[audio] Laughs." in turns[0] and "[visual] Smiles." in turns[0]
-    assert "[audio]" not in turns[1] and "[text] I miss her." in turns[1] and "[au] AU15." in turns[1]
-    assert "[au]" not in turns[2] and BRIEF_HEADER in turns[2]  # no golden evidence: all generated
+    # an absent expert is said to be absent, after the present ones, never with its golden sentence
+    # (synergy reads audio and motion, so it is absent with the audio)
+    assert brief_lines(turns[1])[-2:] == [f"[audio] {ABSENT_BRIEF}", f"[synergy] {ABSENT_BRIEF}"]
+    assert "[text] I miss her." in turns[1] and "[au] AU15." in turns[1]
+    assert f"[au] {ABSENT_BRIEF}" in turns[2] and BRIEF_HEADER in turns[2]  # no golden evidence: all generated
     model.eval()
     results = model.generate(batch, max_new_tokens=2)
     for turn, res in zip(seen[-1], results):
         weights = res["modality_weights"]
         expected_order = sorted(res["evidence_source"], key=lambda n: (-weights[n], EXPERT_ORDER.index(n)))
+        expected_order += [n for n in EXPERT_ORDER if n not in res["evidence_source"]]  # absent, last
         assert [line.split("]")[0][1:] for line in brief_lines(turn)] == expected_order
         assert all(f"[{n}] {s}" in turn for n, s in res["evidence"].items())
         assert f"[motion] {NO_EVIDENCE_BRIEF}" in turn and "motion" not in res["evidence"]
@@ -379,7 +384,8 @@ def test_brief_sources_generated_and_none(llm_dir, monkeypatch):
     generated, sources = gen_model.expert_evidence(batch, output)
     assert any(generated)  # the decoder writes for present experts that had a target in training
     for turn, clip, src in zip(seen[-1], generated, sources):
-        shown = {**clip, **{n: NO_EVIDENCE_BRIEF for n, where in src.items() if where == "none"}}
+        shown = {**clip, **{n: NO_EVIDENCE_BRIEF for n, where in src.items() if where == "none"},
+                 **{n: ABSENT_BRIEF for n in EXPERT_ORDER if n not in src}}  # absent experts: no source
         assert len(brief_lines(turn)) == len(shown) and all(f"[{n}] {s}" in turn for n, s in shown.items())
         assert "Laughs." not in turn
         assert src.get("motion") == "none" and "motion" not in clip  # no clip annotates motion
@@ -619,13 +625,16 @@ def test_unreported_brief_lines_leave_out_what_the_given_section_carries(llm_dir
     full_train, full_gen = turns_of["all"]
     cut_train, cut_gen = turns_of["unreported"]
     tags = lambda turn: [line.split("]")[0][1:] for line in brief_lines(turn)]  # noqa: E731
+    # a reported expert's line goes, unless it says the expert is absent (the section cannot say so)
+    shown = lambda line: line.split("]")[0][1:] not in cot.REPORTED_EXPERTS or line.endswith(ABSENT_BRIEF)  # noqa: E731
     for b in range(3):
         assert tags(full_train[b])[0] == "fused" and set(tags(full_train[b])) & cot.REPORTED_EXPERTS
         reported_here = b < 2  # clip 2's target is a bare label: no section is given
-        kept = [t for t in tags(full_train[b]) if not reported_here or t not in cot.REPORTED_EXPERTS]
-        assert tags(cut_train[b]) == kept
-        assert tags(cut_gen[b]) == [t for t in tags(full_gen[b]) if t not in cot.REPORTED_EXPERTS]
+        kept = [line for line in brief_lines(full_train[b]) if not reported_here or shown(line)]
+        assert brief_lines(cut_train[b]) == kept
+        assert brief_lines(cut_gen[b]) == [line for line in brief_lines(full_gen[b]) if shown(line)]
         assert tags(cut_gen[b])[0] == "fused" and "synergy" in tags(cut_gen[b])
     assert tags(cut_train[2]) == tags(full_train[2])
+    assert f"[au] {ABSENT_BRIEF}" in brief_lines(cut_gen[2])  # clip 2 has no AUs
     with pytest.raises(Exception, match="brief_lines"):
         build(make_cfg(llm_dir, brief_lines="some"))

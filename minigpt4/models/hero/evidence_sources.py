@@ -25,6 +25,7 @@ from minigpt4.common.modalities import EXPERT_ORDER
 MEASURED, GENERATED, NONE = "measured", "generated", "none"
 DECISION_TAG = "fused"  # the brief line of the classification head's reading
 NO_EVIDENCE_BRIEF = "nothing was observed."  # the brief line of a present expert without a sentence
+ABSENT_BRIEF = "not in this clip."  # the brief line of an absent expert (its modality is missing)
 
 
 class EvidenceCoverage(nn.Module):
@@ -136,9 +137,13 @@ def clip_brief(sentences: Mapping[str, str], weights: Sequence[float], present: 
     then every present expert by modality weight (`order_brief`) except those in `skip` (the
     experts a given evidence section already carries). A present expert without a sentence (the
     decoder may not write for it, or wrote nothing, and nothing was measured) gets a line saying
-    nothing was observed, as its report line does."""
+    nothing was observed, as its report line does. Absent experts come last, each with a line
+    saying so, `skip` or not: a report line folds two experts (Audio = audio + text), so without
+    it a missing voice is only an absence the LLM would have to notice, and a rationale that
+    speaks of it is ungrounded (`faithfulness.rationale_grounding`)."""
     filled = {**dict.fromkeys(EXPERT_ORDER, NO_EVIDENCE_BRIEF), **sentences}  # order_brief keeps the present
     brief = [(name, text) for name, text in order_brief(filled, weights, present) if name not in skip]
+    brief += [(name, ABSENT_BRIEF) for e, name in enumerate(EXPERT_ORDER) if not present[e]]
     return brief if decision is None else [(DECISION_TAG, decision)] + brief
 
 
