@@ -133,12 +133,13 @@ def faithfulness_metrics(records: Sequence[Mapping[str, Any]], label_names: Sequ
     grounded: list[bool] = []
     ungrounded = {cue: 0 for cue in RATIONALE_CUES}
     for r in with_report:
-        cues = rationale_grounding(r["report"], r.get("evidence") or {})
+        evidence = r.get("evidence") or {}
+        cues = rationale_grounding(r["report"], evidence)
         if cues is not None:
             grounded.append(all(cues.values()))
             for cue, ok in cues.items():
                 ungrounded[cue] += not ok
-        agreement = evidence_line_agreement(r["report"], r.get("evidence") or {})
+        agreement = evidence_line_agreement(r["report"], evidence)
         if agreement is None:
             reports_without_lines += 1
         else:

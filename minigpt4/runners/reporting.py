@@ -1,5 +1,6 @@
 """What `RunnerBase` reports: the training record of a log interval (each term's mean over the
-batches of all ranks that had it, to the metric logger) and the end-of-run summary (returned, and printed by rank 0)."""
+batches of all ranks that had it, to the metric logger) and the end-of-run summary (returned,
+and printed by rank 0)."""
 from __future__ import annotations
 
 from pathlib import Path
