@@ -76,6 +76,8 @@ def test_short_schedule_learns(tmp_path: Path):
     metrics, log, _ = _job(tmp_path, "demo", "run.max_epoch=3", "run.init_lr=3e-3", "run.log_freq=5",
                            "run.val_max_new_tokens=160")
     assert metrics["format_compliance"] >= 0.95
+    # the reference printed beside the model's grounding: the demo annotates every cue it reasons with
+    assert metrics["faithfulness"]["rationale_grounding_annotated"] == 1.0
     train = [r for r in log if r.get("phase") == "train"]
     for key in ("loss_task", "loss_evidence", "loss_sccl", "loss_cls"):
         first, last = _first_last(train, key, n=4)

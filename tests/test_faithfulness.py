@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 
 from minigpt4.common import cot
+from minigpt4.datasets.annotations import Annotation
 from minigpt4.evaluation.faithfulness import (
+    annotated_rationale_grounding,
     evidence_line_agreement,
     faithfulness_metrics,
     rationale_conclusion,
@@ -96,3 +98,21 @@ def test_faithfulness_block_by_hand():
     m = metrics_from_records(recs, LABELS)
     assert m["faithfulness"] == f and "| faithful 0.7500 | rationale 0.7500 | grounded 0.7500" in summary_line(m)
     assert faithfulness_metrics([_record(None, "happy", {})], LABELS) is None
+
+
+def test_annotated_rationale_grounding_scores_the_annotations_against_their_own_evidence():
+    face_only = {"visual": "The face is smiling."}
+    records = [
+        Annotation("a", "test", "happy", evidence=face_only, reasoning="The face says happy."),      # grounded
+        Annotation("b", "test", "happy", evidence=face_only, reasoning="A bright voice: happy."),     # voice unannotated
+        Annotation("c", "test", "sad", evidence={}, reasoning="Taken together, sad."),               # speaks of no cue
+        Annotation("d", "test", "sad", evidence=face_only),                                          # no reasoning: not scored
+        Annotation("e", "test", "sad", evidence=EVIDENCE, reasoning="   "),                         # blank: not scored
+    ]
+    assert annotated_rationale_grounding(records) == pytest.approx(2 / 3)
+    assert annotated_rationale_grounding(records[3:]) is None
+    # shown beside the model's own grounding when the faithfulness block carries it
+    recs = [_record(_report(EVIDENCE, "The voice says happy."), "happy", EVIDENCE)]
+    m = metrics_from_records(recs, LABELS)
+    m["faithfulness"]["rationale_grounding_annotated"] = 2 / 3
+    assert "| grounded 1.0000 (annotations 0.6667)" in summary_line(m)

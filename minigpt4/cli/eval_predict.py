@@ -44,6 +44,13 @@ def build_eval_dataset(datasets: Mapping[str, Mapping[str, Any]],
     return dataset, ids, labels
 
 
+
+def split_annotations(dataset: Any) -> list[Any]:
+    """The annotation records behind an evaluation dataset (`build_eval_dataset`'s): one
+    dataset's or a concatenation's, in order; [] for a dataset without records (a stream)."""
+    parts = getattr(dataset, "datasets", None) or [dataset]
+    return [rec for ds in parts for rec in (getattr(ds, "annotations", None) or [])]
+
 def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Predictions of the classification head (softmax over `model.label_names`), one dict per clip.
 

@@ -36,10 +36,13 @@ def write_outputs(
     missing: Sequence[str],
     meta: Mapping[str, Any],
     t0: float,
+    grounding_reference: Optional[float] = None,
 ) -> dict[str, Any]:
     """Merge the ranks' records, score them, write predictions / metrics / plots; print the summary
     line, the evidence exact-match line (with golden evidence) and each collapse warning
-    (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed."""
+    (`WARNING: ...` on stderr, and logged), so a collapsed model cannot pass unnoticed.
+    `grounding_reference`: the split's annotated rationales' grounding
+    (`faithfulness.annotated_rationale_grounding`), kept in each faithfulness block."""
     from minigpt4.evaluation import records
     from minigpt4.evaluation.calibration import calibration_from_records
     from minigpt4.evaluation.temperature import uncalibrated
@@ -56,6 +59,8 @@ def write_outputs(
             dropped += n_drop
             suffix = "" if (cond == "missing" or not missing) else "_full"
             m = metrics_from_records(recs, labels, EXPERT_ORDER)
+            if m.get("faithfulness") is not None:  # the reference the model's grounding is read against
+                m["faithfulness"]["rationale_grounding_annotated"] = grounding_reference
             if meta.get("temperature"):  # the same clips as the head gave them, for the before/after
                 m["calibration_uncalibrated"] = calibration_from_records(
                     uncalibrated(recs, meta["temperature"]["temperature"]), labels)

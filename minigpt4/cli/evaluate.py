@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from minigpt4.cli.eval_predict import EvalError, build_eval_dataset, classify_batch, predict_shard
+from minigpt4.cli.eval_predict import EvalError, build_eval_dataset, classify_batch, predict_shard, split_annotations
 from minigpt4.cli.eval_report import is_eval_output, write_outputs
 from minigpt4.common import cot
 from minigpt4.common.atomic_io import check_replaceable_dir
@@ -121,6 +121,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
 
     from minigpt4.common import checkpoint as ckpt_api
     from minigpt4.common.dist_utils import barrier
+    from minigpt4.evaluation.faithfulness import annotated_rationale_grounding
     from minigpt4.evaluation.records import (
         default_out_dir, gather_records, iter_batches_with_progress, parse_modalities, run_dir_of)
     from minigpt4.evaluation.temperature import TemperatureFit, save_calibration
@@ -222,7 +223,8 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
             # the hero-finish-evidence decoder used for the evidence (its numbers), None: the checkpoint's own
             "evidence_finish": getattr(model, "evidence_finish", None),
             "content_probe": probe,  # --content_probe: the audio expert's content and emotion probes
-        }, t0)
+        }, t0, grounding_reference=None if args.use_cls_head
+            else annotated_rationale_grounding(split_annotations(dataset)))
     barrier()
     return result
 

@@ -16,14 +16,17 @@ Definitions (README, "Outputs"), all on predictions.jsonl records:
   voice, the body, the words, each a set of cue words) is backed by a sentence of one of that
   cue's experts in the record's `evidence`; "The face reads negative." over a clip whose
   visual and au experts said nothing is ungrounded. The share of rationales with no ungrounded
-  cue, and per cue how many rationales spoke of it without its evidence.
+  cue, and per cue how many rationales spoke of it without its evidence. Its reference is the
+  split's annotated rationales scored the same way against their annotated evidence
+  (`annotated_rationale_grounding`): a model trained on annotations that speak of unannotated
+  cues learns to speak of them too.
 - **Absent-expert sentences**: sentences from experts whose modality weight is exactly 0
   (the expert was absent for the clip); must be 0.
 """
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from minigpt4.common import cot
 
@@ -106,6 +109,25 @@ def rationale_grounding(report: str, evidence: Mapping[str, Any]) -> Optional[di
     spoke = {e for e, t in evidence.items() if isinstance(t, str) and t.strip()}
     return {cue: bool(spoke & set(experts)) for cue, (cue_words, experts) in RATIONALE_CUES.items()
             if words & set(cue_words)}
+
+
+def annotated_rationale_grounding(annotations: Iterable[Any]) -> Optional[float]:
+    """The share of annotated rationales that are grounded in their own annotated evidence.
+
+    `annotations`: records with `emotion`, `evidence` and `reasoning` attributes (the dataset's
+    `Annotation`s); each with a reasoning is formatted as its training target
+    (`cot.build_cot_target`) and scored like a report. None when no record has a reasoning.
+    """
+    grounded: list[bool] = []
+    for rec in annotations:
+        reasoning = getattr(rec, "reasoning", None)
+        if not (isinstance(reasoning, str) and reasoning.strip()):
+            continue
+        evidence = dict(getattr(rec, "evidence", None) or {})
+        cues = rationale_grounding(cot.build_cot_target(str(rec.emotion), evidence, reasoning), evidence)
+        if cues is not None:
+            grounded.append(all(cues.values()))
+    return sum(grounded) / len(grounded) if grounded else None
 
 
 def names_labels(text: str, label_names: Sequence[str]) -> set[str]:

@@ -382,8 +382,9 @@ def metric_drop(full: Mapping[str, Any], reduced: Mapping[str, Any],
 def summary_line(metrics: Mapping[str, Any]) -> str:
     """`accuracy 0.5000 | W-F1 0.4667 | UAR 0.5000 | format 0.8000 | majority 0.3000`, plus
     `| ECE 0.0400 | Brier 0.2100` where the predictions carry a confidence and `| faithful 0.9800 |
-    rationale 0.9900 | grounded 0.9500` where they carry reports (n/a where undefined;
-    `majority` is the majority-class baseline's accuracy)."""
+    rationale 0.9900 | grounded 0.9500 (annotations 0.9700)` where they carry reports (the
+    parenthesis: the split's annotated rationales, where the faithfulness block has them); n/a
+    where undefined; `majority` is the majority-class baseline's accuracy."""
     def fmt(v: Any) -> str:
         return "n/a" if v is None else f"{float(v):.4f}"
 
@@ -402,4 +403,6 @@ def summary_line(metrics: Mapping[str, Any]) -> str:
         line += (f" | faithful {fmt(faith.get('evidence_line_agreement'))}"
                  f" | rationale {fmt(faith.get('rationale_consistency'))}"
                  f" | grounded {fmt(faith.get('rationale_grounding'))}")
+        if faith.get("rationale_grounding_annotated") is not None:
+            line += f" (annotations {fmt(faith['rationale_grounding_annotated'])})"
     return line
