@@ -16,6 +16,13 @@ class EvalError(RuntimeError):
     """An evaluation that cannot run as asked; the message says what to change."""
 
 
+def split_annotations(dataset: Any) -> list[Any]:
+    """The annotation records behind an evaluation dataset (`build_eval_dataset`'s): one
+    dataset's or a concatenation's, in order; [] for a dataset without records (a stream)."""
+    parts = getattr(dataset, "datasets", None) or [dataset]
+    return [rec for ds in parts for rec in (getattr(ds, "annotations", None) or [])]
+
+
 def build_eval_dataset(datasets: Mapping[str, Mapping[str, Any]],
                        split: str) -> tuple[Any, Optional[list[str]], list[str]]:
     """(dataset of `split`, its video_ids in order or None for streams, its label names).
@@ -37,19 +44,12 @@ def build_eval_dataset(datasets: Mapping[str, Mapping[str, Any]],
         if len(parts) > 1:
             raise EvalError(f"split {split!r} comes from several datasets and one streams; evaluate them one at a time")
         return parts[0], None, labels
-    ids = [str(rec.video_id) for ds in parts for rec in getattr(ds, "annotations", [])]
     dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+    ids = [str(rec.video_id) for rec in split_annotations(dataset)]
     if len(ids) != len(dataset):
         ids = None  # a dataset without annotation records: only duplicates can be checked
     return dataset, ids, labels
 
-
-
-def split_annotations(dataset: Any) -> list[Any]:
-    """The annotation records behind an evaluation dataset (`build_eval_dataset`'s): one
-    dataset's or a concatenation's, in order; [] for a dataset without records (a stream)."""
-    parts = getattr(dataset, "datasets", None) or [dataset]
-    return [rec for ds in parts for rec in (getattr(ds, "annotations", None) or [])]
 
 def classify_batch(model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Predictions of the classification head (softmax over `model.label_names`), one dict per clip.
