@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Write the demo's small causal LM + the real SmolLM2 chat tokenizer into a folder.
 
-Usage: python scripts/make_tiny_llm.py --out demo/tiny_llm [--hidden 128 --layers 2] [--real]
+Usage: python scripts/make_tiny_llm.py --out demo/tiny_llm [--hidden 128 --layers 2] [--real [--layers N]]
 (the code is `minigpt4/common/tiny_llm.py`).
 """
 import sys

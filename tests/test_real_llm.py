@@ -70,3 +70,24 @@ def test_hero_smollm2_recipe_trains_lora_on_attention_only_and_generates(smollm2
     with torch.no_grad():
         reports = model.generate(make_batch(n=2), max_new_tokens=12)
     assert len(reports) == 2 and all(r["report"].strip() for r in reports)
+
+
+def test_real_trunk_keeps_the_first_layers_of_the_pretrained_model(smollm2_dir, tmp_path):
+    """`--real --layers N`: the pretrained model's first N layers, embeddings, final norm and tokenizer,
+    bit for bit (the shallow LLM a joint CPU run trains through before the full model takes over)."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from minigpt4.common.tiny_llm import main
+
+    trunk_dir = tmp_path / "trunk"
+    assert main(["--real", "--layers", "2", "--out", str(trunk_dir)]) == 0
+    trunk = AutoModelForCausalLM.from_pretrained(trunk_dir)
+    assert trunk.config.num_hidden_layers == 2 and trunk.config.hidden_size == 576
+    full = load_file(str(next(smollm2_dir.glob("*.safetensors"))))
+    mine = load_file(str(next(trunk_dir.glob("*.safetensors"))))
+    assert any(".layers.1." in k for k in mine) and not any(".layers.2." in k for k in mine)
+    assert mine and all(torch.equal(v, full[k]) for k, v in mine.items())
+    assert AutoTokenizer.from_pretrained(trunk_dir).get_vocab() == AutoTokenizer.from_pretrained(smollm2_dir).get_vocab()
+    with pytest.raises(ValueError, match="1 <= N <= 30"):
+        main(["--real", "--layers", "31", "--out", str(tmp_path / "too_deep")])

@@ -157,6 +157,42 @@ def test_init_from_refuses_an_incompatible_run_naming_the_file_and_keys(llm_dir,
     assert all(torch.equal(p, before[n]) for n, p in stage2.named_parameters())  # nothing half-loaded
 
 
+def test_init_from_another_llm_with_the_same_tokenizer_loads_what_fits(llm_dir, tmp_path):
+    """A joint run through a 1-layer trunk seeds a 2-layer LLM of the same width and tokenizer: the evidence
+    stack loads, the trunk's LoRA does not (it adapted another network); another tokenizer is refused."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from minigpt4.common.tiny_llm import make_tiny_llm
+
+    trunk = make_tiny_llm(tmp_path / "trunk", hidden_size=64, num_layers=1, num_heads=4, intermediate_size=128, seed=0)
+    stage1_cfg = make_cfg(trunk, lambda_cls=1.0)
+    stage1 = build(stage1_cfg, seed=1)
+    one_step(stage1)
+    save_run(tmp_path / "stage1", stage1, stage1_cfg)
+    stage2_cfg = make_cfg(llm_dir, lambda_cls=1.0, init_from=str(tmp_path / "stage1"), freeze_experts=True)
+    stage2 = build(stage2_cfg, seed=2)
+    lora_before = {n: p.detach().clone() for n, p in stage2.named_parameters() if "lora_" in n}
+    report = apply_init_from(stage2, OmegaConf.create({"model": stage2_cfg}))
+    mine, theirs = dict(stage2.named_parameters()), dict(stage1.named_parameters())
+    stack = [n for n in theirs if n.startswith("evidence_stack.") and theirs[n].requires_grad]
+    assert stack and all(torch.equal(mine[n], theirs[n]) for n in stack)
+    trunk_lora = [n for n in theirs if ".layers.0." in n and ".lora_B." in n]
+    assert trunk_lora and not all(torch.equal(mine[n], theirs[n]) for n in trunk_lora)  # B moved in stage 1
+    assert lora_before and all(torch.equal(mine[n], p) for n, p in lora_before.items())
+    assert "reasoner" not in report.loaded and report.kept.get("reasoner") == len(lora_before)
+
+    other = tmp_path / "other_tokenizer"
+    shutil.copytree(llm_dir, other)
+    tok = AutoTokenizer.from_pretrained(other)
+    tok.add_tokens(["<not_in_the_trunk>"])
+    tok.save_pretrained(other)
+    refused = make_cfg(other, lambda_cls=1.0, init_from=str(tmp_path / "stage1"))
+    with pytest.raises(InitFromError, match="tokenizer differs"):
+        apply_init_from(build(stage2_cfg, seed=3), OmegaConf.create({"model": refused}))
+
+
 def test_only_a_fresh_run_applies_init_from(tmp_path):
     from minigpt4.runners.runner_base import RunnerBase
 

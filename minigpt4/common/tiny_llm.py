@@ -9,7 +9,7 @@ config of a few million parameters, random-initialised from a fixed seed.
 dequantised to float32) into a safetensors folder: a real chat LLM that works offline, too
 slow for the 15-minute CPU demo but right for trying the pipeline on a real model.
 
-Command line: `python scripts/make_tiny_llm.py --out demo/tiny_llm [--hidden 128 --layers 2] [--real]`
+Command line: `python scripts/make_tiny_llm.py --out demo/tiny_llm [--hidden 128 --layers 2] [--real [--layers N]]`
 (`main` below); tests and benchmarks call `make_tiny_llm` directly.
 """
 from __future__ import annotations
@@ -115,8 +115,12 @@ def make_tiny_llm(
     return _write_atomically(Path(out_dir), save)
 
 
-def convert_smollm2(out_dir: str | os.PathLike) -> Path:
-    """Dequantise the packaged SmolLM2-135M-Instruct once into a fast-loading safetensors folder."""
+def convert_smollm2(out_dir: str | os.PathLike, num_layers: int | None = None) -> Path:
+    """Dequantise the packaged SmolLM2-135M-Instruct once into a fast-loading safetensors folder.
+
+    `num_layers` keeps only its first N decoder layers (with its embeddings, final norm and tied
+    head): a shallow trunk of the same width and tokenizer, cheap enough for a joint CPU run whose
+    weights the full model then starts from (README "A real pretrained LLM on a CPU")."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -125,9 +129,20 @@ def convert_smollm2(out_dir: str | os.PathLike) -> Path:
     # dequantised weights into a plain model built from the same config, and save that one.
     config = AutoConfig.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     quantised = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantised.state_dict(), strict=True)
+    state = quantised.state_dict()
     del quantised
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise ValueError(f"--layers with --real keeps the first N of SmolLM2's {config.num_hidden_layers} "
+                             f"layers: 1 <= N <= {config.num_hidden_layers}, got {num_layers}")
+        cut = [f"model.layers.{i}." for i in range(num_layers, config.num_hidden_layers)]
+        state = {k: v for k, v in state.items() if not any(k.startswith(c) for c in cut)}
+        config.num_hidden_layers = num_layers
+        if getattr(config, "layer_types", None):
+            config.layer_types = list(config.layer_types)[:num_layers]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(state, strict=True)
+    del state
     tok = load_smollm2_tokenizer()
 
     def save(tmp: Path) -> None:
@@ -141,7 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo/tiny_llm", help="output folder (a model folder there is replaced; a folder with other files is refused)")
     p.add_argument("--hidden", type=int, default=128)
-    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--layers", type=int, default=None,
+                   help="decoder layers: 2 by default; with --real, keep the pretrained model's first N (all by default)")
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--intermediate", type=int, default=384)
     p.add_argument("--seed", type=int, default=0)
@@ -150,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--real", action="store_true", help="convert the pretrained SmolLM2-135M-Instruct instead")
     args = p.parse_args(argv)
     if args.real:
-        out = convert_smollm2(args.out)
+        out = convert_smollm2(args.out, args.layers)
     else:
-        out = make_tiny_llm(args.out, args.hidden, args.layers, args.heads, args.intermediate, seed=args.seed,
+        layers = 2 if args.layers is None else args.layers
+        out = make_tiny_llm(args.out, args.hidden, layers, args.heads, args.intermediate, seed=args.seed,
                             logit_scale=args.logit_scale)
     print(f"wrote {out}")
     return 0

@@ -35,9 +35,13 @@ ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset({
     "num_qformer_layers", "num_output_queries", "ffn_ratio", "temporal_position", "frame_encoder_layers", "frame_contrast",
     "include_synergy", "integration_strategy", "label_names", "num_classes", "sccl_dim", "stmil.hidden_dim",
     "evidence_max_len", "evidence_decoder.embed_dim", "evidence_decoder.num_layers", "evidence_decoder.num_heads",
-    "evidence_decoder.max_len", "evidence_decoder.condition_on_readout", "evidence_decoder.bank_size", "llm.path",
+    "evidence_decoder.max_len", "evidence_decoder.condition_on_readout", "evidence_decoder.bank_size",
 })
+# `model.llm.path` may differ when both LLMs share the tokenizer (`check_same_tokenizer`); their width shows
+# in the tensors' shapes, and the other LLM's adapters are not loaded: a shallow trunk of the LLM trains the
+# joint run whose evidence stack the full LLM then starts from
 _SHOWN = 8  # offending keys named in an error
+LLM_PREFIX = "reasoner."  # the LLM's tensors (its LoRA adapters) in a checkpoint
 
 
 class InitFromError(ConfigError):
@@ -99,6 +103,53 @@ def check_compatible(file: Path, cfg: Any) -> None:
     if diff:
         raise InitFromError(f"model.init_from: {file} was trained with an incompatible model config ({saved}): "
                             f"{_listed(diff)}; start from a run with the same model keys, or drop model.init_from")
+    check_same_tokenizer(saved, cfg)
+
+
+def other_llm(file: Path, cfg: Any) -> bool:
+    """Whether the run behind `file` trained another `model.llm.path` than `cfg` names (False without its
+    config.yaml: the tensors' names and shapes decide)."""
+    from omegaconf import OmegaConf
+
+    from minigpt4.evaluation.records import run_dir_of
+
+    saved = run_dir_of(file) / "config.yaml"
+    return saved.is_file() and _llm_path(OmegaConf.load(saved)) != _llm_path(cfg)
+
+
+def _llm_path(cfg: Any) -> Optional[str]:
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    llm = model.get("llm") if model is not None and hasattr(model, "get") else None
+    value = llm.get("path") if llm is not None and hasattr(llm, "get") else None
+    return str(value) if value else None
+
+
+def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> None:
+    """A run trained with another `model.llm.path` may seed this one only when both LLMs share the
+    tokenizer: the evidence decoder's vocabulary, the prompts and the sentence embeddings index it.
+    Why another LLM at all: a joint run through a shallow trunk of the LLM costs a fraction of one
+    through the full model, which then starts from its weights (README "A real pretrained LLM")."""
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+
+    before, now = _llm_path(OmegaConf.load(saved_yaml)), _llm_path(cfg)
+    if before is None or now is None or before == now:
+        return
+    vocabs = {}
+    for path in (before, now):
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError) as exc:
+            raise InitFromError(f"model.init_from: {saved_yaml} was trained with model.llm.path={before!r}, this "
+                                f"config uses {now!r}; the tokenizer of {path!r} cannot be read to compare them "
+                                f"({exc})") from None
+        vocabs[path] = (tok.get_vocab(), tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    if vocabs[before] != vocabs[now]:
+        raise InitFromError(f"model.init_from: {saved_yaml} was trained with model.llm.path={before!r}, whose "
+                            f"tokenizer differs from that of {now!r} (this config): start from a run with the same "
+                            "tokenizer, or drop model.init_from")
+    logger.info("model.init_from: trained with model.llm.path=%r, this run uses %r (same tokenizer); its tensors "
+                "load where names and shapes fit", before, now)
 
 
 def read_state(file: Path) -> dict[str, torch.Tensor]:
@@ -132,7 +183,13 @@ def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:
         return None
     file = resolve_source(source)
     check_compatible(file, cfg)
-    report = load_subset(model, read_state(file), file)
+    state = read_state(file)
+    if other_llm(file, cfg):  # its LoRA adapted another network: this LLM's adapters start fresh
+        skipped = [k for k in state if k.startswith(LLM_PREFIX)]
+        state = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
+        logger.info("model.init_from: %d tensors of the other LLM's adapters not loaded (%s)", len(skipped),
+                    _listed(skipped) if skipped else "none")
+    report = load_subset(model, state, file)
     logger.info("model.init_from: loaded %d tensors from %s (%s); trainable tensors not in it, at their initial "
                 "values: %s", report.n_loaded, file, ", ".join(f"{k} {v}" for k, v in sorted(report.loaded.items())),
                 ", ".join(f"{k} {v}" for k, v in sorted(report.kept.items())) or "none")
