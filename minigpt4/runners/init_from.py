@@ -88,9 +88,10 @@ def resolve_source(source: str) -> Path:
     return found if found.is_file() else found / ckpt.MODEL_FILE
 
 
-def check_compatible(file: Path, cfg: Any) -> None:
+def check_compatible(file: Path, cfg: Any) -> bool:
     """Refuse a file whose run's config.yaml differs from `cfg` in `ARCHITECTURE_MODEL_KEYS`; without a
-    config.yaml (an exported weights file) only the tensors' names and shapes are checked."""
+    config.yaml (an exported weights file) only the tensors' names and shapes are checked. Returns whether
+    the run trained another `model.llm.path` (with the same tokenizer): its LLM tensors are then not loaded."""
     from minigpt4.evaluation.records import run_dir_of
     from minigpt4.runners.components import typed_model_diff
 
@@ -98,23 +99,12 @@ def check_compatible(file: Path, cfg: Any) -> None:
     if not saved.is_file():
         logger.warning("model.init_from: no config.yaml in %s; checking %s by tensor names and shapes only",
                        saved.parent, file)
-        return
+        return False
     diff = typed_model_diff(saved, cfg, only=ARCHITECTURE_MODEL_KEYS)
     if diff:
         raise InitFromError(f"model.init_from: {file} was trained with an incompatible model config ({saved}): "
                             f"{_listed(diff)}; start from a run with the same model keys, or drop model.init_from")
-    check_same_tokenizer(saved, cfg)
-
-
-def other_llm(file: Path, cfg: Any) -> bool:
-    """Whether the run behind `file` trained another `model.llm.path` than `cfg` names (False without its
-    config.yaml: the tensors' names and shapes decide)."""
-    from omegaconf import OmegaConf
-
-    from minigpt4.evaluation.records import run_dir_of
-
-    saved = run_dir_of(file) / "config.yaml"
-    return saved.is_file() and _llm_path(OmegaConf.load(saved)) != _llm_path(cfg)
+    return check_same_tokenizer(saved, cfg)
 
 
 def _llm_path(cfg: Any) -> Optional[str]:
@@ -124,9 +114,10 @@ def _llm_path(cfg: Any) -> Optional[str]:
     return str(value) if value else None
 
 
-def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> None:
+def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> bool:
     """A run trained with another `model.llm.path` may seed this one only when both LLMs share the
     tokenizer: the evidence decoder's vocabulary, the prompts and the sentence embeddings index it.
+    Returns whether the paths differ (the tokenizers then compared equal).
     Why another LLM at all: a joint run through a shallow trunk of the LLM costs a fraction of one
     through the full model, which then starts from its weights (README "A real pretrained LLM")."""
     from omegaconf import OmegaConf
@@ -134,7 +125,7 @@ def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> None:
 
     before, now = _llm_path(OmegaConf.load(saved_yaml)), _llm_path(cfg)
     if before is None or now is None or before == now:
-        return
+        return False
     vocabs = {}
     for path in (before, now):
         try:
@@ -148,8 +139,9 @@ def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> None:
         raise InitFromError(f"model.init_from: {saved_yaml} was trained with model.llm.path={before!r}, whose "
                             f"tokenizer differs from that of {now!r} (this config): start from a run with the same "
                             "tokenizer, or drop model.init_from")
-    logger.info("model.init_from: trained with model.llm.path=%r, this run uses %r (same tokenizer); its tensors "
-                "load where names and shapes fit", before, now)
+    logger.info("model.init_from: trained with model.llm.path=%r, this run uses %r (same tokenizer); its "
+                "evidence stack loads, that LLM's adapters do not", before, now)
+    return True
 
 
 def read_state(file: Path) -> dict[str, torch.Tensor]:
@@ -182,9 +174,9 @@ def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:
     if source is None:
         return None
     file = resolve_source(source)
-    check_compatible(file, cfg)
+    other_llm = check_compatible(file, cfg)
     state = read_state(file)
-    if other_llm(file, cfg):  # its LoRA adapted another network: this LLM's adapters start fresh
+    if other_llm:  # its LoRA adapted another network: this LLM's adapters start fresh
         skipped = [k for k in state if k.startswith(LLM_PREFIX)]
         state = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
         logger.info("model.init_from: %d tensors of the other LLM's adapters not loaded (%s)", len(skipped),
