@@ -109,6 +109,26 @@ def test_freeze_experts_freezes_exactly_the_experts_and_checkpoints_them(llm_dir
     assert expert_names and set(expert_names) <= set(state)
 
 
+def test_freeze_evidence_stack_trains_only_lora_and_checkpoints_the_stack(llm_dir):
+    """Only the LLM's adapters (and the vCLUB q-network, which only measures) train; every evidence-stack
+    weight stays as loaded and still goes into the checkpoint."""
+    model = build(make_cfg(llm_dir, lambda_cls=1.0, init_from="runs/trunk", freeze_evidence_stack=True))
+    estimator = {id(p) for p in model.evidence_stack.estimator_parameters()}
+    names = dict(model.named_parameters())
+    trainable = {n for n, p in names.items() if p.requires_grad}
+    lora = {n for n in names if "lora_" in n}
+    assert lora and trainable == lora | {n for n, p in names.items() if id(p) in estimator}
+    stack = {n: p.detach().clone() for n, p in names.items()
+             if n.startswith("evidence_stack.") and id(p) not in estimator}
+    lora_before = {n: names[n].detach().clone() for n in lora}
+    one_step(model)
+    assert all(torch.equal(names[n], v) for n, v in stack.items())
+    assert any(not torch.equal(names[n], v) for n, v in lora_before.items())
+    assert set(stack) <= set(ckpt.trainable_state_dict(model))
+    with pytest.raises(ConfigError, match="model.freeze_evidence_stack .* set model.init_from"):
+        model_config(make_cfg(llm_dir, freeze_evidence_stack=True))
+
+
 def test_init_from_loads_the_stage1_weights_exactly(llm_dir, tmp_path, caplog):
     stage1_cfg = observation_cfg(llm_dir)
     stage1 = build(stage1_cfg, seed=1)

@@ -287,6 +287,7 @@ class ModelConfig:
     train_stage: str = "joint"  # joint | observation (the evidence stack alone, no LLM run: README "Staged training")
     init_from: Optional[str] = None  # checkpoint or run folder whose weights a fresh training run starts from
     freeze_experts: bool = False  # the five modality experts and the synergy expert stay as init_from left them
+    freeze_evidence_stack: bool = False  # the whole evidence stack stays as init_from left it: only the LLM's LoRA trains
 
     def check(self) -> None:
         _positive(self, "model", ("visual_dim", "video_dim", "audio_dim", "au_dim", "text_dim", "hidden_dim",
@@ -346,9 +347,10 @@ class ModelConfig:
             raise ConfigError(f"model.evidence_max_len must be <= model.evidence_decoder.max_len - 1 = "
                               f"{self.evidence_decoder.max_len - 1} (room for EOS), got {self.evidence_max_len}")
         _one_of(self, "model", "train_stage", TRAIN_STAGES)
-        if self.freeze_experts and (self.train_stage != "joint" or not self.init_from):
-            raise ConfigError("model.freeze_experts keeps the experts at the weights model.init_from loads, in "
-                              "reasoning tuning: set model.init_from (and model.train_stage: joint)")
+        for key in ("freeze_experts", "freeze_evidence_stack"):
+            if getattr(self, key) and (self.train_stage != "joint" or not self.init_from):
+                raise ConfigError(f"model.{key} keeps weights at what model.init_from loads, in "
+                                  "reasoning tuning: set model.init_from (and model.train_stage: joint)")
 
 
 # arch -> schema of its `model` section; an arch not listed here keeps free-form keys

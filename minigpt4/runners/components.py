@@ -164,7 +164,7 @@ def model_cfg_diff(saved_yaml: Path, cfg: Any) -> list[str]:
 
 
 # model keys that say how a training run started (README "Staged training"), not what its weights compute
-TRAINING_MODEL_KEYS: frozenset[str] = frozenset({"init_from", "freeze_experts"})
+TRAINING_MODEL_KEYS: frozenset[str] = frozenset({"init_from", "freeze_experts", "freeze_evidence_stack"})
 
 
 class ConfigDriftError(ValueError):

@@ -72,6 +72,7 @@ class HEROModel(nn.Module):
         self.coverage = sources_.EvidenceCoverage()
         self.stmil_lr: Optional[float] = c.stmil.lr
         self.train_stage, self.freeze_experts = c.train_stage, c.freeze_experts  # `training_stage` module
+        self.freeze_evidence_stack = c.freeze_evidence_stack
         reasoner_cfg = ReasonerConfig.from_model_cfg(c)
 
         self.reasoner = LLMReasoner(reasoner_cfg)
@@ -96,7 +97,7 @@ class HEROModel(nn.Module):
         if not 1 <= self.evidence_max_len <= decoder_max - 1:
             raise ValueError(f"model.evidence_max_len must be in [1, model.evidence_decoder.max_len - 1 = "
                              f"{decoder_max - 1}] (room for EOS), got {self.evidence_max_len}")
-        stages.apply_stage(self, self.train_stage, self.freeze_experts)
+        stages.apply_stage(self, self.train_stage, self.freeze_experts, self.freeze_evidence_stack)
 
     @classmethod
     def from_config(cls, cfg_model: Any) -> "HEROModel":
@@ -113,7 +114,7 @@ class HEROModel(nn.Module):
         for part in ("content_eraser", "readout"):  # fitted in closed form from the training split
             fitted = getattr(self.evidence_stack, part)
             names += [f"evidence_stack.{part}.{n}" for n, _ in fitted.named_buffers()] if fitted is not None else []
-        return names + stages.frozen_expert_names(self, self.freeze_experts)
+        return names + stages.frozen_parameter_names(self, self.freeze_experts, self.freeze_evidence_stack)
 
     @property
     def can_generate(self) -> bool:

@@ -10,8 +10,12 @@
   clips, which `run.best_metric: auto` then selects.
 
 `model.freeze_experts` (reasoning tuning started from `model.init_from`) freezes the five modality
-experts and the synergy expert; their weights still go into every checkpoint (as state the model
-names, like its buffers), so an evaluation of the run reads the experts it trained with.
+experts and the synergy expert; `model.freeze_evidence_stack` freezes the whole evidence stack
+(experts, integration, evidence decoder, heads, the projection into the LLM), so only the LLM's
+LoRA trains and the class decision stays the one `init_from`'s run validated; the vCLUB
+q-network keeps its own optimiser (it only measures, and keeps up with the fixed representations).
+Frozen weights still go into every checkpoint (as state the model names, like its buffers), so an
+evaluation of the run reads the weights it trained with.
 """
 from __future__ import annotations
 
@@ -30,24 +34,32 @@ def expert_modules(stack: nn.Module) -> list[nn.Module]:
     return list(stack.experts) + ([stack.synergy] if getattr(stack, "synergy", None) is not None else [])
 
 
-def apply_stage(model: nn.Module, train_stage: str, freeze_experts: bool) -> None:
+def frozen_parameters(stack: nn.Module, freeze_experts: bool, freeze_evidence_stack: bool) -> list[nn.Parameter]:
+    """The evidence-stack parameters reasoning tuning keeps at `init_from`'s weights."""
+    if freeze_evidence_stack:
+        estimator = {id(p) for p in stack.estimator_parameters()}
+        return [p for p in stack.parameters() if id(p) not in estimator]
+    if freeze_experts:
+        return [p for m in expert_modules(stack) for p in m.parameters()]
+    return []
+
+
+def apply_stage(model: nn.Module, train_stage: str, freeze_experts: bool, freeze_evidence_stack: bool = False) -> None:
     """Freeze what the stage does not train: the whole LLM in observation pre-training (it is not run),
-    the experts with `freeze_experts`. Everything else keeps the `requires_grad` it was built with."""
+    the experts with `freeze_experts`, the evidence stack with `freeze_evidence_stack`. Everything else
+    keeps the `requires_grad` it was built with."""
     if train_stage == OBSERVATION:
         if not any(model.evidence_stack.lambdas.get(k, 0.0) > 0 for k in AUX_TERMS):
             raise ValueError("model.train_stage: observation trains on the auxiliary losses alone; set one of "
                              + ", ".join(f"model.lambda_{k}" for k in AUX_TERMS) + " > 0")
         model.reasoner.requires_grad_(False)
-    if freeze_experts:
-        for module in expert_modules(model.evidence_stack):
-            module.requires_grad_(False)
+    for p in frozen_parameters(model.evidence_stack, freeze_experts, freeze_evidence_stack):
+        p.requires_grad_(False)
 
 
-def frozen_expert_names(model: nn.Module, freeze_experts: bool) -> list[str]:
-    """Parameter names of the frozen experts (checkpointed although no gradient reaches them); [] otherwise."""
-    if not freeze_experts:
-        return []
-    frozen = {id(p) for m in expert_modules(model.evidence_stack) for p in m.parameters()}
+def frozen_parameter_names(model: nn.Module, freeze_experts: bool, freeze_evidence_stack: bool = False) -> list[str]:
+    """Names of the frozen evidence-stack parameters (checkpointed although no gradient reaches them)."""
+    frozen = {id(p) for p in frozen_parameters(model.evidence_stack, freeze_experts, freeze_evidence_stack)}
     return [name for name, p in model.named_parameters() if id(p) in frozen]
 
 
