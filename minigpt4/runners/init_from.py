@@ -71,11 +71,17 @@ def part_of(name: str) -> str:
     return ".".join(parts[:2]) if parts[0] == "evidence_stack" and len(parts) > 2 else parts[0]
 
 
+def _model_value(cfg: Any, *keys: str) -> Optional[str]:
+    """`model.<keys>` of a run config as a string, or None when unset (also when a section on the way is missing)."""
+    node = cfg
+    for key in ("model", *keys):
+        node = node.get(key) if hasattr(node, "get") else None
+    return str(node) if node else None
+
+
 def init_source(cfg: Any) -> Optional[str]:
     """`model.init_from` of a run config, or None (also for a model section without the key)."""
-    model = cfg.get("model") if hasattr(cfg, "get") else None
-    value = model.get("init_from") if model is not None and hasattr(model, "get") else None
-    return str(value) if value else None
+    return _model_value(cfg, "init_from")
 
 
 def resolve_source(source: str) -> Path:
@@ -107,13 +113,6 @@ def check_compatible(file: Path, cfg: Any) -> bool:
     return check_same_tokenizer(saved, cfg)
 
 
-def _llm_path(cfg: Any) -> Optional[str]:
-    model = cfg.get("model") if hasattr(cfg, "get") else None
-    llm = model.get("llm") if model is not None and hasattr(model, "get") else None
-    value = llm.get("path") if llm is not None and hasattr(llm, "get") else None
-    return str(value) if value else None
-
-
 def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> bool:
     """A run trained with another `model.llm.path` may seed this one only when both LLMs share the
     tokenizer: the evidence decoder's vocabulary, the prompts and the sentence embeddings index it.
@@ -123,7 +122,7 @@ def check_same_tokenizer(saved_yaml: Path, cfg: Any) -> bool:
     from omegaconf import OmegaConf
     from transformers import AutoTokenizer
 
-    before, now = _llm_path(OmegaConf.load(saved_yaml)), _llm_path(cfg)
+    before, now = _model_value(OmegaConf.load(saved_yaml), "llm", "path"), _model_value(cfg, "llm", "path")
     if before is None or now is None or before == now:
         return False
     vocabs = {}
