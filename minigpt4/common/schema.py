@@ -35,7 +35,7 @@ BRIEF_SOURCES: tuple[str, ...] = ("generated", "golden", "none")
 REPORT_EVIDENCE: tuple[str, ...] = ("experts", "llm")
 BRIEF_LINES: tuple[str, ...] = ("all", "unreported")
 DECISIONS: tuple[str, ...] = ("head", "head_and_experts", "refit")  # model.decision (models/hero/decision_fusion.py)
-DECODING_MODES: tuple[str, ...] = ("greedy", "bank")  # model.evidence_decoder.decoding
+DECODING_MODES: tuple[str, ...] = ("greedy", "bank", "readout")  # model.evidence_decoder.decoding
 STMIL_MODES: tuple[str, ...] = ("conditional", "unconditional")  # model.stmil.mode
 STMIL_OBJECTIVES: tuple[str, ...] = ("covariance", "vclub")  # model.stmil.objective
 # model keys that choose how a trained model is asked, not what its weights compute: an eval may
@@ -194,15 +194,18 @@ class EvidenceDecoderConfig:
     dropout: Optional[float] = None  # null: model.dropout
     condition_on_readout: bool = False  # also read the expert's own emotion read-out (needs lambda_expert_cls > 0)
     # greedy: free-running | bank: the likeliest of the expert's recorded training sentences
-    # (minigpt4/models/hero/evidence_bank.py); an inference choice, recorded at training either way
+    # (minigpt4/models/hero/evidence_bank.py) | readout: the recorded sentence a linear read-out of
+    # the expert's summary ranks first (evidence_readout.py); an inference choice, both fitted either way
     decoding: str = "greedy"
     bank_size: int = 64  # distinct annotated sentences kept per expert; more: that expert decodes greedily
+    readout_c: float = 0.1  # inverse ridge strength (scikit-learn's C) of the evidence read-out
     # the output layer scores only the tokens the decoder was taught, up to this many (more:
     # the full vocabulary from then on); 0: always the full vocabulary (evidence_vocab.py)
     output_vocab_size: int = 4096
 
     def check(self) -> None:
-        _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len", "bank_size"))
+        _positive(self, "model.evidence_decoder", ("embed_dim", "num_layers", "num_heads", "max_len", "bank_size",
+                                                   "readout_c"))
         if self.output_vocab_size < 0:
             raise ConfigError(f"model.evidence_decoder.output_vocab_size must be >= 0 (0: the full vocabulary), "
                               f"got {self.output_vocab_size}")

@@ -86,6 +86,31 @@ class EvidenceBank(nn.Module):
         mask = (torch.arange(width, device=ids.device)[None] < lengths[:, None]).long()
         return ids, mask
 
+    @torch.no_grad()
+    def slots_of(self, input_ids: Tensor, attention_mask: Tensor, which: Tensor) -> Tensor:
+        """The bank slot of each selected sentence: input_ids / attention_mask [B, E, L'], which [B, E]
+        bool -> [B, E] long, -1 where not selected, not recorded, or the expert overflowed.
+        Sentences are cut to the bank's L tokens, as `update` records them."""
+        b, e = which.shape
+        device = which.device
+        slots = torch.full((b, e), -1, dtype=torch.long)
+        width = self.ids.shape[2]
+        ids, mask, which = input_ids.detach().cpu(), attention_mask.detach().cpu().bool(), which.detach().cpu().bool()
+        bank_ids, bank_len = self.ids.cpu(), self.lengths.cpu()
+        for expert in range(e):
+            rows = which[:, expert].nonzero(as_tuple=True)[0]
+            if rows.numel() == 0 or int(self.overflow[expert]) or not bool((bank_len[expert] > 0).any()):
+                continue
+            sent = torch.full((rows.numel(), width), self.pad_token_id, dtype=torch.long)
+            cut = ids[rows, expert, :width]
+            keep = mask[rows, expert, :width]
+            sent[:, : cut.shape[1]] = torch.where(keep, cut, torch.full_like(cut, self.pad_token_id))
+            lengths = keep.long().sum(-1)  # left-aligned sentences: the count is the length
+            same = (sent[:, None] == bank_ids[expert][None]).all(-1) & (lengths[:, None] == bank_len[expert][None])
+            found = same.any(-1)
+            slots[rows[found], expert] = same[found].long().argmax(-1)
+        return slots.to(device)
+
     def sizes(self) -> list[int]:
         """Recorded sentences per expert (-1 where it overflowed), for logs and notes."""
         return [-1 if int(o) else int(n) for o, n in zip(self.overflow.tolist(), (self.lengths > 0).sum(-1).tolist())]

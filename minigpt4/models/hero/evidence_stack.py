@@ -44,12 +44,8 @@ from minigpt4.models.hero.evidence_bank import EvidenceBank
 from minigpt4.models.hero.evidence_decoder import EvidenceDecoder
 from minigpt4.models.hero.hero_loss import distillation_kl, expert_readout_loss, info_nce
 from minigpt4.models.hero.integration_layer import AudioGuidedIntegration
-from minigpt4.models.hero.observation_experts import (
-    ModalityQFormer,
-    SynergyExpert,
-    modality_dims,
-    slice_modalities,
-)
+from minigpt4.models.hero.evidence_readout import EvidenceReadout
+from minigpt4.models.hero.observation_experts import ModalityQFormer, SynergyExpert, modality_dims, slice_modalities
 from minigpt4.models.hero.refit_readout import RefitReadout
 from minigpt4.models.hero.stmil import STMILObjective, pooled_content
 
@@ -154,6 +150,7 @@ class HEROEvidenceStack(nn.Module):
         self.pad_token_id = int(pad_token_id)
         self.decoding = dec.decoding
         self.evidence_bank = EvidenceBank(NUM_EXPERTS, dec.bank_size, c.evidence_max_len, pad_token_id)
+        self.evidence_readout = EvidenceReadout(NUM_EXPERTS, h, dec.bank_size, dec.readout_c)
         self.stmil = None
         if self.lambdas["stmil"] > 0:
             self.stmil = STMILObjective(h, self.dims[TEXT], self.num_classes, c.stmil)
@@ -176,10 +173,8 @@ class HEROEvidenceStack(nn.Module):
 
     def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
         """The closed-form parts from one pass's batches: the content eraser, then the refitted
-        read-out (which so reads the erased summaries); None when there is neither."""
-        parts = [p for p in (self.content_eraser, self.readout) if p is not None]
-        if not parts:
-            return None
+        read-out and the evidence read-out (which so read the erased summaries)."""
+        parts = [p for p in (self.content_eraser, self.readout, self.evidence_readout) if p is not None]
         batches = list(batches)
         return {key: value for part in parts for key, value in part.refit(self, batches).items()}
 
@@ -276,8 +271,9 @@ class HEROEvidenceStack(nn.Module):
     def generate_evidence(self, output: EvidenceOutput, max_new_tokens: int) -> Tensor:
         """Evidence sentences of every present expert -> LongTensor [B, 6, L], pad_token_id elsewhere.
 
-        Greedy, or with `decoding: bank` the likeliest recorded training sentence for experts
-        whose bank is usable (`evidence_bank` module docstring; greedy for the others). No
+        Greedy, or the recorded training sentence (`evidence_bank` module docstring) that `decoding:
+        bank` scores likeliest under the decoder or `decoding: readout` ranks first by the evidence
+        read-out (`evidence_readout`), for experts whose bank is usable (greedy for the others). No
         BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in
         eval mode (no dropout) whatever the module's mode, then its mode is restored.
         """
@@ -288,8 +284,8 @@ class HEROEvidenceStack(nn.Module):
         was_training = self.decoder.training
         self.decoder.eval()
         try:
-            if self.decoding == "bank":
-                rows, picked = self._bank_pick(output, rows)
+            if self.decoding in ("bank", "readout"):
+                rows, picked = self._closed_set_pick(output, rows)
             ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens,
                                         self._decoder_condition(output, rows[:, 0], rows[:, 1]))
         finally:
@@ -302,19 +298,22 @@ class HEROEvidenceStack(nn.Module):
             result[where[:, 0], where[:, 1], : chosen.shape[1]] = chosen
         return result
 
-    def _bank_pick(self, output: EvidenceOutput, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """Closed-set decoding: (rows left to greedy decoding, [(rows, chosen ids)] per banked expert)."""
+    def _closed_set_pick(self, output: EvidenceOutput, rows: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+        """Closed-set decoding: (rows left to greedy decoding, [(rows, chosen ids)] per banked expert).
+        The bank fills its slots in order, so candidate k is slot k, the read-out's class k."""
         picked, greedy = [], torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
         for expert in rows[:, 1].unique().tolist():
             bank = self.evidence_bank.candidates(expert)
-            if bank is None:
+            by_readout = self.decoding == "readout"
+            if bank is None or (by_readout and not self.evidence_readout.fitted(expert)):
                 continue
             cand_ids, cand_mask = (t.to(rows.device) for t in bank)
             sel = rows[:, 1] == expert
             where = rows[sel]
-            scores = self.decoder.score(output.expert_tokens[where[:, 0], where[:, 1]], where[:, 1], cand_ids,
-                                        cand_mask, self._decoder_condition(output, where[:, 0], where[:, 1]))
-            picked.append((where, cand_ids[scores.argmax(-1)]))
+            choice = self.evidence_readout.pick(output.summaries[where[:, 0], expert], expert) if by_readout else \
+                self.decoder.score(output.expert_tokens[where[:, 0], where[:, 1]], where[:, 1], cand_ids, cand_mask,
+                                   self._decoder_condition(output, where[:, 0], where[:, 1])).argmax(-1)
+            picked.append((where, cand_ids[choice]))
             greedy &= ~sel
         return rows[greedy], picked
 

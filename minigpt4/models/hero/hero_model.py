@@ -45,6 +45,7 @@ from minigpt4.common.schema import model_config
 from minigpt4.common.registry import registry
 from minigpt4.models.hero import evidence_sources as sources_
 from minigpt4.models.hero import training_stage as stages
+from minigpt4.models.hero.evidence_readout import with_slots
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
 from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
 
@@ -78,14 +79,9 @@ class HEROModel(nn.Module):
         self.reasoner = LLMReasoner(reasoner_cfg)
         tok = self.reasoner.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        self.evidence_stack = HEROEvidenceStack(
-            c,
-            llm_dim=self.reasoner.hidden_size,
-            vocab_size=self.reasoner.vocab_size,
-            bos_token_id=int(bos),
-            eos_token_id=int(tok.eos_token_id),
-            pad_token_id=int(tok.pad_token_id),
-        )
+        self.evidence_stack = HEROEvidenceStack(c, llm_dim=self.reasoner.hidden_size, vocab_size=self.reasoner.vocab_size,
+                                                bos_token_id=int(bos), eos_token_id=int(tok.eos_token_id),
+                                                pad_token_id=int(tok.pad_token_id))
         self.decision_brief = self.evidence_stack.use_cls_head if c.decision_brief is None else c.decision_brief
         # divides the head's logits for the confidence a prediction reports (1.0: as trained); set
         # from a run's calibration.json (hero-eval --calibrate), never from the config: it is not learned
@@ -111,7 +107,7 @@ class HEROModel(nn.Module):
         stmil = self.evidence_stack.stmil
         if stmil is not None and stmil.queue is not None:  # the queues and the content standardisation
             names += [f"evidence_stack.stmil.{n}" for n, _ in stmil.named_buffers()]
-        for part in ("content_eraser", "readout"):  # fitted in closed form from the training split
+        for part in ("content_eraser", "readout", "evidence_readout"):  # fitted in closed form from the training split
             fitted = getattr(self.evidence_stack, part)
             names += [f"evidence_stack.{part}.{n}" for n, _ in fitted.named_buffers()] if fitted is not None else []
         return names + stages.frozen_parameter_names(self, self.freeze_experts, self.freeze_evidence_stack)
@@ -364,8 +360,12 @@ class HEROModel(nn.Module):
         return self.evidence_stack.warm_up_stmil((self._on_device(s) for s in batches), rate)
 
     def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
-        """Before step 1 and after every epoch: the content eraser's and the refitted read-out's statistics."""
-        return self.evidence_stack.refit_statistics(self._on_device(s) for s in batches)
+        """Before step 1 and after every epoch: the content eraser's and the read-outs' statistics."""
+        return self.evidence_stack.refit_statistics(self._with_evidence_slots(self._on_device(s)) for s in batches)
+
+    def _with_evidence_slots(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        annotated = sources_.annotated_mask(samples, self._batch_size(samples))
+        return with_slots(samples, self.build_evidence_targets(samples), annotated, self.evidence_stack.evidence_bank)
 
     # ---------------------------------------------------------------- inference
     @torch.no_grad()

@@ -21,6 +21,7 @@ first refit it returns None and the head decides.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
@@ -100,39 +101,55 @@ class RefitReadout(nn.Module):
 
     @torch.no_grad()
     def fit(self, features: Tensor, labels: Tensor) -> float:
-        """Fit the standardisation and an L2 multinomial logistic regression (scikit-learn, lbfgs)
-        on features [N, F] and labels [N]; a class absent from them gets a bias that never wins.
-        Returns the accuracy on the rows it was fitted on."""
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.linear_model import LogisticRegression
+        """Fit the standardisation and an L2 multinomial logistic regression (`fit_logistic`) on
+        features [N, F] and labels [N]. Returns the accuracy on the rows it was fitted on."""
+        fit = fit_logistic(features, labels, self.num_classes, self.inverse_ridge)
+        for name in ("mean", "scale", "weight", "bias"):
+            getattr(self, name).copy_(getattr(fit, name).to(getattr(self, name).device))
+        self.rows.fill_(int(features.shape[0]))
+        return fit.accuracy
 
-        x = features.double().cpu().numpy()
-        y = labels.cpu().numpy()
-        mean = x.mean(0)
-        scale = x.std(0)
-        scale = np.where(scale < MIN_SCALE, 1.0, scale)
-        z = (x - mean) / scale
-        weight = np.zeros((self.num_classes, x.shape[1]))
-        bias = np.full(self.num_classes, -1e4)
-        classes = np.unique(y)
-        if len(classes) == 1:  # one class seen: it always wins
-            bias[classes[0]] = 0.0
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                clf = LogisticRegression(C=self.inverse_ridge, max_iter=2000).fit(z, y)
-            coef, intercept = clf.coef_, clf.intercept_
-            if len(classes) == 2:  # scikit-learn's binary form: one row for the second class
-                coef = np.stack([-coef[0] / 2, coef[0] / 2])
-                intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
-            weight[clf.classes_] = coef
-            bias[clf.classes_] = intercept
-        device = self.weight.device
-        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32, device=device))
-        self.scale.copy_(torch.as_tensor(scale, dtype=torch.float32, device=device))
-        self.weight.copy_(torch.as_tensor(weight, dtype=torch.float32, device=device))
-        self.bias.copy_(torch.as_tensor(bias, dtype=torch.float32, device=device))
-        self.rows.fill_(int(x.shape[0]))
-        logits = torch.as_tensor(z, dtype=torch.float32) @ torch.as_tensor(weight, dtype=torch.float32).t() \
-            + torch.as_tensor(bias, dtype=torch.float32)
-        return float((logits.argmax(-1).numpy() == y).mean())
+
+@dataclass
+class LogisticFit:
+    """logits = ((x - mean) / scale) @ weight.T + bias; `accuracy` on the rows it was fitted on."""
+
+    mean: Tensor  # [F]
+    scale: Tensor  # [F]
+    weight: Tensor  # [C, F]
+    bias: Tensor  # [C]
+    accuracy: float
+
+
+def fit_logistic(features: Tensor, labels: Tensor, num_classes: int, inverse_ridge: float) -> LogisticFit:
+    """Standardise features [N, F] and fit an L2 multinomial logistic regression (scikit-learn,
+    lbfgs, C = `inverse_ridge`) to labels [N] in [0, num_classes). A class absent from the labels
+    gets a bias that never wins; with a single class seen, that class always wins."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    x = features.double().cpu().numpy()
+    y = labels.cpu().numpy()
+    mean = x.mean(0)
+    scale = x.std(0)
+    scale = np.where(scale < MIN_SCALE, 1.0, scale)
+    z = (x - mean) / scale
+    weight = np.zeros((num_classes, x.shape[1]))
+    bias = np.full(num_classes, -1e4)
+    classes = np.unique(y)
+    if len(classes) == 1:  # one class seen: it always wins
+        bias[classes[0]] = 0.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf = LogisticRegression(C=inverse_ridge, max_iter=2000).fit(z, y)
+        coef, intercept = clf.coef_, clf.intercept_
+        if len(classes) == 2:  # scikit-learn's binary form: one row for the second class
+            coef = np.stack([-coef[0] / 2, coef[0] / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        weight[clf.classes_] = coef
+        bias[clf.classes_] = intercept
+    as_float = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+    logits = as_float(z) @ as_float(weight).t() + as_float(bias)
+    return LogisticFit(as_float(mean), as_float(scale), as_float(weight), as_float(bias),
+                       float((logits.argmax(-1).numpy() == y).mean()))
