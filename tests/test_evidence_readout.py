@@ -120,6 +120,9 @@ def test_readout_decoding_writes_the_ranked_bank_sentence_and_greedy_elsewhere()
     width = min(picked.shape[2], free.shape[2])
     assert torch.equal(picked[:, others, :width], free[:, others, :width])
     assert len({int(s) for s in slots[test["modality_mask"][:, AUDIO]]}) > 1  # the read-out chose, per clip
+    stack.train()  # a training step's brief: the read-out was fitted on these clips, so greedy
+    with torch.no_grad():
+        assert torch.equal(stack.generate_evidence(out, max_new_tokens=6), free)
 
 
 def test_readout_config_is_checked():

@@ -273,10 +273,10 @@ class HEROEvidenceStack(nn.Module):
 
         Greedy, or the recorded training sentence (`evidence_bank` module docstring) that `decoding:
         bank` scores likeliest under the decoder or `decoding: readout` ranks first by the evidence
-        read-out (`evidence_readout`), for experts whose bank is usable (greedy for the others). No
-        BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in
-        eval mode (no dropout) whatever the module's mode, then its mode is restored.
-        """
+        read-out (`evidence_readout`), for experts whose bank is usable (greedy for the others). In
+        training mode (a training step's brief) `readout` is greedy: fitted on the training clips, the
+        read-out describes them better than unseen ones, and the LLM learns to trust it too much. No
+        BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in eval mode."""
         tokens, present = output.expert_tokens, output.expert_present.bool()
         b, e = present.shape
         rows = present.nonzero(as_tuple=False)  # [N, 2]
@@ -284,7 +284,7 @@ class HEROEvidenceStack(nn.Module):
         was_training = self.decoder.training
         self.decoder.eval()
         try:
-            if self.decoding in ("bank", "readout"):
+            if self.decoding == "bank" or (self.decoding == "readout" and not self.training):
                 rows, picked = self._closed_set_pick(output, rows)
             ids = self.decoder.generate(tokens[rows[:, 0], rows[:, 1]], rows[:, 1], max_new_tokens,
                                         self._decoder_condition(output, rows[:, 0], rows[:, 1]))
