@@ -171,7 +171,7 @@ class HEROEvidenceStack(nn.Module):
         """The vCLUB q-network's parameters (own optimiser; only `estimator_loss` reaches them)."""
         return list(self.stmil.estimator.parameters()) if self.stmil is not None else []
 
-    def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
+    def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
         """The closed-form parts from one pass's batches: the content eraser, then the refitted
         read-out and the evidence read-out (which so read the erased summaries)."""
         parts = [p for p in (self.content_eraser, self.readout, self.evidence_readout) if p is not None]
@@ -271,12 +271,10 @@ class HEROEvidenceStack(nn.Module):
     def generate_evidence(self, output: EvidenceOutput, max_new_tokens: int) -> Tensor:
         """Evidence sentences of every present expert -> LongTensor [B, 6, L], pad_token_id elsewhere.
 
-        Greedy, or the recorded training sentence (`evidence_bank` module docstring) that `decoding:
-        bank` scores likeliest under the decoder or `decoding: readout` ranks first by the evidence
-        read-out (`evidence_readout`), for experts whose bank is usable (greedy for the others). In
-        training mode (a training step's brief) `readout` is greedy: fitted on the training clips, the
-        read-out describes them better than unseen ones, and the LLM learns to trust it too much. No
-        BOS/EOS in the result; rows of absent experts are all pad. L >= 1. The decoder runs in eval mode."""
+        Greedy, or the recorded sentence (`evidence_bank`) that `bank` scores likeliest under the decoder
+        or `readout` ranks first by `evidence_readout`, where the bank is usable. In training mode (a
+        step's brief) `readout` is greedy: fitted on those clips, the read-out flatters them (README).
+        No BOS/EOS; rows of absent experts are all pad. L >= 1. The decoder runs in eval mode."""
         tokens, present = output.expert_tokens, output.expert_present.bool()
         b, e = present.shape
         rows = present.nonzero(as_tuple=False)  # [N, 2]
@@ -302,17 +300,20 @@ class HEROEvidenceStack(nn.Module):
         """Closed-set decoding: (rows left to greedy decoding, [(rows, chosen ids)] per banked expert).
         The bank fills its slots in order, so candidate k is slot k, the read-out's class k."""
         picked, greedy = [], torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
+        by_readout = self.decoding == "readout"
         for expert in rows[:, 1].unique().tolist():
             bank = self.evidence_bank.candidates(expert)
-            by_readout = self.decoding == "readout"
             if bank is None or (by_readout and not self.evidence_readout.fitted(expert)):
                 continue
             cand_ids, cand_mask = (t.to(rows.device) for t in bank)
             sel = rows[:, 1] == expert
             where = rows[sel]
-            choice = self.evidence_readout.pick(output.summaries[where[:, 0], expert], expert) if by_readout else \
-                self.decoder.score(output.expert_tokens[where[:, 0], where[:, 1]], where[:, 1], cand_ids, cand_mask,
-                                   self._decoder_condition(output, where[:, 0], where[:, 1])).argmax(-1)
+            if by_readout:
+                choice = self.evidence_readout.pick(output.summaries[where[:, 0], expert], expert)
+            else:
+                choice = self.decoder.score(output.expert_tokens[where[:, 0], where[:, 1]], where[:, 1], cand_ids,
+                                            cand_mask, self._decoder_condition(output, where[:, 0], where[:, 1])
+                                            ).argmax(-1)
             picked.append((where, cand_ids[choice]))
             greedy &= ~sel
         return rows[greedy], picked
