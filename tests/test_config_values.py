@@ -43,6 +43,8 @@ def _nothing_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
     ("model.llm.dtype=fp8", "model.llm.dtype must be one of auto"),
     ("model.use_cls_head=false", "model.lambda_cls > 0 needs the classification head"),
     ("model.evidence_max_len=48", "model.evidence_max_len must be <= model.evidence_decoder.max_len - 1 = 47"),
+    ("model.frame_contrast=[motion,voice]", "model.frame_contrast names unknown modalities ['voice']"),
+    ("model.frame_contrast=7", "model.frame_contrast=7: expects true or false"),
 ])
 def test_impossible_values_stop_hero_train_naming_the_key(tmp_path: Path, capsys, monkeypatch, option: str,
                                                           message: str) -> None:

@@ -247,6 +247,15 @@ def test_stack_learns_to_write_golden_evidence_with_the_real_tokenizer(tiny_llm_
 
 
 # ----------------------------------------------------------------------------- config, scale, dtype
+def test_frame_contrast_can_name_the_experts_that_read_it():
+    names = ("motion", "audio", "au", "text", "visual")
+    assert [e.frame_contrast for e in _stack(frame_contrast=["motion"]).experts] == [n == "motion" for n in names]
+    assert [e.frame_contrast for e in _stack(frame_contrast=True).experts] == [True] * 5
+    assert [e.frame_contrast for e in _stack().experts] == [False] * 5
+    out = _stack(frame_contrast=["motion", "audio"]).eval()(_batch(), _targets())
+    assert torch.isfinite(out.loss_aux)
+
+
 def test_config_errors_are_clear():
     with pytest.raises(ValueError, match="integration_strategy"):
         _stack(integration_strategy="sum")

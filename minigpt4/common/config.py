@@ -212,8 +212,8 @@ def _coerce(key: str, raw: str, value: Any, current: Any, source: str) -> Any:
             raise ConfigError(f"--options {key}={raw}: {key!r} is a section; set its keys "
                               f"(e.g. {key}.<name>=...) or give a {{mapping}} ({source})")
         return value
-    if isinstance(current, bool):
-        if not isinstance(value, bool):
+    if isinstance(current, bool):  # a list passes on to the schema (a key may be true, false or a list)
+        if not isinstance(value, (bool, list)):
             raise ConfigError(f"--options {key}={raw}: expects true or false ({source})")
         return value
     if isinstance(current, (int, float)):

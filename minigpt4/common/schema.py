@@ -13,9 +13,9 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from minigpt4.common.modalities import DEFAULT_EMOTIONS
+from minigpt4.common.modalities import DEFAULT_EMOTIONS, STACK_ORDER
 from minigpt4.common.typed_config import (
     ConfigError,
     build,
@@ -238,7 +238,9 @@ class ModelConfig:
     ffn_ratio: float = 4.0
     temporal_position: bool = True
     frame_encoder_layers: int = 0  # self-attention layers over each modality's frames before its queries read them
-    frame_contrast: bool = False  # each frame also as its change from the clip's mean and from the frame before
+    # each frame also as its change from the clip's mean and from the frame before: true/false for every
+    # modality, or a list of the modalities (STACK_ORDER names) whose experts read it
+    frame_contrast: Union[bool, list[str]] = False
     include_synergy: bool = True
     integration_strategy: str = "audio"  # audio | dynamic | concat
     # objectives
@@ -323,7 +325,18 @@ class ModelConfig:
             raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         for sub in (self.stmil, self.evidence_decoder, self.llm):
             sub.check()
+        unknown = sorted(set(self.contrast_modalities()) - set(STACK_ORDER)) if not isinstance(
+            self.frame_contrast, bool) else []
+        if unknown:
+            raise ConfigError(f"model.frame_contrast names unknown modalities {unknown}; expected true, false "
+                              f"or some of {list(STACK_ORDER)}")
         self._check_heads()
+
+    def contrast_modalities(self) -> tuple[str, ...]:
+        """The modalities whose experts read frame contrast (`frame_contrast`: a bool means all or none)."""
+        if isinstance(self.frame_contrast, bool):
+            return STACK_ORDER if self.frame_contrast else ()
+        return tuple(self.frame_contrast)
 
     def _check_heads(self) -> None:
         """Keys that only work together; the model would refuse them only after loading the LLM."""

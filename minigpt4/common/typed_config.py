@@ -113,7 +113,12 @@ def _typed(value: Any, hint: Any, key: str, where: str) -> Any:
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         if value is None:
             return None
-        return _typed(value, args[0], key, where)
+        for arm in args[:-1]:  # the first arm that takes the value; the last one's error if none does
+            try:
+                return _typed(value, arm, key, where)
+            except ConfigError:
+                pass
+        return _typed(value, args[-1], key, where)
     sub = _dataclass_of(hint)
     if sub is not None:
         return build(sub, value, key + ".", where, check=False)

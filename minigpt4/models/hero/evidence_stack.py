@@ -126,8 +126,8 @@ class HEROEvidenceStack(nn.Module):
 
         self.experts = nn.ModuleList(
             ModalityQFormer(dim, h, self.num_queries, num_layers, num_heads, dropout, ffn_ratio, temporal, frame_layers,
-                            c.frame_contrast)
-            for dim in self.dims
+                            name in c.contrast_modalities())
+            for name, dim in zip(STACK_ORDER, self.dims)
         )
         self.synergy = SynergyExpert(h, num_heads, dropout, ffn_ratio) if self.include_synergy else None
         self.integration = AudioGuidedIntegration(
@@ -172,8 +172,7 @@ class HEROEvidenceStack(nn.Module):
         return list(self.stmil.estimator.parameters()) if self.stmil is not None else []
 
     def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-        """The closed-form parts from one pass's batches: the content eraser, then the refitted
-        read-out and the evidence read-out (which so read the erased summaries)."""
+        """The closed-form parts from one pass: the content eraser first (the read-outs read erased summaries)."""
         parts = [p for p in (self.content_eraser, self.readout, self.evidence_readout) if p is not None]
         batches = list(batches)
         return {key: value for part in parts for key, value in part.refit(self, batches).items()}
