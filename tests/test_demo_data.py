@@ -458,3 +458,40 @@ def test_voice_and_words_carry_a_topic_independent_of_the_emotion(full_demo):
         hits += int(np.argmax(topics @ centred) == dd.DEMO_TOPICS.index(r["topic"]))
         n += 1
     assert n > 80 and hits / n > 0.8
+
+
+def test_learned_reader_learns_states_from_the_training_frames(full_demo, tmp_path, capsys, monkeypatch):
+    """The supervised reference reader: trained on the train and val clips' states alone, it reads
+    an easy expert (text: word polarity) almost perfectly and synergy (audio and motion together)
+    far above its majority state; it only names states it was trained on; the script prints its
+    column when asked."""
+    sys.path.insert(0, str(REPO))
+    from scripts import demo_evidence_states
+    from minigpt4.synthetic import demo_evidence_learned as dl
+    from minigpt4.synthetic.demo_evidence_oracle import evidence_state
+
+    monkeypatch.setattr(dl, "EPOCHS", 30)  # the reference reads 100; 30 keep this test short
+    data = Path(full_demo.latents).parent
+    records = json.loads(Path(full_demo.annotations).read_text())
+    for name, floor in (("text", 0.9), ("synergy", None)):
+        test = {r["video_id"]: evidence_state(name, r["evidence"][name]) for r in records
+                if r["split"] == "test" and name in r["evidence"]}
+        train = [evidence_state(name, r["evidence"][name]) for r in records
+                 if r["split"] in ("train", "val") and name in r["evidence"]]
+        read = dl.learned_states(data, name, sorted(test), seed=0)
+        assert set(read) == set(test) and set(read.values()) <= set(train)
+        acc = sum(read[v] == s for v, s in test.items()) / len(test)
+        majority = max(list(test.values()).count(s) for s in set(test.values())) / len(test)
+        assert acc >= (floor if floor is not None else majority + 0.2), (name, acc, majority)
+    assert dl.learned_states(data, "text", [], seed=0) == {}
+
+    preds = tmp_path / "predictions.jsonl"
+    with preds.open("w") as fh:
+        for rec in (r for r in records if r["split"] == "test"):
+            fh.write(json.dumps({"video_id": rec["video_id"], "evidence": rec["evidence"],
+                                 "golden_evidence": {"text": rec["evidence"]["text"]} if "text" in rec["evidence"]
+                                 else {}}) + "\n")
+    assert demo_evidence_states.main(["--data", str(data), "--predictions", str(preds), "--learned", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "learned" and [line.split()[0] for line in lines[1:]] == ["text"]
+    assert float(lines[1].split()[-1]) >= 0.9
