@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
             c = counts[name]
             c[0] += 1
             c[1] += said is not None and " ".join(said.split()) == " ".join(gold.split())
-            c[2] += evidence_state(name, said) == evidence_state(name, gold)
-            c[3] += oracle.get(name) == evidence_state(name, gold)
-            golden[name][vid] = evidence_state(name, gold)
+            golden[name][vid] = state = evidence_state(name, gold)
+            c[2] += evidence_state(name, said) == state
+            c[3] += oracle.get(name) == state
     learned = {name: _learned_accuracy(data, name, golden[name], args.learned) for name in EXPERT_ORDER
                if golden[name] and args.learned > 0}
     header = f"{'expert':8s} {'clips':>5s} {'exact':>6s} {'state':>6s} {'oracle':>6s}"

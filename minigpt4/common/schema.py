@@ -325,8 +325,7 @@ class ModelConfig:
             raise ConfigError(f"model.prompt_template must contain exactly one '{{}}', got {self.prompt_template!r}")
         for sub in (self.stmil, self.evidence_decoder, self.llm):
             sub.check()
-        unknown = sorted(set(self.contrast_modalities()) - set(STACK_ORDER)) if not isinstance(
-            self.frame_contrast, bool) else []
+        unknown = sorted(set(self.contrast_modalities()) - set(STACK_ORDER))
         if unknown:
             raise ConfigError(f"model.frame_contrast names unknown modalities {unknown}; expected true, false "
                               f"or some of {list(STACK_ORDER)}")

@@ -23,8 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS
 from minigpt4.datasets.feature_io import find_feature_file, read_features
-from minigpt4.synthetic.demo_evidence_oracle import FEATURE_KEYS, evidence_state
+from minigpt4.synthetic.demo_evidence_oracle import evidence_state
 
 # the modalities each expert's reader sees
 READER_INPUTS: dict[str, tuple[str, ...]] = {
@@ -72,6 +73,12 @@ def _pack(arrays: Sequence[np.ndarray]) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(x), torch.from_numpy(mask)
 
 
+def _standardised(packed: Sequence[tuple[Tensor, Tensor]], stats: Sequence[tuple[Tensor, Tensor]]
+                  ) -> list[tuple[Tensor, Tensor]]:
+    """Each (x, mask) with the training frames' (mean, std); padded frames stay 0."""
+    return [((x - mu) / sd * m[..., None], m) for (x, m), (mu, sd) in zip(packed, stats)]
+
+
 def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0) -> dict[str, str]:
     """The state the reader trained on `data`'s train and val clips names for each of `clips`
     (video ids with the expert's modalities); {} when fewer than two states are annotated."""
@@ -85,7 +92,7 @@ def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0)
             arrays[vid] = read_features(find_feature_file(data / "features", vid)).arrays
         return arrays[vid]
 
-    keys = [FEATURE_KEYS[m] for m in READER_INPUTS[expert]]
+    keys = [DEFAULT_FEATURE_KEYS[m] for m in READER_INPUTS[expert]]
     train = [(r["video_id"], evidence_state(expert, r["evidence"][expert])) for r in records
              if r.get("split") in ("train", "val") and (r.get("evidence") or {}).get(expert)
              and all(k in frames(r["video_id"]) for k in keys)]
@@ -95,7 +102,7 @@ def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0)
     index = {s: i for i, s in enumerate(states)}
     inputs = [_pack([np.asarray(frames(v)[k], np.float32) for v, _ in train]) for k in keys]
     stats = [(x[m].mean(0), x[m].std(0) + 1e-4) for x, m in inputs]
-    inputs = [((x - mu) / sd * m[..., None], m) for (x, m), (mu, sd) in zip(inputs, stats)]
+    inputs = _standardised(inputs, stats)
     y = torch.tensor([index[s] for _, s in train])
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -109,8 +116,7 @@ def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0)
             loss.backward()
             opt.step()
     reader.eval()
-    test = [_pack([np.asarray(frames(v)[k], np.float32) for v in clips]) for k in keys]
-    test = [((x - mu) / sd * m[..., None], m) for (x, m), (mu, sd) in zip(test, stats)]
+    test = _standardised([_pack([np.asarray(frames(v)[k], np.float32) for v in clips]) for k in keys], stats)
     with torch.no_grad():
         picked = reader(test).argmax(-1).tolist()
     return {vid: states[k] for vid, k in zip(clips, picked)}

@@ -20,11 +20,11 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS
 from minigpt4.synthetic.common import AU_ACTIVE, AU_ORDER, Encoders
 from minigpt4.synthetic.demo_cues import ClipCues
 from minigpt4.synthetic import demo_evidence as de
 
-FEATURE_KEYS = {"motion": "videomae", "audio": "hubert", "au": "au", "text": "bert", "visual": "clip"}
 _STILL = f"The person {de.GESTURE_PHRASES['still']} and {de.POSTURE_PHRASES['upright']}."
 _PARAPHRASES = {
     (expert, phrase.lower()): state
@@ -63,17 +63,18 @@ def read_cues(cues: ClipCues, arrays: Mapping[str, np.ndarray], enc: Encoders) -
     """The clip's cues as read back from its frames (present modalities only; the rest kept)."""
     read = {}
     if cues.present["audio"]:
-        x = _burst(arrays[FEATURE_KEYS["audio"]], cues.bursts["audio"])
+        x = _burst(arrays[DEFAULT_FEATURE_KEYS["audio"]], cues.bursts["audio"])
         u_hi, u_lo = enc.directions["audio"]
         hi, lo = _fast_amplitude(x @ u_hi) / 2.5, _slow_amplitude(x @ u_lo) / 2.5
         read["audio_arousal"] = hi if hi >= lo else -lo
     if cues.present["motion"]:
-        x = _burst(arrays[FEATURE_KEYS["motion"]], cues.bursts["motion"])
+        x = _burst(arrays[DEFAULT_FEATURE_KEYS["motion"]], cues.bursts["motion"])
         u_g, u_p = enc.directions["motion"]
         read.update(motion_gesture=_fast_amplitude(x @ u_g) / 2.5, motion_posture=float(np.mean(x @ u_p)) / 2.0,
                     still_body=False)
     if cues.present["visual"]:
-        read["visual_valence"] = float(np.mean(arrays[FEATURE_KEYS["visual"]] @ enc.directions["visual"][0])) / 1.2
+        visual = arrays[DEFAULT_FEATURE_KEYS["visual"]]
+        read["visual_valence"] = float(np.mean(visual @ enc.directions["visual"][0])) / 1.2
     return replace(cues, **read)
 
 
@@ -103,9 +104,9 @@ def oracle_states(cues: ClipCues, arrays: Mapping[str, np.ndarray], enc: Encoder
     if cues.present["visual"]:
         out["visual"] = de.valence_level(r.visual_valence)
     if cues.present["au"]:
-        out["au"] = evidence_state("au", _au_state(cues, arrays[FEATURE_KEYS["au"]]))
+        out["au"] = evidence_state("au", _au_state(cues, arrays[DEFAULT_FEATURE_KEYS["au"]]))
     if cues.present["text"]:
-        out["text"] = _text_state(arrays[FEATURE_KEYS["text"]], enc)
+        out["text"] = _text_state(arrays[DEFAULT_FEATURE_KEYS["text"]], enc)
     synergy = de.synergy_sentence(r)
     if synergy is not None:
         out["synergy"] = evidence_state("synergy", synergy)
