@@ -294,6 +294,26 @@ def test_validation_by_generation_picks_the_best_checkpoint(tmp_path: Path):
     assert resolve_checkpoint(out).name == f"ckpt_{steps[3]:08d}"  # resume still takes the latest
 
 
+@pytest.mark.parametrize("tie", ["later", "earlier"])
+def test_a_tied_validation_score_moves_the_best_checkpoint_only_when_later(tmp_path: Path, tie: str):
+    """Epochs 1 and 2 generate equally well: `run.best_tie` says which of them is the best checkpoint."""
+    model = {"arch": "toy_reporter", "gen_schedule": [False, True, True, False]}
+    train(tmp_path, run={"max_epoch": 4, "keep_last_k": 1, "best_tie": tie}, model=model)
+    out = tmp_path / "run"
+    vals = val_records(out)
+    steps = sorted(vals)
+    accuracy = [vals[s]["val_gen_accuracy"] for s in steps]
+    assert accuracy[1] == accuracy[2] == 1.0 and max(accuracy[0], accuracy[3]) < 1.0
+    best = json.loads((out / "checkpoints" / "best.json").read_text())
+    assert best["step"] == (steps[2] if tie == "later" else steps[1])
+    assert resolve_checkpoint(out, prefer_best=True).name == f"ckpt_{best['step']:08d}"
+
+
+def test_best_tie_names_its_choices(tmp_path: Path):
+    with pytest.raises(Exception, match=r"run.best_tie"):
+        train(tmp_path, run={"max_epoch": 1, "best_tie": "first"}, model={"arch": "toy_reporter"})
+
+
 def test_validation_generation_can_be_turned_off(tmp_path: Path):
     train(tmp_path, run={"max_epoch": 1, "val_generate": False}, model={"arch": "toy_reporter"})
     vals = val_records(tmp_path / "run")

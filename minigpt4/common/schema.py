@@ -82,6 +82,7 @@ class RunConfig:
     keep_last_k: int = 3
     best_metric: str = "auto"  # validation term that picks the best checkpoint; auto: gen_accuracy if generated, else loss
     best_mode: str = "auto"  # min | max | auto (max for accuracy/f1/uar/agreement terms, else min)
+    best_tie: str = "later"  # a validation score equal to the best so far: later (that checkpoint becomes best) | earlier
     val_generate: bool = True  # validate by generating reports on the val split (gen_* terms), when the task can
     val_max_new_tokens: int = 300  # generation budget of that validation
     resume_ckpt_path: Optional[str] = None  # checkpoint dir or run dir (its latest checkpoint)
@@ -105,6 +106,7 @@ class RunConfig:
         _one_of(self, "run", "amp", ("auto", "bf16", "fp16", "none"))
         _one_of(self, "run", "lr_sched", ("linear_warmup_cosine_lr", "constant_lr"))
         _one_of(self, "run", "best_mode", ("auto", "min", "max"))
+        _one_of(self, "run", "best_tie", ("later", "earlier"))
         if not _DEVICE.match(self.device):
             raise ConfigError(f"run.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for key in ("task", "runner", "output_dir", "best_metric"):

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, IterableDataset
 
 from minigpt4.common.dist_utils import DistInfo
-from minigpt4.common.schema import ConfigError
+from minigpt4.common.schema import ConfigError, RunConfig
 from minigpt4.common.seed import capture_rng_state, restore_rng_state
 from minigpt4.runners.loaders import batch_size_of, move_to_device
 from minigpt4.tasks.base_task import BaseTask
@@ -176,12 +176,17 @@ class ValidationMixin:
         return metric, mode
 
     def _is_better(self, value: float) -> bool:
+        """Whether `value` moves the best checkpoint here. A tie moves it too under `run.best_tie:
+        later`: accuracy on a few dozen val clips ties often, and the later checkpoint has trained
+        longer, at a lower learning rate."""
         if not math.isfinite(value):
             return False
         if self.best is None:
             return True
-        mode = self.best_metric()[1]
-        return value < self.best["value"] if mode == "min" else value > self.best["value"]
+        mode, best = self.best_metric()[1], self.best["value"]
+        if value == best:
+            return str(self.run_cfg.get("best_tie") or RunConfig.best_tie) == "later"
+        return value < best if mode == "min" else value > best
 
 
 def _read_samples(dataset: Any, rank: int, world_size: int) -> int:
