@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from minigpt4.cli.train import run as train_run
 from minigpt4.common.checkpoint import find_latest_checkpoint, load_training_state, resolve_checkpoint
 from minigpt4.common.logger import read_log
+from minigpt4.common.schema import ConfigError
 from minigpt4.runners.runner_base import batch_size_of, move_to_device, resolve_amp
 from minigpt4.tasks.base_task import ModelOutputError, check_model_output, scalar_terms
 from tests.toy_components import ToyCrash, ToyRegressor, write_toy_config
@@ -310,7 +311,7 @@ def test_a_tied_validation_score_moves_the_best_checkpoint_only_when_later(tmp_p
 
 
 def test_best_tie_names_its_choices(tmp_path: Path):
-    with pytest.raises(Exception, match=r"run.best_tie"):
+    with pytest.raises(ConfigError, match=r"run\.best_tie must be one of later, earlier, got 'first'"):
         train(tmp_path, run={"max_epoch": 1, "best_tie": "first"}, model={"arch": "toy_reporter"})
 
 
