@@ -214,15 +214,16 @@ def test_init_from_another_llm_with_the_same_tokenizer_loads_what_fits(llm_dir, 
 
 
 def test_only_a_fresh_run_applies_init_from(tmp_path):
+    from minigpt4.common.schema import RunConfig
     from minigpt4.runners.runner_base import RunnerBase
 
     runner = RunnerBase.__new__(RunnerBase)
     runner.output_dir = tmp_path
     for resume, fresh in ((None, True), ("auto", True), ("some/ckpt", False)):
-        runner.run_cfg = OmegaConf.create({"resume_ckpt_path": resume})
+        runner.run_cfg = RunConfig(resume_ckpt_path=resume)
         assert (runner._resume_source() is None) is fresh
     ckpt.save_checkpoint(tmp_path, 1, {"w": torch.zeros(1)}, {"step": 1})
-    runner.run_cfg = OmegaConf.create({"resume_ckpt_path": "auto"})
+    runner.run_cfg = RunConfig(resume_ckpt_path="auto")
     assert runner._resume_source() is not None
 
 

@@ -12,12 +12,15 @@ with its own learning rate follows the same warmup/cosine shape.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 from torch import nn
 
 from minigpt4.common.registry import registry
+
+if TYPE_CHECKING:
+    from minigpt4.common.schema import RunConfig
 
 NO_DECAY_NAME_PARTS = ("norm", "ln_", ".ln", "layernorm", "bias")
 
@@ -133,10 +136,10 @@ class LinearWarmupCosineLRScheduler(_StepScheduler):
         return self.min_lr + (self.init_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     @classmethod
-    def from_config(cls, optimizers: Sequence[torch.optim.Optimizer], run_cfg: Mapping[str, Any],
+    def from_config(cls, optimizers: Sequence[torch.optim.Optimizer], run_cfg: "RunConfig",
                     total_steps: int) -> "LinearWarmupCosineLRScheduler":
-        return cls(optimizers, total_steps, init_lr=run_cfg["init_lr"], min_lr=run_cfg.get("min_lr") or 0.0,
-                   warmup_lr=run_cfg.get("warmup_lr") or 0.0, warmup_steps=run_cfg.get("warmup_steps") or 0)
+        return cls(optimizers, total_steps, init_lr=run_cfg.init_lr, min_lr=run_cfg.min_lr,
+                   warmup_lr=run_cfg.warmup_lr, warmup_steps=run_cfg.warmup_steps)
 
 
 @registry.register_lr_scheduler("constant_lr")
@@ -155,7 +158,7 @@ class ConstantLRScheduler(_StepScheduler):
         return self.init_lr
 
     @classmethod
-    def from_config(cls, optimizers: Sequence[torch.optim.Optimizer], run_cfg: Mapping[str, Any],
+    def from_config(cls, optimizers: Sequence[torch.optim.Optimizer], run_cfg: "RunConfig",
                     total_steps: int) -> "ConstantLRScheduler":
-        return cls(optimizers, init_lr=run_cfg["init_lr"], warmup_lr=run_cfg.get("warmup_lr") or 0.0,
-                   warmup_steps=run_cfg.get("warmup_steps") or 0)
+        return cls(optimizers, init_lr=run_cfg.init_lr, warmup_lr=run_cfg.warmup_lr,
+                   warmup_steps=run_cfg.warmup_steps)

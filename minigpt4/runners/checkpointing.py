@@ -19,6 +19,7 @@ from torch import nn
 
 from minigpt4.common import checkpoint as ckpt
 from minigpt4.common.dist_utils import DistInfo
+from minigpt4.common.schema import RunConfig
 from minigpt4.common.seed import capture_rng_state, restore_rng_state
 
 __all__ = ["CheckpointMixin"]
@@ -31,7 +32,7 @@ class CheckpointMixin:
     """`RunnerBase.save_checkpoint` / `resume`: rank 0 writes, every rank contributes its RNG state."""
 
     cfg: DictConfig
-    run_cfg: DictConfig
+    run_cfg: RunConfig
     dist: DistInfo
     rank: int
     world_size: int
@@ -70,7 +71,7 @@ class CheckpointMixin:
         path = None
         if self.is_main:
             path = ckpt.save_checkpoint(self.output_dir, self.step, ckpt.trainable_state_dict(self.model_raw),
-                                        state, keep_last_k=self.run_cfg.get("keep_last_k"), best=best)
+                                        state, keep_last_k=self.run_cfg.keep_last_k, best=best)
             logger.info("saved %s", path)
         if self.dist.distributed:
             dist.barrier()
@@ -106,9 +107,9 @@ class CheckpointMixin:
             return
         old = OmegaConf.create(saved_yaml).get("run") or {}
         for key in ("batch_size_train", "accum_grad_iters", "seed", "max_epoch", "iters_per_epoch", "lr_sched", "init_lr"):
-            if key in old and old[key] != self.run_cfg.get(key):
+            if key in old and old[key] != getattr(self.run_cfg, key):
                 logger.warning("run.%s changed since the checkpoint (%r -> %r): the resumed run will not match "
-                               "an uninterrupted one", key, old[key], self.run_cfg.get(key))
+                               "an uninterrupted one", key, old[key], getattr(self.run_cfg, key))
 
 
 def refuse_used_folder(output_dir: Path) -> None:

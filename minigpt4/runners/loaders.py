@@ -117,7 +117,7 @@ class DataMixin:
     """`RunnerBase`'s datasets by split, batches per epoch, and its train and validation loaders."""
 
     datasets: Mapping[str, Mapping[str, Any]]
-    run_cfg: DictConfig
+    run_cfg: RunConfig
     device: torch.device
     rank: int
     world_size: int
@@ -145,18 +145,18 @@ class DataMixin:
 
     @property
     def valid_dataset(self) -> Optional[Any]:
-        return self._split_dataset(list(self.run_cfg.get("valid_splits") or []))
+        return self._split_dataset(list(self.run_cfg.valid_splits))
 
     def iters_per_epoch(self, dataset: Any) -> int:
         """Batches per epoch on each rank: len(loader), capped by run.iters_per_epoch."""
-        cap = self.run_cfg.get("iters_per_epoch")
+        cap = self.run_cfg.iters_per_epoch
         bs = int(self.run_cfg.batch_size_train)
         if isinstance(dataset, IterableDataset):
             if not cap:
                 raise ValueError("run.iters_per_epoch is required for streaming (IterableDataset) training data")
             return int(cap)
         per_rank = math.ceil(len(dataset) / self.world_size)
-        n = per_rank // bs if self.run_cfg.get("drop_last", True) else math.ceil(per_rank / bs)
+        n = per_rank // bs if self.run_cfg.drop_last else math.ceil(per_rank / bs)
         if n == 0:
             raise ValueError(f"train data has {len(dataset)} samples ({per_rank} per rank), fewer than "
                              f"run.batch_size_train={bs}: no full batch (lower the batch size or set run.drop_last=false)")
@@ -167,7 +167,7 @@ class DataMixin:
         bs = int(self.run_cfg.batch_size_train)
         _set_dataset_epoch(dataset, epoch)
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 1009 + self.rank)
-        common = dict(batch_size=bs, num_workers=int(self.run_cfg.get("num_workers") or 0),
+        common = dict(batch_size=bs, num_workers=self.run_cfg.num_workers,
                       collate_fn=_collater_of(dataset), pin_memory=self.device.type == "cuda",
                       worker_init_fn=_seed_worker, generator=gen)
         if isinstance(dataset, IterableDataset):
@@ -176,7 +176,7 @@ class DataMixin:
         sampler = ResumableDistributedSampler(dataset, self.world_size, self.rank, shuffle=True, seed=self.seed)
         sampler.set_epoch(epoch)
         sampler.set_start(skip * bs)
-        loader = DataLoader(dataset, sampler=sampler, drop_last=bool(self.run_cfg.get("drop_last", True)), **common)
+        loader = DataLoader(dataset, sampler=sampler, drop_last=self.run_cfg.drop_last, **common)
         return iter(loader)
 
     @staticmethod
@@ -195,5 +195,5 @@ class DataMixin:
                 raise ValueError("the streaming training dataset yielded no batch")
 
     def _valid_loader(self, dataset: Any) -> DataLoader:
-        return sharded_loader(dataset, int(self.run_cfg.batch_size_eval), int(self.run_cfg.get("num_workers") or 0),
+        return sharded_loader(dataset, self.run_cfg.batch_size_eval, self.run_cfg.num_workers,
                               self.rank, self.world_size, self.device.type == "cuda", self.seed)

@@ -49,7 +49,7 @@ def resolve_amp(amp: str, device: torch.device) -> Tuple[Optional[torch.dtype], 
 class OptimMixin:
     """`RunnerBase`'s optimisers (main + auxiliary), scheduler, gradient clipping and autocast."""
 
-    run_cfg: DictConfig
+    run_cfg: RunConfig
     device: torch.device
     model_raw: nn.Module
     optimizers: Dict[str, torch.optim.Optimizer]
@@ -61,8 +61,8 @@ class OptimMixin:
 
     def _build_optimizers(self, total_steps: int) -> None:
         rc = self.run_cfg
-        betas = (float(rc.get("beta1", 0.9)), float(rc.get("beta2", 0.999)))
-        wd = float(rc.get("weight_decay") or 0.0)
+        betas = (rc.beta1, rc.beta2)
+        wd = rc.weight_decay
         names = {id(p): n for n, p in self.model_raw.named_parameters()}
         aux_ids: set[int] = set()
         unscheduled: set[str] = set()
@@ -91,8 +91,8 @@ class OptimMixin:
         main_groups = build_param_groups(self.model_raw.named_parameters(), wd, exclude=aux_ids)
         if not main_groups:
             raise ValueError(f"{type(self.model_raw).__name__} has no trainable parameters outside auxiliary groups")
-        self.optimizers = {"main": build_adamw(main_groups, lr=float(rc.init_lr), betas=betas), **self.optimizers}
-        sched_cls = registry.get_lr_scheduler_class(str(rc.get("lr_sched") or "linear_warmup_cosine_lr"))
+        self.optimizers = {"main": build_adamw(main_groups, lr=rc.init_lr, betas=betas), **self.optimizers}
+        sched_cls = registry.get_lr_scheduler_class(rc.lr_sched)
         scheduled = [opt for name, opt in self.optimizers.items() if name not in unscheduled]
         self.scheduler = sched_cls.from_config(scheduled, rc, total_steps)
         n_main = sum(p.numel() for g in main_groups for p in g["params"])
@@ -110,8 +110,8 @@ class OptimMixin:
         if self.scaler is not None:
             for opt in self.optimizers.values():
                 self.scaler.unscale_(opt)
-        max_norm = self.run_cfg.get("max_grad_norm")
-        if max_norm is not None and float(max_norm) > 0:
+        max_norm = self.run_cfg.max_grad_norm
+        if max_norm is not None and max_norm > 0:
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self._main_params(), float(max_norm)))
             for gname, params in self._aux_params.items():
                 torch.nn.utils.clip_grad_norm_(params, float(max_norm))

@@ -86,26 +86,27 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
 
     def __init__(self, cfg: DictConfig, task: BaseTask, model: nn.Module,
                  datasets: Mapping[str, Mapping[str, Any]], dist_info: Optional[DistInfo] = None) -> None:
-        build(RunConfig, cfg.run, "run.", "run config")  # a runner may get a hand-made config: check it too
         self.cfg = cfg
-        self.run_cfg = cfg.run
+        # the run section, typed and checked (a runner may get a hand-made config): every run key is
+        # read from here, so each default lives in schema.RunConfig only
+        self.run_cfg: RunConfig = build(RunConfig, cfg.run, "run.", "run config")
         self.task = task
         self.datasets = datasets
-        self.dist = dist_info or init_distributed_mode(self.run_cfg.get("device", "auto"))
+        self.dist = dist_info or init_distributed_mode(self.run_cfg.device)
         self.device = self.dist.device
         self.rank, self.world_size = self.dist.rank, self.dist.world_size
         self.is_main = self.rank == 0
-        self.output_dir = Path(str(self.run_cfg.output_dir))
-        self.seed = int(self.run_cfg.seed)
-        self.accum = int(self.run_cfg.accum_grad_iters)
-        self.amp_dtype, use_scaler = resolve_amp(self.run_cfg.get("amp", "auto"), self.device)
+        self.output_dir = Path(self.run_cfg.output_dir)
+        self.seed = self.run_cfg.seed
+        self.accum = self.run_cfg.accum_grad_iters
+        self.amp_dtype, use_scaler = resolve_amp(self.run_cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
 
         self.model_raw = model.to(self.device)
         self.model: nn.Module = self.model_raw
         if self.dist.distributed:
             self.model = DDP(self.model_raw, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                             find_unused_parameters=bool(self.run_cfg.get("find_unused_parameters", True)))
+                             find_unused_parameters=self.run_cfg.find_unused_parameters)
         # Model init used run.seed on every rank; from here on each rank draws its own numbers.
         set_seed(self.seed + self.rank)
 
@@ -123,23 +124,23 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
     def train(self) -> Dict[str, Any]:
         """Run training (or only validation when run.evaluate); returns the end-of-run summary."""
         rc = self.run_cfg
-        if not rc.get("evaluate") and not rc.get("resume_ckpt_path"):
+        if not rc.evaluate and not rc.resume_ckpt_path:
             refuse_used_folder(self.output_dir)
-        resume = None if rc.get("evaluate") else self._resume_source()
-        if not rc.get("evaluate") and not resume:  # weights only, before the run folder is written
+        resume = None if rc.evaluate else self._resume_source()
+        if not rc.evaluate and not resume:  # weights only, before the run folder is written
             apply_init_from(self.model_raw, self.cfg)
-        if not rc.get("evaluate"):  # what the first epoch would fail on, found before the run folder is written
+        if not rc.evaluate:  # what the first epoch would fail on, found before the run folder is written
             train_ds = self.train_dataset
             n_iters = self.iters_per_epoch(train_ds)
             self.preflight()
         if self.is_main:
             save_config(self.cfg, self.output_dir / "config.yaml")
-            if not rc.get("evaluate"):  # how the features were made, so inference can make them the same way
+            if not rc.evaluate:  # how the features were made, so inference can make them the same way
                 write_extraction_settings(train_ds, self.output_dir)
-        if rc.get("evaluate"):
+        if rc.evaluate:
             return self._evaluate_only()
         steps_per_epoch = math.ceil(n_iters / self.accum)
-        max_epoch = int(rc.max_epoch)
+        max_epoch = rc.max_epoch
         self._build_optimizers(total_steps=max_epoch * steps_per_epoch)
         if resume:
             self.resume(str(resume))
@@ -150,12 +151,10 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             self._refit_statistics(train_ds)
         self._logger = MetricLogger(self.output_dir, enabled=self.is_main, purge_step=self.step + 1 if resume else None)
         use_no_sync = self.dist.distributed and not isinstance(train_ds, IterableDataset)
-        log_freq = int(rc.log_freq)
-        save_freq = int(rc.get("save_freq") or 0)
-        save_every_epoch = bool(rc.get("save_every_epoch", True))
+        log_freq, save_freq, save_every_epoch = rc.log_freq, rc.save_freq, rc.save_every_epoch
         t_start = time.time()
         logger.info("training: %d epochs x %d steps (%d batches of %d per rank, accum %d, %d ranks), device %s, amp %s",
-                    max_epoch, steps_per_epoch, n_iters, int(rc.batch_size_train), self.accum, self.world_size,
+                    max_epoch, steps_per_epoch, n_iters, rc.batch_size_train, self.accum, self.world_size,
                     self.device, self.amp_dtype)
         self.model.train()
         try:
@@ -172,7 +171,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n_iters, initial=skip, desc=f"epoch {epoch}", dynamic_ncols=True, leave=False,
-                   disable=not (self.is_main and self.run_cfg.get("progress_bar", True)))
+                   disable=not (self.is_main and self.run_cfg.progress_bar))
         batches = self._train_batches(train_ds, epoch, skip) if skip < n_iters else iter(())
         # per term: (sum, batches that had it) since the last log line; a term can be missing from a
         # batch (e.g. no evidence target in it), so each is averaged over its own batches, also
@@ -250,7 +249,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         warm_up = getattr(self.model_raw, "warm_up_estimators", None)
         if not callable(warm_up):
             return
-        lr = float(self.run_cfg.init_lr)
+        lr = self.run_cfg.init_lr
         stats, seconds = self._read_training_batches(lambda batches: warm_up(batches, lr),
                                                      self._train_batches(train_ds, 0, 0))
         if self.dist.distributed:
@@ -291,7 +290,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
     def _resume_source(self) -> Optional[str]:
         """The checkpoint a training run resumes from (`run.resume_ckpt_path`; `auto`: the latest in
         `run.output_dir`), or None for a fresh start."""
-        resume = self.run_cfg.get("resume_ckpt_path")
+        resume = self.run_cfg.resume_ckpt_path
         if resume == "auto":
             resume = ckpt.find_latest_checkpoint(self.output_dir)
             if resume is None:
@@ -299,7 +298,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         return str(resume) if resume else None
 
     def _evaluate_only(self) -> Dict[str, Any]:
-        path = self.run_cfg.get("resume_ckpt_path")
+        path = self.run_cfg.resume_ckpt_path
         if path:
             loaded = ckpt.load_model_weights(self.model_raw, str(path))
             logger.info("evaluating weights from %s", loaded)
@@ -307,7 +306,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         val = self.evaluate()
         if not val:
             raise ValueError(f"run.evaluate=true but no dataset has a split in run.valid_splits="
-                             f"{list(self.run_cfg.get('valid_splits') or [])}")
+                             f"{self.run_cfg.valid_splits}")
         self.last_val = val
         if self.is_main:
             log = MetricLogger(self.output_dir, tensorboard=False)

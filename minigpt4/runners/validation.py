@@ -36,7 +36,7 @@ logger = logging.getLogger("minigpt4.runners.runner_base")
 class ValidationMixin:
     """`RunnerBase.evaluate`, `best_metric` and the best-checkpoint test."""
 
-    run_cfg: DictConfig
+    run_cfg: RunConfig
     task: BaseTask
     dist: DistInfo
     device: torch.device
@@ -65,7 +65,7 @@ class ValidationMixin:
                 terms = self.task.valid_step(self.model_raw, samples)
                 if generate:
                     records.extend(self.task.valid_generate(self.model_raw, samples,
-                                                            int(self.run_cfg.get("val_max_new_tokens") or 300)))
+                                                            self.run_cfg.val_max_new_tokens))
             n = batch_size_of(samples)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * n
@@ -99,7 +99,7 @@ class ValidationMixin:
         its train/eval flags and every RNG state as they were (resume stays bit-exact)."""
         dataset = self.valid_dataset
         if dataset is None:
-            names = list(self.run_cfg.get("valid_splits") or [])
+            names = list(self.run_cfg.valid_splits)
             if names and self.is_main:
                 logger.warning("run.valid_splits=%s: no dataset has these splits; no validation, no best checkpoint",
                                names)
@@ -152,7 +152,7 @@ class ValidationMixin:
     def _generates_at_validation(self) -> bool:
         """`run.val_generate` and a task/model pair that can generate reports (HERO's can, but for
         observation pre-training, whose model says `can_generate` False: its LLM is not trained)."""
-        return (bool(self.run_cfg.get("val_generate", True)) and hasattr(self.task, "valid_generate")
+        return (self.run_cfg.val_generate and hasattr(self.task, "valid_generate")
                 and hasattr(self.model_raw, "generate") and hasattr(self.model_raw, "label_names")
                 and bool(getattr(self.model_raw, "can_generate", True)))
 
@@ -163,11 +163,11 @@ class ValidationMixin:
         (HERO's observation pre-training: `cls_accuracy`), else `loss`. auto mode: max for
         accuracy-like terms (accuracy, f1, uar, agreement, compliance), min for the rest.
         """
-        metric = str(self.run_cfg.get("best_metric") or "auto")
+        metric = self.run_cfg.best_metric
         if metric == "auto":
             own = getattr(self.model_raw, "auto_best_metric", None)
             metric = "gen_accuracy" if self._generates_at_validation() else str(own or "loss")
-        mode = str(self.run_cfg.get("best_mode") or "auto")
+        mode = self.run_cfg.best_mode
         if mode == "auto":
             higher = ("accuracy", "f1", "uar", "agreement", "compliance")
             mode = "max" if any(h in metric for h in higher) else "min"
@@ -185,7 +185,7 @@ class ValidationMixin:
             return True
         mode, best = self.best_metric()[1], self.best["value"]
         if value == best:
-            return str(self.run_cfg.get("best_tie") or RunConfig.best_tie) == "later"
+            return self.run_cfg.best_tie == "later"
         return value < best if mode == "min" else value > best
 
 
