@@ -26,6 +26,9 @@ reference metrics under `full` and the difference (full - removed) under `drop`.
 predictions are unchanged, their confidences scaled), records it under `temperature` with the
 calibration before scaling under `calibration_uncalibrated`, and writes it to
 `<run_dir>/calibration.json`, which hero-infer and hero-app then apply to that checkpoint.
+Without it, the temperature the run's calibration.json holds for the checkpoint (training writes
+one for every new best checkpoint, `run.calibrate`) is applied and recorded the same way, unless
+`--no_calibration` or the file was fitted on the split being scored.
 A run finished by `hero-finish-evidence` is evaluated with that decoder (recorded under
 `evidence_finish`); `--no_finished_decoder` uses the checkpoint's own.
 `--content_probe [topic]` adds STMIL's disentanglement read-out to metrics.json: linear probes
@@ -88,6 +91,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--calibrate", nargs="?", const="val", default=None, metavar="SPLIT",
                         help="fit a temperature for the head's confidence on SPLIT (default: val) first, evaluate "
                              "with it and save it as <run_dir>/calibration.json for hero-infer / hero-app")
+    parser.add_argument("--no_calibration", action="store_true",
+                        help="report the head's confidence as trained, ignoring the temperature the run's "
+                             "calibration.json holds for this checkpoint (output folder suffix _uncalibrated)")
     parser.add_argument("--no_finished_decoder", action="store_true",
                         help="write the evidence with the checkpoint's own decoder, not the one hero-finish-evidence "
                              "finished for it (output folder suffix _unfinished)")
@@ -105,6 +111,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         parser.error("--no_cot and --use_cls_head exclude each other (the classification head writes no text)")
     if args.no_brief and args.use_cls_head:
         parser.error("--no_brief and --use_cls_head exclude each other (the classification head reads no prompt)")
+    if args.calibrate is not None and args.no_calibration:
+        parser.error("--calibrate and --no_calibration exclude each other")
     if args.calibrate is not None and args.calibrate == args.split:
         parser.error(f"--calibrate {args.calibrate}: fit the temperature on another split than the one you "
                      "score (e.g. --calibrate val --split test)")
@@ -124,7 +132,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     from minigpt4.evaluation.faithfulness import annotated_rationale_grounding
     from minigpt4.evaluation.records import (
         default_out_dir, gather_records, iter_batches_with_progress, parse_modalities, run_dir_of)
-    from minigpt4.evaluation.temperature import TemperatureFit, save_calibration
+    from minigpt4.evaluation.temperature import TemperatureFit, load_calibration, save_calibration
     from minigpt4.runners.components import ConfigDriftError, build_components, check_config_drift, load_weights
     from minigpt4.runners.runner_base import resolve_amp, sharded_loader
 
@@ -134,7 +142,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     calibrate = getattr(args, "calibrate", None)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
                                                              args.use_cls_head, args.no_brief, calibrate is not None,
-                                                             args.no_finished_decoder)
+                                                             args.no_finished_decoder, bool(args.no_calibration))
     check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
     probe_field = getattr(args, "content_probe", None)
     parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else [])
@@ -192,6 +200,10 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
             logger.info("head temperature %.4f fitted on %d %s clips (NLL %.4f -> %.4f), saved to %s",
                         temperature["temperature"], temperature["n"], calibrate, temperature["nll_before"],
                         temperature["nll_after"], path)
+    elif not args.no_calibration and has_head:
+        temperature = run_calibration(load_calibration(run_dir_of(ckpt_path), ckpt_path), args.split)
+        if temperature is not None:
+            model.head_temperature = temperature["temperature"]
     logger.info("evaluating %s (%s) on split %r: %s clips, %d rank(s), batch %d, %s", ckpt_path, loaded, args.split,
                 len(expected_ids) if expected_ids is not None else "streamed", dist_info.world_size, batch_size,
                 "classification head" if args.use_cls_head else f"reports ({'CoT' if use_cot else 'label only'})")
@@ -251,6 +263,23 @@ def run_content_probe(model: Any, datasets: Any, split: str, field: str, batch_s
     return result
 
 
+def run_calibration(record: Optional[dict[str, Any]], split: str) -> Optional[dict[str, Any]]:
+    """metrics.json's `temperature` from the run's calibration.json record for this checkpoint (its
+    `source`: the file), or None: no record, or one fitted on the very split being scored (scaling
+    a split by a temperature fitted on it would flatter its calibration)."""
+    if record is None:
+        return None
+    fitted_on = str(record.get("fitted_on_split", ""))
+    if split in fitted_on.split("+"):
+        logger.info("calibration.json was fitted on split %r, the one scored: the head's confidence is "
+                    "reported as trained", fitted_on)
+        return None
+    logger.info("head confidence at temperature %.4f (calibration.json, fitted on %s; --no_calibration: as "
+                "trained)", record["temperature"], fitted_on or "?")
+    return {"temperature": float(record["temperature"]), "n": record.get("n"), "nll_before": record.get("nll_before"),
+            "nll_after": record.get("nll_after"), "fitted_on_split": fitted_on or None, "source": "calibration.json"}
+
+
 def fit_head_temperature(model: Any, datasets: Any, split: str, labels: Sequence[str], batch_size: int, cfg: Any,
                          dist_info: Any, autocast: Any, device: Any) -> dict[str, Any]:
     """Fit the head's temperature on `split` (every rank predicts its shard; rank 0 fits; all get it).
@@ -277,7 +306,7 @@ def fit_head_temperature(model: Any, datasets: Any, split: str, labels: Sequence
     if dist_info.rank == 0:
         fit = fit_from_records(merge_records(per_rank, ids)[0], labels)
         box = [{"temperature": fit.temperature, "n": fit.n, "nll_before": fit.nll_before,
-                "nll_after": fit.nll_after, "fitted_on_split": split}]
+                "nll_after": fit.nll_after, "fitted_on_split": split, "source": "--calibrate"}]
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast_object_list(box, src=0)
     return box[0]

@@ -85,6 +85,9 @@ class RunConfig:
     best_tie: str = "later"  # a validation score equal to the best so far: later (that checkpoint becomes best) | earlier
     val_generate: bool = True  # validate by generating reports on the val split (gen_* terms), when the task can
     val_max_new_tokens: int = 300  # generation budget of that validation
+    # fit the classification head's temperature on the validation clips for every new best checkpoint
+    # (calibration.json, applied by hero-eval / hero-infer / hero-app): needs a head and val_generate
+    calibrate: bool = True
     resume_ckpt_path: Optional[str] = None  # checkpoint dir or run dir (its latest checkpoint)
     evaluate: bool = False  # only run validation
     train_splits: list[str] = field(default_factory=lambda: ["train"])

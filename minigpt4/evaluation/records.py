@@ -287,9 +287,11 @@ def run_dir_of(checkpoint: PathLike) -> Path:
 
 
 def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_head: bool = False,
-                  no_brief: bool = False, calibrated: bool = False, unfinished: bool = False) -> str:
+                  no_brief: bool = False, calibrated: bool = False, unfinished: bool = False,
+                  uncalibrated: bool = False) -> str:
     """Suffix naming an eval variant: '' (plain), '_missing-audio+text', '_nocot', '_clshead',
-    '_nobrief', '_calibrated', '_unfinished' (combined in that order, e.g. '_missing-audio_nocot_nobrief')."""
+    '_nobrief', '_calibrated', '_unfinished', '_uncalibrated' (combined in that order, e.g.
+    '_missing-audio_nocot_nobrief')."""
     tag = ""
     if missing:
         tag += "_missing-" + "+".join(missing)
@@ -303,14 +305,16 @@ def condition_tag(missing: Sequence[str] = (), no_cot: bool = False, use_cls_hea
         tag += "_calibrated"
     if unfinished:
         tag += "_unfinished"
+    if uncalibrated:
+        tag += "_uncalibrated"
     return tag
 
 
 def default_out_dir(checkpoint: PathLike, split: str, missing: Sequence[str] = (), no_cot: bool = False,
                     use_cls_head: bool = False, no_brief: bool = False, calibrated: bool = False,
-                    unfinished: bool = False) -> Path:
+                    unfinished: bool = False, uncalibrated: bool = False) -> Path:
     """`<run_dir>/eval_<split><variant>/`, so variants of one run never overwrite each other."""
-    tag = condition_tag(missing, no_cot, use_cls_head, no_brief, calibrated, unfinished)
+    tag = condition_tag(missing, no_cot, use_cls_head, no_brief, calibrated, unfinished, uncalibrated)
     return run_dir_of(checkpoint) / f"eval_{split}{tag}"
 
 

@@ -8,9 +8,10 @@ validation split) keeps every prediction (argmax is unchanged) and fixes most of
 `fit_temperature` minimises the mean negative log-likelihood of the gold labels over log T in
 [log 0.05, log 20] (scipy's bounded scalar search). The head's probabilities are enough:
 softmax(log p / T) equals softmax(logits / T), since log p and the logits differ by a constant
-per row. `hero-eval --calibrate` fits T on the validation split and writes `calibration.json`
-(CALIBRATION_FILE) into the run folder; `hero-infer` and `hero-app` apply it to the checkpoint
-it was fitted for.
+per row. Training fits T on the validation split for every new best checkpoint (`run.calibrate`,
+runners/validation.py), as `hero-eval --calibrate` does on demand, and writes `calibration.json`
+(CALIBRATION_FILE) into the run folder; `hero-eval`, `hero-infer` and `hero-app` apply it to the
+checkpoint it was fitted for.
 """
 from __future__ import annotations
 
@@ -113,9 +114,10 @@ def save_calibration(run_dir: Union[str, Path], fit: TemperatureFit, checkpoint:
     return path
 
 
-def load_temperature(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[float]:
-    """The temperature `hero-eval --calibrate` fitted for `checkpoint`, or None (no file, or fitted
-    for another checkpoint of the run). A file that is not a calibration record is an error naming it."""
+def load_calibration(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[dict[str, Any]]:
+    """The run's calibration record (`temperature`, `n`, `nll_before`, `nll_after`, `checkpoint`,
+    `fitted_on_split`) when it was fitted for `checkpoint`, else None (no file, or fitted for another
+    checkpoint of the run). A file that is not a calibration record is an error naming it."""
     path = Path(run_dir) / CALIBRATION_FILE
     if not path.is_file():
         return None
@@ -127,4 +129,10 @@ def load_temperature(run_dir: Union[str, Path], checkpoint: Union[str, Path]) ->
                          "hero-eval --calibrate") from exc
     if not T_BOUNDS[0] <= t <= T_BOUNDS[1]:
         raise ValueError(f"{path}: temperature {t} outside {T_BOUNDS}")
-    return t if Path(ckpt) == Path(checkpoint).resolve() else None
+    return {**data, "temperature": t} if Path(ckpt) == Path(checkpoint).resolve() else None
+
+
+def load_temperature(run_dir: Union[str, Path], checkpoint: Union[str, Path]) -> Optional[float]:
+    """The temperature of `load_calibration`, or None."""
+    record = load_calibration(run_dir, checkpoint)
+    return None if record is None else float(record["temperature"])

@@ -116,6 +116,7 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
         self.best: Optional[Dict[str, Any]] = None
         self.last_train: Dict[str, Any] = {}
         self.last_val: Dict[str, float] = {}
+        self.val_records: List[Dict[str, Any]] = []
         self.optimizers: Dict[str, torch.optim.Optimizer] = {}
         self.scheduler = None
         self._aux_params: Dict[str, List[nn.Parameter]] = {}
@@ -239,7 +240,9 @@ class RunnerBase(DataMixin, OptimMixin, CheckpointMixin, ValidationMixin, Report
             logger.info("epoch %d validation: %s", epoch, ", ".join(f"{k}={v:.4f}" for k, v in val.items()))
         self.epoch, self.iter_in_epoch = epoch + 1, 0
         if save_every_epoch:
-            self.save_checkpoint(best=best)
+            path = self.save_checkpoint(best=best)
+            if best is not None and path is not None:
+                self.calibrate_best(path)
 
     def _warm_up_estimators(self, train_ds: Any) -> None:
         """A fresh run only (a resume restores the fitted estimators): the model's mutual-information

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -24,6 +25,7 @@ from torch.utils.data import ConcatDataset, IterableDataset
 from minigpt4.common.dist_utils import DistInfo
 from minigpt4.common.schema import ConfigError, RunConfig
 from minigpt4.common.seed import capture_rng_state, restore_rng_state
+from minigpt4.evaluation.temperature import fit_from_records, save_calibration
 from minigpt4.runners.loaders import batch_size_of, move_to_device
 from minigpt4.tasks.base_task import BaseTask
 
@@ -43,7 +45,9 @@ class ValidationMixin:
     world_size: int
     is_main: bool
     model_raw: nn.Module
+    output_dir: Path
     best: Optional[Dict[str, Any]]
+    val_records: List[Dict[str, Any]]  # the last validation's generated records (all ranks')
 
     @torch.no_grad()
     def evaluate(self, dataset: Optional[Any] = None) -> Dict[str, float]:
@@ -85,6 +89,7 @@ class ValidationMixin:
             logger.info("validation: %d clips in %.1f s (%.2f clips/s%s)", count, seconds, count / max(seconds, 1e-9),
                         ", reports generated" if generate else "")
         result = {k: v / count for k, v in sorted(sums.items())} if count else {}
+        self.val_records = records
         if generate and records:
             scored = self.task.generation_terms(records, list(self.model_raw.label_names))
             result.update(scored["terms"])
@@ -174,6 +179,23 @@ class ValidationMixin:
         if mode not in ("min", "max"):
             raise ValueError(f"run.best_mode must be min, max or auto; got {mode!r}")
         return metric, mode
+
+    def calibrate_best(self, checkpoint: Path) -> None:
+        """`run.calibrate`: fit the classification head's temperature on the validation clips just
+        generated (their head probabilities, at T = 1) for `checkpoint`, the new best, and save it as
+        the run's calibration.json, which hero-eval, hero-infer and hero-app apply to it. Why: the
+        head fits its training clips and is over-confident on new ones; one temperature fitted on
+        held-out clips fixes most of that and keeps every prediction (evaluation/temperature.py)."""
+        if not (self.run_cfg.calibrate and self.is_main and self.val_records):
+            return
+        try:
+            fit = fit_from_records(self.val_records, list(self.model_raw.label_names))
+        except ValueError as exc:  # e.g. no classification head: no head probabilities to scale
+            logger.info("run.calibrate: no head temperature fitted (%s)", exc)
+            return
+        path = save_calibration(self.output_dir, fit, checkpoint, "+".join(self.run_cfg.valid_splits))
+        logger.info("head temperature %.4f fitted on %d validation clips (NLL %.4f -> %.4f) for %s, saved to %s",
+                    fit.temperature, fit.n, fit.nll_before, fit.nll_after, Path(checkpoint).name, path)
 
     def _is_better(self, value: float) -> bool:
         """Whether `value` moves the best checkpoint here. A tie moves it too under `run.best_tie:
