@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"generation budget of a report (default: {DEFAULT_MAX_NEW_TOKENS}, as hero-eval)")
     p.add_argument("--no_calibration", action="store_true",
                    help="report the head's confidence as trained, ignoring the run's calibration.json "
-                        "(the temperature hero-eval --calibrate fitted)")
+                        "(the temperature training or hero-eval --calibrate fitted)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error (also: env HERO_DEBUG=1)")
     return p
 

@@ -5,8 +5,8 @@ Why this path: the model is built from the run's own `config.yaml` exactly as `h
 but no dataset is built, so the run's training corpus need not exist here. Clips become samples
 through the run's own dataset section (`HEROBuilder.sample_builder`), so feature keys, widths,
 `max_len`, masks, transcripts and measured evidence are handled as in training and evaluation.
-The head's temperature comes from the run's `calibration.json` when `hero-eval --calibrate` fitted
-one for this checkpoint (1.0 otherwise, or with `calibrated=False`).
+The head's temperature comes from the run's `calibration.json` when training (`run.calibrate`) or
+`hero-eval --calibrate` fitted one for this checkpoint (1.0 otherwise, or with `calibrated=False`).
 """
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ class InferenceSession:
         than the model's) still predicts feature files; `can_extract` is then False and
         `predict_videos` says why. `require_extraction`: raise that reason now, before the model
         is loaded (a command line given videos). `calibrated`: apply the head temperature the run's
-        calibration.json holds for this checkpoint (hero-eval --calibrate).
+        calibration.json holds for this checkpoint (training, run.calibrate, or hero-eval --calibrate).
         """
         from minigpt4.inference.extraction_plan import plan_from_run
         from minigpt4.inference.loading import load_run, read_run

@@ -84,7 +84,7 @@ class HEROModel(nn.Module):
                                                 pad_token_id=int(tok.pad_token_id))
         self.decision_brief = self.evidence_stack.use_cls_head if c.decision_brief is None else c.decision_brief
         # divides the head's logits for the confidence a prediction reports (1.0: as trained); set
-        # from a run's calibration.json (hero-eval --calibrate), never from the config: it is not learned
+        # from a run's calibration.json (run.calibrate, hero-eval --calibrate), never from the config: it is not learned
         self.head_temperature = 1.0
         if self.decision_brief and not self.evidence_stack.use_cls_head:
             raise ValueError("model.decision_brief needs the classification head (model.lambda_cls > 0 or "
