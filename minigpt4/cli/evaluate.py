@@ -142,7 +142,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
     calibrate = getattr(args, "calibrate", None)
     out_dir = Path(args.out) if args.out else default_out_dir(args.ckpt, args.split, missing, args.no_cot,
                                                              args.use_cls_head, args.no_brief, calibrate is not None,
-                                                             args.no_finished_decoder, bool(args.no_calibration))
+                                                             args.no_finished_decoder, args.no_calibration)
     check_replaceable_dir(out_dir, is_eval_output)  # fail now, not after the predictions
     probe_field = getattr(args, "content_probe", None)
     parts = build_components(cfg, splits=[args.split] + ([calibrate] if calibrate else [])
@@ -201,7 +201,7 @@ def evaluate(args: argparse.Namespace, cfg: Any, dist_info: Any) -> Optional[dic
                         temperature["temperature"], temperature["n"], calibrate, temperature["nll_before"],
                         temperature["nll_after"], path)
     elif not args.no_calibration and has_head:
-        temperature = run_calibration(load_calibration(run_dir_of(ckpt_path), ckpt_path), args.split)
+        temperature = temperature_from_record(load_calibration(run_dir_of(ckpt_path), ckpt_path), args.split)
         if temperature is not None:
             model.head_temperature = temperature["temperature"]
     logger.info("evaluating %s (%s) on split %r: %s clips, %d rank(s), batch %d, %s", ckpt_path, loaded, args.split,
@@ -263,7 +263,7 @@ def run_content_probe(model: Any, datasets: Any, split: str, field: str, batch_s
     return result
 
 
-def run_calibration(record: Optional[dict[str, Any]], split: str) -> Optional[dict[str, Any]]:
+def temperature_from_record(record: Optional[dict[str, Any]], split: str) -> Optional[dict[str, Any]]:
     """metrics.json's `temperature` from the run's calibration.json record for this checkpoint (its
     `source`: the file), or None: no record, or one fitted on the very split being scored (scaling
     a split by a temperature fitted on it would flatter its calibration)."""
