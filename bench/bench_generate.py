@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from minigpt4.common.cot import build_instruction
     from minigpt4.common.modalities import DEFAULT_EMOTIONS
-    from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
+    from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig
+    from minigpt4.models.hero.user_turn import compose_user_turn
     from minigpt4.common.tiny_llm import make_tiny_llm
 
     if args.threads:

@@ -6,7 +6,7 @@ import torch
 from minigpt4.common.modalities import EXPERT_ORDER, VIDEO_PLACEHOLDER
 from minigpt4.datasets.datasets.collate import drop_modalities
 from minigpt4.models.hero import evidence_sources as src
-from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER, compose_user_turn
+from minigpt4.models.hero.user_turn import BRIEF_HEADER, compose_user_turn
 
 
 class WordTokenizer:

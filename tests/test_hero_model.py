@@ -19,7 +19,7 @@ from minigpt4.common import cot
 from minigpt4.common.modalities import AUDIO, AU, DEFAULT_EMOTIONS, EXPERT_ORDER, TEXT, VIDEO_PLACEHOLDER
 from minigpt4.common.registry import registry
 from minigpt4.models.hero.evidence_sources import ABSENT_BRIEF, NO_EVIDENCE_BRIEF
-from minigpt4.models.hero.llm_reasoner import BRIEF_HEADER
+from minigpt4.models.hero.user_turn import BRIEF_HEADER
 
 DIMS = {"video_dim": 6, "audio_dim": 8, "au_dim": 5, "text_dim": 6, "visual_dim": 8}
 MAX_DIM = 8

@@ -10,14 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from minigpt4.common.modalities import IMAGE_TOKEN, VIDEO_PLACEHOLDER
-from minigpt4.models.hero.llm_reasoner import (
-    BRIEF_HEADER,
-    IGNORE_INDEX,
-    LLMReasoner,
-    ReasonerConfig,
-    compose_user_turn,
-    resolve_dtype,
-)
+from minigpt4.models.hero.llm_reasoner import IGNORE_INDEX, LLMReasoner, ReasonerConfig, resolve_dtype
+from minigpt4.models.hero.user_turn import BRIEF_HEADER, compose_user_turn
 
 Q = 4  # context vectors per clip in these tests
 

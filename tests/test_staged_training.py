@@ -213,6 +213,47 @@ def test_init_from_another_llm_with_the_same_tokenizer_loads_what_fits(llm_dir, 
         apply_init_from(build(stage2_cfg, seed=3), OmegaConf.create({"model": refused}))
 
 
+def test_init_from_an_llm_of_another_width_keeps_the_run_s_decision(llm_dir, tmp_path):
+    """A joint run through the 64-wide tiny LLM seeds a 48-wide LLM of the same tokenizer with
+    `model.context_dim: 64`: the evidence stack loads whole but for SCCL's reader of the other embedding
+    table, a trainable bridge maps the context into the new LLM, and with the stack frozen the head's
+    logits are the run's own. Without `context_dim` the integrated context's width is refused."""
+    from minigpt4.common.tiny_llm import make_tiny_llm
+
+    narrow = make_tiny_llm(tmp_path / "narrow", hidden_size=48, num_layers=1, num_heads=4, intermediate_size=96, seed=0)
+    stage1_cfg = make_cfg(llm_dir, lambda_cls=1.0)
+    stage1 = build(stage1_cfg, seed=1)
+    one_step(stage1)
+    save_run(tmp_path / "stage1", stage1, stage1_cfg)
+    stage2_cfg = make_cfg(narrow, lambda_cls=1.0, init_from=str(tmp_path / "stage1"), freeze_evidence_stack=True,
+                          context_dim=64)
+    stage2 = build(stage2_cfg, seed=2)
+    bridge = stage2.reasoner.context_proj
+    assert tuple(bridge.weight.shape) == (48, 64) and bridge.weight.requires_grad
+    apply_init_from(stage2, OmegaConf.create({"model": stage2_cfg}))
+    mine, theirs = dict(stage2.state_dict()), dict(stage1.state_dict())
+    reader = [n for n in theirs if n.startswith("evidence_stack.sccl_text_proj.")]
+    stack = [n for n in theirs if n.startswith("evidence_stack.") and n not in reader]
+    assert tuple(mine[reader[0]].shape) == (256, 48) and tuple(theirs[reader[0]].shape) == (256, 64)
+    assert reader[1].endswith("bias") and not torch.equal(mine[reader[1]], theirs[reader[1]])  # its bias stays too
+    assert stack and all(torch.equal(mine[n], theirs[n]) for n in stack)
+    stage1.eval(), stage2.eval()
+    with torch.no_grad():
+        before = stage1.evidence_stack(make_batch(), None, compute_losses=False).cls_logits
+        after = stage2.evidence_stack(make_batch(), None, compute_losses=False).cls_logits
+    assert torch.equal(before, after)
+    # training moves the bridge and LoRA, never the stack; the checkpoint holds the bridge
+    bridge_before, frozen = bridge.weight.detach().clone(), dict(stage2.evidence_stack.named_parameters())
+    head_before = frozen["cls_head.1.weight"].detach().clone()
+    one_step(stage2)
+    assert not torch.equal(bridge.weight, bridge_before) and torch.equal(frozen["cls_head.1.weight"], head_before)
+    assert "reasoner.context_proj.weight" in ckpt.trainable_state_dict(stage2)
+
+    refused = make_cfg(narrow, lambda_cls=1.0, init_from=str(tmp_path / "stage1"), freeze_evidence_stack=True)
+    with pytest.raises(InitFromError, match="shape mismatches: .*integration"):
+        apply_init_from(build(refused, seed=3), OmegaConf.create({"model": refused}))
+
+
 def test_only_a_fresh_run_applies_init_from(tmp_path):
     from minigpt4.common.schema import RunConfig
     from minigpt4.runners.runner_base import RunnerBase

@@ -248,6 +248,10 @@ class ModelConfig:
     frame_contrast: Union[bool, list[str]] = False
     include_synergy: bool = True
     integration_strategy: str = "audio"  # audio | dynamic | concat
+    # width of the integrated context (and of the head on it); null: the LLM's hidden size. Another width
+    # puts a trainable linear bridge before the LLM (`LLMReasoner.context_proj`), so a run through one LLM
+    # can seed an LLM of another width (README "A real pretrained LLM")
+    context_dim: Optional[int] = None
     # objectives
     lambda_stmil: float = 0.1
     lambda_sccl: float = 0.1
@@ -306,6 +310,8 @@ class ModelConfig:
                                   "evidence_max_len", "transcript_max_tokens"))
         _nonnegative(self, "model", ("frame_encoder_layers", "lambda_stmil", "lambda_sccl", "lambda_synergy",
                                      "lambda_evidence", "lambda_cls", "lambda_expert_cls", "lambda_kl"))
+        if self.context_dim is not None and self.context_dim <= 0:
+            raise ConfigError(f"model.context_dim must be null or > 0, got {self.context_dim}")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"model.hidden_dim ({self.hidden_dim}) must be divisible by "
                               f"model.num_heads ({self.num_heads})")

@@ -11,7 +11,9 @@ What is refused, as an `InitFromError` naming the file and the keys:
   mean other things, e.g. a permuted label set or another LLM's embeddings);
 - a tensor of the file that is not a parameter or buffer of the model, or has another shape.
 The model's parameters the file does not hold (the LoRA adapters of a stage-1 checkpoint, which
-has no LLM weight) keep their initial values.
+has no LLM weight) keep their initial values. From a run through another LLM (same tokenizer), that
+LLM's adapters are not loaded, nor `EMBEDDING_READERS` tensors of another width; the integrated
+context keeps the run's width when `model.context_dim` says so (a trained bridge maps it into this LLM).
 """
 from __future__ import annotations
 
@@ -40,6 +42,9 @@ ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset({
 # `model.llm.path` may differ when both LLMs share the tokenizer (`check_same_tokenizer`); their width shows
 # in the tensors' shapes, and the other LLM's adapters are not loaded: a shallow trunk of the LLM trains the
 # joint run whose evidence stack the full LLM then starts from
+# tensors that read the LLM's token-embedding table (SCCL's side of the golden sentences): from another LLM of
+# another width they cannot load, and start fresh (the integrated context may keep its width: model.context_dim)
+EMBEDDING_READERS: tuple[str, ...] = ("evidence_stack.sccl_text_proj.",)
 _SHOWN = 8  # offending keys named in an error
 LLM_PREFIX = "reasoner."  # the LLM's tensors (its LoRA adapters) in a checkpoint
 
@@ -167,6 +172,19 @@ def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path)
                           kept=dict(Counter(part_of(k) for k in fit.missing)))
 
 
+def drop_other_embedding_readers(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` without the `EMBEDDING_READERS` modules with a tensor whose shape differs from the model's: they
+    read another LLM's embedding table, of another width, and keep this model's initial values (logged)."""
+    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
+    wider = {prefix for prefix in EMBEDDING_READERS for k, v in state.items()
+             if k.startswith(prefix) and k in own and tuple(own[k].shape) != tuple(v.shape)}
+    other = [k for k in state if k.startswith(tuple(wider))]  # a module's weight and bias go together
+    if other:
+        logger.info("model.init_from: %s read the other LLM's token embeddings (another width): not loaded, "
+                    "at their initial values", _listed(other))
+    return {k: v for k, v in state.items() if k not in other}
+
+
 def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:
     """Load `model.init_from`'s weights into `model` (a fresh run only: the runner decides); None when unset."""
     source = init_source(cfg)
@@ -180,6 +198,7 @@ def apply_init_from(model: nn.Module, cfg: Any) -> Optional[InitFromReport]:
         state = {k: v for k, v in state.items() if not k.startswith(LLM_PREFIX)}
         logger.info("model.init_from: %d tensors of the other LLM's adapters not loaded (%s)", len(skipped),
                     _listed(skipped) if skipped else "none")
+        state = drop_other_embedding_readers(model, state)
     report = load_subset(model, state, file)
     logger.info("model.init_from: loaded %d tensors from %s (%s); trainable tensors not in it, at their initial "
                 "values: %s", report.n_loaded, file, ", ".join(f"{k} {v}" for k, v in sorted(report.loaded.items())),

@@ -59,7 +59,7 @@ class EvidenceTargets:
 
     input_ids [B, 6, L] long (left-aligned, pad id beyond each sentence, no BOS/EOS),
     attention_mask [B, 6, L] (1 = real token), present [B, 6] bool (golden sentence exists),
-    sentence_embeds [B, 6, llm_dim] float (frozen: mean of the LLM's input embeddings over the
+    sentence_embeds [B, 6, D_llm] float (frozen: mean of the LLM's input embeddings over the
     sentence tokens).
     """
 
@@ -73,7 +73,7 @@ class EvidenceTargets:
 class EvidenceOutput:
     """What the evidence stack hands to the reasoner (shapes for a batch of B clips)."""
 
-    context: Tensor  # [B, num_output_queries, llm_dim]
+    context: Tensor  # [B, num_output_queries, llm_dim] (model.context_dim; null: the LLM's hidden size)
     modality_weights: Tensor  # [B, 6] float32, sums to 1 over present experts, exactly 0 for absent ones
     expert_present: Tensor  # [B, 6] bool
     summaries: Tensor  # [B, 6, H] (zeros for absent experts)
@@ -93,7 +93,7 @@ class HEROEvidenceStack(nn.Module):
     """Slicing, five ModalityQFormers, SynergyExpert, EvidenceDecoder, integration, STMIL/SCCL/robustness."""
 
     def __init__(self, cfg_model: Any, llm_dim: int, vocab_size: int, bos_token_id: int,
-                 eos_token_id: int, pad_token_id: int) -> None:
+                 eos_token_id: int, pad_token_id: int, embed_dim: Optional[int] = None) -> None:
         super().__init__()
         c = model_config(cfg_model)
         self.dims = modality_dims(c)
@@ -159,7 +159,7 @@ class HEROEvidenceStack(nn.Module):
             if c.stmil.erase else None
         if self.lambdas["sccl"] > 0:
             self.sccl_summary_proj = nn.Linear(h, c.sccl_dim)
-            self.sccl_text_proj = nn.Linear(int(llm_dim), c.sccl_dim)
+            self.sccl_text_proj = nn.Linear(int(embed_dim or llm_dim), c.sccl_dim)  # the LLM's token embeddings
         if self.use_cls_head:
             self.cls_head = nn.Sequential(nn.LayerNorm(int(llm_dim)), nn.Linear(int(llm_dim), self.num_classes))
         if self.lambdas["expert_cls"] > 0:
@@ -391,7 +391,7 @@ class HEROEvidenceStack(nn.Module):
                              f"got {tuple(targets.present.shape)}")
         emb = targets.sentence_embeds
         if emb.dim() != 3 or emb.shape[:2] != (batch, NUM_EXPERTS):
-            raise ValueError(f"EvidenceTargets.sentence_embeds must be [{batch}, {NUM_EXPERTS}, llm_dim], "
+            raise ValueError(f"EvidenceTargets.sentence_embeds must be [{batch}, {NUM_EXPERTS}, D_llm], "
                              f"got {tuple(emb.shape)}")
 
     def _evidence_loss(self, out: EvidenceOutput, targets: EvidenceTargets) -> Optional[Tensor]:

@@ -1,7 +1,7 @@
 """HEROModel (registry name `hero`): the evidence stack (experts + integration) and the LLM reasoner.
 
 The evidence half (`HEROEvidenceStack`) turns the feature stack into an integrated context
-`[B, num_output_queries, llm_dim]`, per-expert modality weights and evidence sentences. The
+`[B, num_output_queries, llm_dim]` (`model.context_dim`), per-expert modality weights and evidence sentences. The
 reasoning half (`LLMReasoner`) reads that context at the `<VideoHere>` slot, then an
 *evidence brief* (one tagged line per present expert, ordered by its modality weight), then
 the instruction, and writes the CoT report.
@@ -47,7 +47,8 @@ from minigpt4.models.hero import evidence_sources as sources_
 from minigpt4.models.hero import training_stage as stages
 from minigpt4.models.hero.evidence_readout import with_slots
 from minigpt4.models.hero.evidence_stack import EvidenceTargets, HEROEvidenceStack
-from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig, compose_user_turn
+from minigpt4.models.hero.llm_reasoner import LLMReasoner, ReasonerConfig
+from minigpt4.models.hero.user_turn import compose_user_turn
 
 _TENSOR_KEYS = ("video_features", "feature_mask", "modality_mask", "emotion")
 
@@ -79,9 +80,9 @@ class HEROModel(nn.Module):
         self.reasoner = LLMReasoner(reasoner_cfg)
         tok = self.reasoner.tokenizer
         bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        self.evidence_stack = HEROEvidenceStack(c, llm_dim=self.reasoner.hidden_size, vocab_size=self.reasoner.vocab_size,
+        self.evidence_stack = HEROEvidenceStack(c, llm_dim=self.reasoner.context_dim, vocab_size=self.reasoner.vocab_size,
                                                 bos_token_id=int(bos), eos_token_id=int(tok.eos_token_id),
-                                                pad_token_id=int(tok.pad_token_id))
+                                                pad_token_id=int(tok.pad_token_id), embed_dim=self.reasoner.hidden_size)
         self.decision_brief = self.evidence_stack.use_cls_head if c.decision_brief is None else c.decision_brief
         # divides the head's logits for the confidence a prediction reports (1.0: as trained); set
         # from a run's calibration.json (run.calibrate, hero-eval --calibrate), never from the config: it is not learned
@@ -145,7 +146,7 @@ class HEROModel(nn.Module):
         """Golden evidence per expert as LLM tokens + frozen sentence embeddings; None if the batch has none.
 
         Shapes: input_ids / attention_mask [B, 6, L] (L <= evidence_max_len, pad id beyond each
-        sentence), present [B, 6], sentence_embeds [B, 6, llm_dim] (float32, mean of the LLM's
+        sentence), present [B, 6], sentence_embeds [B, 6, D_llm] (float32, mean of the LLM's
         input embeddings over the sentence tokens, zeros where absent).
         """
         evidence = samples.get("evidence") or [{} for _ in range(self._batch_size(samples))]
@@ -162,8 +163,7 @@ class HEROModel(nn.Module):
         ids = self.reasoner.tokenizer(texts, add_special_tokens=False)["input_ids"]
         ids = [row[: self.evidence_max_len] for row in ids]
         length = max(1, max(len(r) for r in ids))
-        device = self.device
-        pad = int(self.reasoner.tokenizer.pad_token_id)
+        device, pad = self.device, int(self.reasoner.tokenizer.pad_token_id)
         input_ids = torch.full((batch, n_exp, length), pad, dtype=torch.long)
         mask = torch.zeros((batch, n_exp, length), dtype=torch.long)
         present = torch.zeros((batch, n_exp), dtype=torch.bool)

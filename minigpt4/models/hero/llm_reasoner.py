@@ -5,7 +5,7 @@ from `model.llm.path`, freezing the base and adding LoRA through PEFT, turning a
 with the `<video><VideoHere></video>` placeholder into input embeddings (the integrated
 context `[B, Q, llm_dim]` goes where `<VideoHere>` stands), masking the prompt out of the
 labels, and batched generation with the KV cache. It knows nothing about experts: the
-evidence brief arrives as text lines (see `compose_user_turn`).
+evidence brief arrives as text lines (`user_turn.compose_user_turn`).
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ _DTYPES: dict[str, torch.dtype] = {
 
 DEFAULT_PROMPT_TEMPLATE = ModelConfig.prompt_template
 DEFAULT_SYSTEM_PROMPT = ModelConfig.system_prompt
-BRIEF_HEADER = "Evidence from the observation experts:"
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -67,6 +66,7 @@ class ReasonerConfig:
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     max_txt_len: int = ModelConfig.max_txt_len
     end_sym: Optional[str] = None
+    context_dim: Optional[int] = None  # width of the context it reads; null: the LLM's hidden size
 
     @classmethod
     def from_model_cfg(cls, cfg_model: Any) -> "ReasonerConfig":
@@ -81,27 +81,8 @@ class ReasonerConfig:
             load_in_8bit=llm.load_in_8bit, trust_remote_code=llm.trust_remote_code,
             use_chat_template=c.use_chat_template, system_prompt=c.system_prompt or None,
             prompt_template=c.prompt_template, max_txt_len=c.max_txt_len, end_sym=c.end_sym or None,
+            context_dim=c.context_dim,
         )
-
-
-def compose_user_turn(instruction: str, brief: Sequence[tuple[str, str]], spoken: Optional[str] = None) -> str:
-    """The user turn: video placeholder, the evidence brief, the spoken-words line, the instruction.
-
-    `instruction` may contain the `<video><VideoHere></video>` placeholder once (text before it
-    stays before it); without one, the placeholder is put first. `brief` holds (tag, sentence)
-    pairs in the order they should be read; each becomes a line `[tag] sentence`. `spoken` is
-    the transcript line (`model.transcript_template` filled), None or empty for none.
-    """
-    count = instruction.count(VIDEO_PLACEHOLDER)
-    if count > 1:
-        raise ValueError(f"instruction contains {VIDEO_PLACEHOLDER} {count} times; expected at most once: {instruction!r}")
-    if instruction.count(IMAGE_TOKEN) != count:
-        raise ValueError(f"instruction contains a bare {IMAGE_TOKEN} outside {VIDEO_PLACEHOLDER}: {instruction!r}")
-    before, _, after = instruction.partition(VIDEO_PLACEHOLDER) if count else ("", "", instruction)
-    lines = [f"[{tag}] {' '.join(sentence.split())}" for tag, sentence in brief if sentence and sentence.strip()]
-    brief_text = ("\n" + BRIEF_HEADER + "\n" + "\n".join(lines)) if lines else ""
-    spoken_text = f"\n{' '.join(spoken.split())}" if spoken and spoken.strip() else ""
-    return f"{before}{VIDEO_PLACEHOLDER}{brief_text}{spoken_text}\n{after.strip()}".strip()
 
 
 @dataclass
@@ -188,7 +169,8 @@ def load_llm(cfg: ReasonerConfig) -> nn.Module:
 
 
 class LLMReasoner(nn.Module):
-    """Causal LM + tokenizer + prompt assembly. Trainable parameters: the LoRA adapters only."""
+    """Causal LM + tokenizer + prompt assembly. Trainable parameters: the LoRA adapters, and the linear
+    bridge `context_proj` [context_dim -> hidden size] when the context has another width than the LLM."""
 
     def __init__(self, cfg: ReasonerConfig) -> None:
         super().__init__()
@@ -199,11 +181,18 @@ class LLMReasoner(nn.Module):
         self._eos_ids = self._stop_token_ids()
         base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
         self._supports_logits_to_keep = "logits_to_keep" in inspect.signature(base.forward).parameters
+        width = self.hidden_size
+        self.context_proj = nn.Linear(cfg.context_dim, width) if cfg.context_dim not in (None, width) else None
 
     # ------------------------------------------------------------------ facts
     @property
     def hidden_size(self) -> int:
         return int(self.llm.get_input_embeddings().embedding_dim)
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the context `build_inputs` takes (the bridge maps it to `hidden_size`)."""
+        return int(self.cfg.context_dim or self.hidden_size)
 
     @property
     def vocab_size(self) -> int:
@@ -301,8 +290,10 @@ class LLMReasoner(nn.Module):
         if len(user_turns) != batch or (answers is not None and len(answers) != batch):
             raise ValueError(f"batch of {batch} contexts but {len(user_turns)} prompts"
                              + ("" if answers is None else f" and {len(answers)} answers"))
-        if dim != self.hidden_size:
-            raise ValueError(f"context width {dim} != LLM hidden size {self.hidden_size}")
+        if dim != self.context_dim:
+            raise ValueError(f"context width {dim} != the LLM's context width {self.context_dim} (model.context_dim)")
+        if self.context_proj is not None:
+            context = self.context_proj(context.to(self.context_proj.weight.dtype))
         prompts = self.prompt_ids(user_turns)
         if prefixes is not None and len(prefixes) != batch:
             raise ValueError(f"batch of {batch} contexts but {len(prefixes)} prefixes")
