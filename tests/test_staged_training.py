@@ -250,7 +250,7 @@ def test_init_from_an_llm_of_another_width_keeps_the_run_s_decision(llm_dir, tmp
     assert "reasoner.context_proj.weight" in ckpt.trainable_state_dict(stage2)
 
     refused = make_cfg(narrow, lambda_cls=1.0, init_from=str(tmp_path / "stage1"), freeze_evidence_stack=True)
-    with pytest.raises(InitFromError, match="shape mismatches: .*integration"):
+    with pytest.raises(InitFromError, match="shape mismatches: .*integration.* set model.context_dim=64"):
         apply_init_from(build(refused, seed=3), OmegaConf.create({"model": refused}))
 
 

@@ -45,6 +45,7 @@ ARCHITECTURE_MODEL_KEYS: frozenset[str] = frozenset({
 # tensors that read the LLM's token-embedding table (SCCL's side of the golden sentences): from another LLM of
 # another width they cannot load, and start fresh (the integrated context may keep its width: model.context_dim)
 EMBEDDING_READERS: tuple[str, ...] = ("evidence_stack.sccl_text_proj.",)
+CONTEXT_OUT = "evidence_stack.integration.out_proj.1.weight"  # [context width, hidden_dim]
 _SHOWN = 8  # offending keys named in an error
 LLM_PREFIX = "reasoner."  # the LLM's tensors (its LoRA adapters) in a checkpoint
 
@@ -164,6 +165,9 @@ def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path)
     fit = ckpt.state_fit(model, state)
     problems = ([f"keys the model does not have: {_listed(fit.unexpected)}"] if fit.unexpected else []) + \
         ([f"shape mismatches: {_listed(sorted(fit.shapes))}"] if fit.shapes else [])
+    if any(bad.split(" ", 1)[0] == CONTEXT_OUT for bad in fit.shapes):  # written for an LLM of another width
+        problems.append(f"its integrated context is {state[CONTEXT_OUT].shape[0]} wide: set model.context_dim="
+                        f"{state[CONTEXT_OUT].shape[0]} to keep it (a trained bridge maps it into this LLM)")
     if problems:
         raise InitFromError(f"model.init_from: {file} does not fit the model built from this config: "
                             + "; ".join(problems))
