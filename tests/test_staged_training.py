@@ -125,6 +125,11 @@ def test_freeze_evidence_stack_trains_only_lora_and_checkpoints_the_stack(llm_di
     assert all(torch.equal(names[n], v) for n, v in stack.items())
     assert any(not torch.equal(names[n], v) for n, v in lora_before.items())
     assert set(stack) <= set(ckpt.trainable_state_dict(model))
+    # nor do its closed-form parts move: no refit (an unfrozen model refits its evidence read-out)
+    fitted = {n: b.clone() for n, b in model.evidence_stack.evidence_readout.named_buffers()}
+    assert model.refit_statistics([make_batch()]) is None
+    assert all(torch.equal(b, fitted[n]) for n, b in model.evidence_stack.evidence_readout.named_buffers())
+    assert build(make_cfg(llm_dir, lambda_cls=1.0)).refit_statistics([make_batch()])
     with pytest.raises(ConfigError, match="model.freeze_evidence_stack .* set model.init_from"):
         model_config(make_cfg(llm_dir, freeze_evidence_stack=True))
 

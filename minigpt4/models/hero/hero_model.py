@@ -13,9 +13,8 @@ holds the decoder's generated sentence of every present expert; at training:
   cannot learn to read the label off annotated sentences. Golden sentences still train the
   decoder (`loss_evidence`) and SCCL, and remain the CoT target's evidence section.
 - `golden`: the annotation's golden sentence for each present expert that has one, generated
-  ones for the rest. Kept for ablation only: real annotations nearly state the answer ("a
-  harsh, raised voice"), so the LLM learns to read the label off the brief, a shortcut that is
-  never there at inference (measured: a collapse to one class on a corpus with such sentences).
+  ones for the rest. An ablation: annotations nearly state the answer, a shortcut never there at
+  inference (measured: a collapse to one class on a corpus with such sentences).
 - `none`: no brief at training or inference (context + instruction only), an ablation.
 Absent experts (modality missing or dropped) never get a line. Where the report's evidence
 section is given (`report_evidence: experts`), `model.brief_lines: unreported` leaves out the
@@ -24,12 +23,11 @@ sentence once, in the section, and keeps `[fused]` and `[synergy]` in the brief.
 `model.brief_dropout` (default 0) drops the whole brief of a training clip with that probability,
 so the LLM must also write its evidence from the integrated context.
 
-The decision line (`model.decision_brief`, on by default whenever the classification head
-is): the head on the integrated context reads the emotion from the features
-(`loss_cls`); its two most probable classes go first in the brief as `[fused] ...`, at training
-(detached, from the head in training mode) and inference alike. The report's label is then
-learned as a function of what the features say, and the head and the report agree by
-construction rather than by chance.
+The decision line (`model.decision_brief`, on by default whenever the classification head is): the
+head on the integrated context reads the emotion from the features (`loss_cls`); its two most
+probable classes go first in the brief as `[fused] ...`, at training (detached, from the head in
+training mode) and inference alike: the report's label is learned as a function of what the
+features say, so the head and the report agree by construction rather than by chance.
 """
 from __future__ import annotations
 
@@ -360,8 +358,10 @@ class HEROModel(nn.Module):
         return self.evidence_stack.warm_up_stmil((self._on_device(s) for s in batches), rate)
 
     def refit_statistics(self, batches: Iterable[Mapping[str, Any]]) -> Optional[dict[str, float]]:
-        """Before step 1 and after every epoch: the content eraser's and the read-outs' statistics."""
-        return self.evidence_stack.refit_statistics(self._with_evidence_slots(self._on_device(s)) for s in batches)
+        """Before step 1 and after every epoch: the content eraser's and the read-outs' statistics; none with
+        `freeze_evidence_stack` (a refit can flip a near-tied erased direction: the stack stays as loaded)."""
+        return None if self.freeze_evidence_stack else self.evidence_stack.refit_statistics(
+            self._with_evidence_slots(self._on_device(s)) for s in batches)
 
     def _with_evidence_slots(self, samples: Mapping[str, Any]) -> dict[str, Any]:
         annotated = sources_.annotated_mask(samples, self._batch_size(samples))

@@ -11,8 +11,9 @@
 
 `model.freeze_experts` (reasoning tuning started from `model.init_from`) freezes the five modality
 experts and the synergy expert; `model.freeze_evidence_stack` freezes the whole evidence stack
-(experts, integration, evidence decoder, heads, the projection into the LLM), so only the LLM's
-LoRA trains and the class decision stays the one `init_from`'s run validated; the vCLUB
+(experts, integration, evidence decoder, heads, the projection into the LLM; its closed-form parts
+are not refitted either), so only the LLM's LoRA trains (and the context bridge, `model.context_dim`)
+and the class decision stays the one `init_from`'s run validated; the vCLUB
 q-network keeps its own optimiser (it only measures, and keeps up with the fixed representations).
 Frozen weights still go into every checkpoint (as state the model names, like its buffers), so an
 evaluation of the run reads the weights it trained with.
