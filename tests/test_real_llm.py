@@ -91,3 +91,40 @@ def test_real_trunk_keeps_the_first_layers_of_the_pretrained_model(smollm2_dir, 
     assert AutoTokenizer.from_pretrained(trunk_dir).get_vocab() == AutoTokenizer.from_pretrained(smollm2_dir).get_vocab()
     with pytest.raises(ValueError, match="1 <= N <= 30"):
         main(["--real", "--layers", "31", "--out", str(tmp_path / "too_deep")])
+
+
+def test_hero_smollm2_recipe_starts_from_the_default_run_at_its_context_width(smollm2_dir, tmp_path):
+    """hero_smollm2.yaml seeds SmolLM2 from hero.yaml's run: `init_from` is that run's folder and
+    `context_dim` the width of the tiny LLM `make_tiny_llm.py` makes by default, so that run's context
+    and head load as they are (the tokenizers are the same) and a trained bridge maps the context into
+    SmolLM2's 576."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from minigpt4.common.tiny_llm import main
+    from minigpt4.runners.init_from import apply_init_from
+    from tests.test_staged_training import one_step, save_run
+
+    default, recipe = (load_config(REPO_ROOT / f"configs/models/{name}.yaml") for name in ("hero", "hero_smollm2"))
+    assert recipe.model.init_from == default.run.output_dir and default.model.llm.path == "demo/tiny_llm"
+    tiny = tmp_path / "tiny_llm"
+    assert main(["--out", str(tiny)]) == 0  # the README's command, defaults only
+    assert recipe.model.context_dim == json.loads((tiny / "config.json").read_text())["hidden_size"]
+
+    run_cfg = make_cfg(tiny, lambda_cls=1.0)
+    joint = build(run_cfg, seed=1)
+    one_step(joint)
+    save_run(tmp_path / "hero_pretrain", joint, run_cfg)
+    llm = {k: recipe.model.llm[k] for k in ("dtype", "lora_r", "lora_alpha", "lora_dropout")}
+    llm["lora_target_modules"] = list(recipe.model.llm.lora_target_modules)
+    cfg = make_cfg(smollm2_dir, lambda_cls=1.0, llm=llm, init_from=str(tmp_path / "hero_pretrain"),
+                   freeze_evidence_stack=True, context_dim=recipe.model.context_dim)
+    model = build(cfg, seed=2)
+    apply_init_from(model, OmegaConf.create({"model": cfg}))
+    assert tuple(model.reasoner.context_proj.weight.shape) == (576, recipe.model.context_dim)
+    joint.eval(), model.eval()
+    with torch.no_grad():
+        theirs = joint.evidence_stack(make_batch(), None, compute_losses=False).cls_logits
+        mine = model.evidence_stack(make_batch(), None, compute_losses=False).cls_logits
+    assert torch.equal(mine, theirs)
