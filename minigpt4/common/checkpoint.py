@@ -295,9 +295,14 @@ class StateFit:
     unexpected: List[str]
     shapes: List[str]  # "key (file (...) vs model (...))", in the state's order
 
+    @property
+    def mismatched(self) -> set[str]:
+        """The keys of `shapes`: tensors the module has in another shape."""
+        return {s.split(" ", 1)[0] for s in self.shapes}
+
     def copy(self, state: Mapping[str, torch.Tensor]) -> None:
         """Copy every tensor of `state` that fits (known key, same shape) into its target."""
-        bad = {s.split(" ", 1)[0] for s in self.shapes}
+        bad = self.mismatched
         with torch.no_grad():
             for k, v in state.items():
                 if k in self.targets and k not in bad:

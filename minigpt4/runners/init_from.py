@@ -165,7 +165,7 @@ def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path)
     fit = ckpt.state_fit(model, state)
     problems = ([f"keys the model does not have: {_listed(fit.unexpected)}"] if fit.unexpected else []) + \
         ([f"shape mismatches: {_listed(sorted(fit.shapes))}"] if fit.shapes else [])
-    if any(bad.split(" ", 1)[0] == CONTEXT_OUT for bad in fit.shapes):  # written for an LLM of another width
+    if CONTEXT_OUT in fit.mismatched:  # written for an LLM of another width
         problems.append(f"its integrated context is {state[CONTEXT_OUT].shape[0]} wide: set model.context_dim="
                         f"{state[CONTEXT_OUT].shape[0]} to keep it (a trained bridge maps it into this LLM)")
     if problems:
@@ -179,10 +179,9 @@ def load_subset(model: nn.Module, state: Mapping[str, torch.Tensor], file: Path)
 def drop_other_embedding_readers(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """`state` without the `EMBEDDING_READERS` modules with a tensor whose shape differs from the model's: they
     read another LLM's embedding table, of another width, and keep this model's initial values (logged)."""
-    own = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    wider = {prefix for prefix in EMBEDDING_READERS for k, v in state.items()
-             if k.startswith(prefix) and k in own and tuple(own[k].shape) != tuple(v.shape)}
-    other = [k for k in state if k.startswith(tuple(wider))]  # a module's weight and bias go together
+    mismatched = ckpt.state_fit(model, state).mismatched
+    wider = tuple(prefix for prefix in EMBEDDING_READERS if any(k.startswith(prefix) for k in mismatched))
+    other = [k for k in state if k.startswith(wider)]  # a module's weight and bias go together
     if other:
         logger.info("model.init_from: %s read the other LLM's token embeddings (another width): not loaded, "
                     "at their initial values", _listed(other))
