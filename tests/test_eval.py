@@ -611,3 +611,27 @@ def test_content_probe_reads_the_annotations_topic_from_the_audio_summaries(trai
     assert json.loads((tmp_path / "probe" / "metrics.json").read_text())["content_probe"] == probe
     with pytest.raises(ContentProbeError, match="'speaker'"):
         eval_cli.run([*common, "--content_probe", "speaker", "--out", str(tmp_path / "none")])
+
+
+def test_cue_probe_script_reads_a_trained_run_s_expert_summaries(trained_run, tmp_path, capsys):
+    """scripts/cue_probe.py end to end on a trained run: the run's own model and data, a latents.json
+    beside its features, a table on stdout and the same numbers in --out."""
+    from scripts import cue_probe
+
+    data = trained_run["root"] / "data"
+    rng = np.random.default_rng(0)
+    records = json.loads(trained_run["labels"].read_text())
+    latents = [{"video_id": r["video_id"], "split": r["split"], "present": {"audio": True},
+                "audio_tone": float(rng.normal())} for r in records]
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "latents.json").write_text(json.dumps(latents))
+    (tmp_path / "corpus" / "features").symlink_to(data / "features")
+    out = tmp_path / "cues.json"
+    rc = cue_probe.main(["--run", str(trained_run["run"]), "--data", str(tmp_path / "corpus"), "--out", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    tone = result["audio_tone"]
+    assert (tone["modality"], tone["n_train"], tone["n_test"]) == ("audio", 8, 7)
+    assert isinstance(tone["expert_r2"], float) and isinstance(tone["frames_r2"], float)
+    assert "audio_tone" in capsys.readouterr().out
+    assert cue_probe.main(["--run", str(trained_run["run"]), "--data", str(tmp_path / "nowhere")]) == 2

@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""How much of each hidden cue of a synthetic corpus a trained run's experts carry (ridge R^2 on
+their summaries, beside the same regression on the frames' pooled [mean, std, slope]).
+
+A cue the frames carry but the summary does not is lost in the expert's frame-level extraction
+(minigpt4/evaluation/cue_probe.py). Needs the corpus's latents.json (make_demo_data.py and
+make_shift_data.py write it).
+
+Usage:
+  python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--out cues.json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="a training run folder (its config.yaml and checkpoints)")
+    p.add_argument("--data", required=True, help="the corpus folder (latents.json, features/)")
+    p.add_argument("--split", default="test", help="the split the probes are scored on (fitted on train)")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+    from omegaconf import OmegaConf
+
+    from minigpt4.common import checkpoint as ckpt_api
+    from minigpt4.common.atomic_io import atomic_write_json
+    from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS
+    from minigpt4.cli.eval_predict import build_eval_dataset
+    from minigpt4.datasets.datasets import without_training_dropout
+    from minigpt4.datasets.feature_io import find_feature_file, read_features
+    from minigpt4.evaluation.content_probe import expert_summaries
+    from minigpt4.evaluation.cue_probe import CueProbeError, format_table, probe_cues, read_latents
+    from minigpt4.runners.components import build_components, load_weights
+    from minigpt4.runners.runner_base import sharded_loader
+
+    run, data = Path(args.run), Path(args.data)
+    try:
+        records = read_latents(data / "latents.json")
+    except CueProbeError as exc:
+        print(f"cue_probe: {exc}", file=sys.stderr)
+        return 2
+    cfg = OmegaConf.load(run / "config.yaml")
+    parts = build_components(cfg, splits=["train", args.split])
+    model = parts.model
+    load_weights(model, ckpt_api.resolve_checkpoint(run, prefer_best=True), cfg, str(run / "config.yaml"))
+    summaries = {}
+    for split in ("train", args.split):
+        dataset, _, _ = build_eval_dataset(parts.datasets, split)
+        with without_training_dropout(dataset):
+            loader = sharded_loader(dataset, int(cfg.run.get("batch_size_eval", 16)), 0, 0, 1, False, int(cfg.run.seed))
+            summaries.update(expert_summaries(model, loader, torch.no_grad))
+    keys = {**DEFAULT_FEATURE_KEYS, **dict(cfg.datasets.hero_dataset.get("feature_keys") or {})}
+
+    def frames(video_id: str, modality: str):
+        path = find_feature_file(data / "features", video_id)
+        return None if path is None else read_features(path).arrays.get(str(keys[modality]))
+
+    try:
+        result = probe_cues(records, summaries, "train", args.split, frames)
+    except CueProbeError as exc:
+        print(f"cue_probe: {data / 'latents.json'}: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        atomic_write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
