@@ -84,11 +84,20 @@ def probe_cues(records: Sequence[Mapping[str, Any]], summaries: Mapping[str, tup
     and `frames_r2` (from the pooled frames; None without `frames`).
 
     `summaries`: video_id -> (summaries [6, H], present [6], emotion), as `content_probe.expert_summaries`
-    gives; `frames(video_id, modality)` -> [T, D] or None when absent. Clips without a summary are skipped.
+    gives; `frames(video_id, modality)` -> [T, D] or None when absent, called once per clip and modality
+    (a modality's cues share its pooled frames). Clips without a summary are skipped.
     """
     fields = cue_fields(records)
     if not fields:
         raise CueProbeError(f"no numeric cue field named {sorted(CUE_PREFIXES)}... in the latents")
+    pooled_frames: dict[tuple[str, str], Optional[np.ndarray]] = {}  # (video_id, modality): read once for all its cues
+
+    def pooled(vid: str, modality: str) -> Optional[np.ndarray]:
+        if (vid, modality) not in pooled_frames:
+            arr = frames(vid, modality)
+            pooled_frames[vid, modality] = None if arr is None else frame_statistics(arr)
+        return pooled_frames[vid, modality]
+
     out: dict[str, dict[str, Any]] = {}
     for field, modality in fields.items():
         e = EXPERT_ORDER.index(modality)
@@ -97,11 +106,8 @@ def probe_cues(records: Sequence[Mapping[str, Any]], summaries: Mapping[str, tup
             split, vid = rec["split"], str(rec["video_id"])
             if split not in rows or vid not in summaries or not summaries[vid][1][e]:
                 continue
-            pooled = None
-            if frames is not None:
-                arr = frames(vid, modality)
-                pooled = None if arr is None else frame_statistics(arr)
-            rows[split].append((summaries[vid][0][e], pooled, float(rec[field])))
+            rows[split].append((summaries[vid][0][e], None if frames is None else pooled(vid, modality),
+                                float(rec[field])))
         tr, te = rows[train_split], rows[test_split]
         y_tr, y_te = np.array([r[2] for r in tr]), np.array([r[2] for r in te])
         expert = ridge_r2(np.stack([r[0] for r in tr]), y_tr, np.stack([r[0] for r in te]), y_te) if tr and te else None
