@@ -6,8 +6,12 @@ A cue the frames carry but the summary does not is lost in the expert's frame-le
 (minigpt4/evaluation/cue_probe.py). Needs the corpus's latents.json (make_demo_data.py and
 make_shift_data.py write it).
 
+With --worth it also prices each expert's reading (minigpt4/evaluation/cue_worth.py): the
+generator oracle's accuracy with that modality's noise-free cues replaced by a read-out of the
+expert's summary, beside the oracle without that modality at all.
+
 Usage:
-  python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--out cues.json]
+  python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--worth] [--out cues.json]
 """
 from __future__ import annotations
 
@@ -21,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", required=True, help="a training run folder (its config.yaml and checkpoints)")
     p.add_argument("--data", required=True, help="the corpus folder (latents.json, features/)")
     p.add_argument("--split", default="test", help="the split the probes are scored on (fitted on train)")
+    p.add_argument("--worth", action="store_true",
+                   help="also price each expert's reading with the generator oracle (demo and shift corpora)")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     return p.parse_args(argv)
 
@@ -69,9 +75,50 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cue_probe: {data / 'latents.json'}: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
+    if args.worth:
+        worth = price_readings(data, summaries, args.split)
+        if worth is None:
+            print(f"cue_probe: {data}: no demo or shift manifest, so no generator oracle to price the readings",
+                  file=sys.stderr)
+            return 2
+        result = {"cues": result, "worth": worth}
     if args.out:
         atomic_write_json(args.out, result)
     return 0
+
+
+def generator_oracle(data: Path):
+    """(load_latents, cue_vector, CUE_BLOCKS) of the generator that wrote `data`, by its manifest; None if neither."""
+    from minigpt4.synthetic import demo, demo_cues, demo_oracles, shift, shift_cues, shift_oracles
+
+    for generator, cues, oracles in ((demo, demo_cues, demo_oracles), (shift, shift_cues, shift_oracles)):
+        if (data / generator.MANIFEST).is_file():
+            return cues.load_latents, oracles.cue_vector, oracles.CUE_BLOCKS
+    return None
+
+
+def price_readings(data: Path, summaries: dict, split: str) -> dict | None:
+    """`cue_worth.modality_worth` on the clips of train and `split` that have summaries; prints its table."""
+    import numpy as np
+
+    from minigpt4.common.modalities import EXPERT_ORDER
+    from minigpt4.evaluation.cue_worth import format_worth_table, modality_worth
+
+    oracle = generator_oracle(data)
+    if oracle is None:
+        return None
+    load_latents, cue_vector, blocks = oracle
+    cues, labels, summ, present = {}, {}, {}, {}
+    for name in ("train", split):
+        clips = [c for c in load_latents(data / "latents.json") if c.split == name and c.video_id in summaries]
+        cues[name] = np.stack([cue_vector(c) for c in clips])
+        labels[name] = np.array([c.emotion for c in clips])
+        summ[name] = {m: np.stack([summaries[c.video_id][0][EXPERT_ORDER.index(m)] for c in clips]) for m in blocks}
+        present[name] = {m: np.array([bool(summaries[c.video_id][1][EXPERT_ORDER.index(m)]) for c in clips])
+                         for m in blocks}
+    worth = modality_worth(cues, labels, summ, present, blocks, "train", split)
+    print(format_worth_table(worth, blocks))
+    return worth
 
 
 if __name__ == "__main__":

@@ -635,3 +635,33 @@ def test_cue_probe_script_reads_a_trained_run_s_expert_summaries(trained_run, tm
     assert isinstance(tone["expert_r2"], float) and isinstance(tone["frames_r2"], float)
     assert "audio_tone" in capsys.readouterr().out
     assert cue_probe.main(["--run", str(trained_run["run"]), "--data", str(tmp_path / "nowhere")]) == 2
+
+
+def test_cue_probe_worth_prices_each_expert_s_reading_with_the_generator_oracle(trained_run, tmp_path, capsys):
+    """--worth on a corpus the demo generator wrote (its manifest beside demo latents for the run's
+    clips): every modality left out and read from its expert, in the table and in --out; without a
+    generator manifest it is an error (exit 2)."""
+    from minigpt4.synthetic import demo, demo_cues
+    from minigpt4.synthetic.common import EMOTIONS
+    from scripts import cue_probe
+
+    rng = np.random.default_rng(0)
+    records = json.loads(trained_run["labels"].read_text())
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "features").symlink_to(trained_run["root"] / "data" / "features")
+    latents = [demo_cues.sample_cues(rng, EMOTIONS[i % 3], r["video_id"], r["split"]).to_json()
+               for i, r in enumerate(records)]
+    (corpus / "latents.json").write_text(json.dumps(latents))
+    args = ["--run", str(trained_run["run"]), "--data", str(corpus), "--worth"]
+    assert cue_probe.main(args) == 2  # no manifest: no generator to price with
+    assert "no demo or shift manifest" in capsys.readouterr().err
+    (corpus / demo.MANIFEST).write_text("{}")
+    out = tmp_path / "worth.json"
+    assert cue_probe.main(args + ["--out", str(out)]) == 0
+    worth = json.loads(out.read_text())["worth"]
+    for m in ("motion", "audio", "au", "text", "visual"):
+        assert 0.0 <= worth[f"{m}_left_out"] <= 1.0
+        assert f"{m}_from_expert" in worth
+    assert 0.0 <= worth["noise_free"] <= 1.0 and 0.0 <= worth["all_from_experts"] <= 1.0
+    assert "generator oracle on the noise-free cues" in capsys.readouterr().out

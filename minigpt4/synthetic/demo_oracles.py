@@ -40,6 +40,17 @@ def cue_vector(cues: ClipCues) -> np.ndarray:
     return np.concatenate(parts)
 
 
+# modality -> its columns of `cue_vector` (after the five presence flags, STACK_ORDER): what
+# `evaluation.cue_worth` replaces by an expert's read-out to price that expert's losses
+CUE_BLOCKS: dict[str, slice] = {
+    "audio": slice(5, 6),
+    "motion": slice(6, 8),
+    "au": slice(8, 8 + len(AU_ORDER)),
+    "text": slice(8 + len(AU_ORDER), 11 + len(AU_ORDER)),
+    "visual": slice(11 + len(AU_ORDER), 12 + len(AU_ORDER)),
+}
+
+
 def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` fresh clips' (cue vectors [n, F], latents [n, 3], labels [n]) without rendering
     frames, labels balanced in expectation. Drawn from a stream of its own, disjoint from the

@@ -52,6 +52,17 @@ def cue_vector(cues: ShiftCues) -> np.ndarray:
     return np.concatenate(parts)
 
 
+# modality -> its columns of `cue_vector` (after the five presence flags, STACK_ORDER): what
+# `evaluation.cue_worth` replaces by an expert's read-out to price that expert's losses
+CUE_BLOCKS: dict[str, slice] = {
+    "audio": slice(5, 7),
+    "motion": slice(7, 9),
+    "au": slice(9, 9 + len(AU_ORDER)),
+    "text": slice(9 + len(AU_ORDER), 17 + len(AU_ORDER)),
+    "visual": slice(17 + len(AU_ORDER), 18 + len(AU_ORDER)),
+}
+
+
 def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`n` fresh clips' (cue vectors [n, F], latents [n, 3], labels [n]) drawn from the
     priors without rendering frames, from a stream disjoint from the corpus's clip streams."""
