@@ -326,6 +326,17 @@ def read_latents(path: PathLike, from_json: Callable[[Mapping[str, Any]], Any]) 
 # ----------------------------------------------------------------------------- oracles and reports
 
 
+def cue_blocks(widths: Mapping[str, int]) -> dict[str, slice]:
+    """modality -> its columns of a generator's `cue_vector`: the blocks of `widths` back to back after
+    the len(STACK_ORDER) presence flags, in `widths`' order (what `evaluation.cue_worth` replaces by
+    an expert's read-out to price that expert's reading)."""
+    out, start = {}, len(STACK_ORDER)
+    for modality, width in widths.items():
+        out[modality] = slice(start, start + width)
+        start += width
+    return out
+
+
 def cue_table(
     rng: np.random.Generator,
     labels: np.ndarray,

@@ -12,6 +12,7 @@ from minigpt4.synthetic.common import (
     EMOTIONS,
     PathLike,
     accuracy_one_thread,
+    cue_blocks,
     cue_table,
     fit_one_thread,
 )
@@ -40,15 +41,8 @@ def cue_vector(cues: ClipCues) -> np.ndarray:
     return np.concatenate(parts)
 
 
-# modality -> its columns of `cue_vector` (after the five presence flags, STACK_ORDER): what
-# `evaluation.cue_worth` replaces by an expert's read-out to price that expert's losses
-CUE_BLOCKS: dict[str, slice] = {
-    "audio": slice(5, 6),
-    "motion": slice(6, 8),
-    "au": slice(8, 8 + len(AU_ORDER)),
-    "text": slice(8 + len(AU_ORDER), 11 + len(AU_ORDER)),
-    "visual": slice(11 + len(AU_ORDER), 12 + len(AU_ORDER)),
-}
+# cue_vector's modality blocks (evaluation.cue_worth prices each expert's reading of one)
+CUE_BLOCKS: dict[str, slice] = cue_blocks({"audio": 1, "motion": 2, "au": len(AU_ORDER), "text": 3, "visual": 1})
 
 
 def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from minigpt4.synthetic.common import (
     EMOTIONS,
     PathLike,
     accuracy_one_thread,
+    cue_blocks,
     cue_table,
     fit_one_thread,
 )
@@ -52,15 +53,9 @@ def cue_vector(cues: ShiftCues) -> np.ndarray:
     return np.concatenate(parts)
 
 
-# modality -> its columns of `cue_vector` (after the five presence flags, STACK_ORDER): what
-# `evaluation.cue_worth` replaces by an expert's read-out to price that expert's losses
-CUE_BLOCKS: dict[str, slice] = {
-    "audio": slice(5, 7),
-    "motion": slice(7, 9),
-    "au": slice(9, 9 + len(AU_ORDER)),
-    "text": slice(9 + len(AU_ORDER), 17 + len(AU_ORDER)),
-    "visual": slice(17 + len(AU_ORDER), 18 + len(AU_ORDER)),
-}
+# cue_vector's modality blocks (evaluation.cue_worth prices each expert's reading of one)
+CUE_BLOCKS: dict[str, slice] = cue_blocks({"audio": 2, "motion": 2, "au": len(AU_ORDER),
+                                           "text": 3 + len(EMOTIONS) - 1, "visual": 1})
 
 
 def sample_cue_table(seed: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
