@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any, Callable, Optional
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -27,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="the split the probes are scored on (fitted on train)")
     p.add_argument("--worth", action="store_true",
                    help="also price each expert's reading with the generator oracle (demo and shift corpora)")
-    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.add_argument("--out", default=None,
+                   help="also write the result as JSON here (with --worth: {\"cues\": ..., \"worth\": ...})")
     return p.parse_args(argv)
 
 
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     from minigpt4.datasets.feature_io import find_feature_file, read_features
     from minigpt4.evaluation.content_probe import expert_summaries
     from minigpt4.evaluation.cue_probe import CueProbeError, format_table, probe_cues, read_latents
+    from minigpt4.evaluation.cue_worth import format_worth_table
     from minigpt4.runners.components import build_components, load_weights
     from minigpt4.runners.runner_base import sharded_loader
 
@@ -52,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         records = read_latents(data / "latents.json")
     except CueProbeError as exc:
         print(f"cue_probe: {exc}", file=sys.stderr)
+        return 2
+    oracle = generator_oracle(data) if args.worth else None
+    if args.worth and oracle is None:
+        print(f"cue_probe: {data}: no demo or shift manifest, so no generator oracle to price the readings",
+              file=sys.stderr)
         return 2
     cfg = OmegaConf.load(run / "config.yaml")
     parts = build_components(cfg, splits=["train", args.split])
@@ -75,19 +83,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cue_probe: {data / 'latents.json'}: {exc}", file=sys.stderr)
         return 2
     print(format_table(result))
-    if args.worth:
-        worth = price_readings(data, summaries, args.split)
-        if worth is None:
-            print(f"cue_probe: {data}: no demo or shift manifest, so no generator oracle to price the readings",
-                  file=sys.stderr)
+    if oracle is not None:
+        try:
+            worth = price_readings(data, oracle, summaries, args.split)
+        except CueProbeError as exc:
+            print(f"cue_probe: {exc}", file=sys.stderr)
             return 2
+        print(format_worth_table(worth, oracle[2]))
         result = {"cues": result, "worth": worth}
     if args.out:
         atomic_write_json(args.out, result)
     return 0
 
 
-def generator_oracle(data: Path):
+Oracle = tuple[Callable[[Path], list], Callable[[Any], Any], dict[str, slice]]
+
+
+def generator_oracle(data: Path) -> Optional[Oracle]:
     """(load_latents, cue_vector, CUE_BLOCKS) of the generator that wrote `data`, by its manifest; None if neither."""
     from minigpt4.synthetic import demo, demo_cues, demo_oracles, shift, shift_cues, shift_oracles
 
@@ -97,28 +109,31 @@ def generator_oracle(data: Path):
     return None
 
 
-def price_readings(data: Path, summaries: dict, split: str) -> dict | None:
-    """`cue_worth.modality_worth` on the clips of train and `split` that have summaries; prints its table."""
+def price_readings(data: Path, oracle: Oracle, summaries: dict, split: str) -> dict[str, Optional[float]]:
+    """`cue_worth.modality_worth` on the clips of train and `split` that have both latents and summaries."""
     import numpy as np
 
     from minigpt4.common.modalities import EXPERT_ORDER
-    from minigpt4.evaluation.cue_worth import format_worth_table, modality_worth
+    from minigpt4.evaluation.cue_probe import CueProbeError
+    from minigpt4.evaluation.cue_worth import modality_worth
 
-    oracle = generator_oracle(data)
-    if oracle is None:
-        return None
     load_latents, cue_vector, blocks = oracle
+    path = data / "latents.json"
+    try:
+        records = load_latents(path)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CueProbeError(f"{path}: not the latents its generator's manifest says ({exc!r})") from exc
     cues, labels, summ, present = {}, {}, {}, {}
     for name in ("train", split):
-        clips = [c for c in load_latents(data / "latents.json") if c.split == name and c.video_id in summaries]
+        clips = [c for c in records if c.split == name and c.video_id in summaries]
+        if not clips:
+            raise CueProbeError(f"{path}: no {name} clip has both latents and an expert summary")
         cues[name] = np.stack([cue_vector(c) for c in clips])
         labels[name] = np.array([c.emotion for c in clips])
         summ[name] = {m: np.stack([summaries[c.video_id][0][EXPERT_ORDER.index(m)] for c in clips]) for m in blocks}
         present[name] = {m: np.array([bool(summaries[c.video_id][1][EXPERT_ORDER.index(m)]) for c in clips])
                          for m in blocks}
-    worth = modality_worth(cues, labels, summ, present, blocks, "train", split)
-    print(format_worth_table(worth, blocks))
-    return worth
+    return modality_worth(cues, labels, summ, present, blocks, "train", split)
 
 
 if __name__ == "__main__":

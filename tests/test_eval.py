@@ -665,3 +665,8 @@ def test_cue_probe_worth_prices_each_expert_s_reading_with_the_generator_oracle(
         assert f"{m}_from_expert" in worth
     assert 0.0 <= worth["noise_free"] <= 1.0 and 0.0 <= worth["all_from_experts"] <= 1.0
     assert "generator oracle on the noise-free cues" in capsys.readouterr().out
+    for rec in latents:
+        rec["video_id"] = "other_" + rec["video_id"]  # latents of some other corpus
+    (corpus / "latents.json").write_text(json.dumps(latents))
+    assert cue_probe.main(args) == 2
+    assert "no train clip has both latents and an expert summary" in capsys.readouterr().err
