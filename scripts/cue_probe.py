@@ -6,9 +6,9 @@ A cue the frames carry but the summary does not is lost in the expert's frame-le
 (minigpt4/evaluation/cue_probe.py). Needs the corpus's latents.json (make_demo_data.py and
 make_shift_data.py write it).
 
-With --worth it also prices each expert's reading (minigpt4/evaluation/cue_worth.py): the
-generator oracle's accuracy with that modality's noise-free cues replaced by a read-out of the
-expert's summary, beside the oracle without that modality at all.
+With --worth it also prices each expert's reading (minigpt4/evaluation/cue_worth.py): the accuracy
+of a logistic regression on the generator's noise-free cues (what its oracle reads) with that
+modality's cues replaced by a read-out of the expert's summary, beside it without that modality.
 
 Usage:
   python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--worth] [--out cues.json]
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data", required=True, help="the corpus folder (latents.json, features/)")
     p.add_argument("--split", default="test", help="the split the probes are scored on (fitted on train)")
     p.add_argument("--worth", action="store_true",
-                   help="also price each expert's reading with the generator oracle (demo and shift corpora)")
+                   help="also price each expert's reading on the generator's noise-free cues (demo and shift corpora)")
     p.add_argument("--out", default=None,
                    help="also write the result as JSON here (with --worth: {\"cues\": ..., \"worth\": ...})")
     return p.parse_args(argv)
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     if oracle is not None:
         try:
-            worth = price_readings(data, oracle, summaries, args.split)
+            worth = price_readings(data / "latents.json", records, oracle, summaries, args.split)
         except CueProbeError as exc:
             print(f"cue_probe: {exc}", file=sys.stderr)
             return 2
@@ -96,36 +96,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-Oracle = tuple[Callable[[Path], list], Callable[[Any], Any], dict[str, slice]]
+Oracle = tuple[Callable[[dict], Any], Callable[[Any], Any], dict[str, slice]]
 
 
 def generator_oracle(data: Path) -> Optional[Oracle]:
-    """(load_latents, cue_vector, CUE_BLOCKS) of the generator that wrote `data`, by its manifest; None if neither."""
+    """(its clip record's from_json, cue_vector, CUE_BLOCKS) of the generator that wrote `data`, by its
+    manifest; None if neither."""
     from minigpt4.synthetic import demo, demo_cues, demo_oracles, shift, shift_cues, shift_oracles
 
-    for generator, cues, oracles in ((demo, demo_cues, demo_oracles), (shift, shift_cues, shift_oracles)):
+    for generator, record, oracles in ((demo, demo_cues.ClipCues, demo_oracles),
+                                       (shift, shift_cues.ShiftCues, shift_oracles)):
         if (data / generator.MANIFEST).is_file():
-            return cues.load_latents, oracles.cue_vector, oracles.CUE_BLOCKS
+            return record.from_json, oracles.cue_vector, oracles.CUE_BLOCKS
     return None
 
 
-def price_readings(data: Path, oracle: Oracle, summaries: dict, split: str) -> dict[str, Optional[float]]:
-    """`cue_worth.modality_worth` on the clips of train and `split` that have both latents and summaries."""
+def price_readings(path: Path, records: list[dict], oracle: Oracle, summaries: dict,
+                   split: str) -> dict[str, Optional[float]]:
+    """`cue_worth.modality_worth` on the clips of train and `split` that have both latents (`records`,
+    already read from `path`) and summaries."""
     import numpy as np
 
     from minigpt4.common.modalities import EXPERT_ORDER
     from minigpt4.evaluation.cue_probe import CueProbeError
     from minigpt4.evaluation.cue_worth import modality_worth
 
-    load_latents, cue_vector, blocks = oracle
-    path = data / "latents.json"
+    from_json, cue_vector, blocks = oracle
     try:
-        records = load_latents(path)
+        typed = [from_json(r) for r in records]
     except (KeyError, TypeError, ValueError) as exc:
         raise CueProbeError(f"{path}: not the latents its generator's manifest says ({exc!r})") from exc
     cues, labels, summ, present = {}, {}, {}, {}
     for name in ("train", split):
-        clips = [c for c in records if c.split == name and c.video_id in summaries]
+        clips = [c for c in typed if c.split == name and c.video_id in summaries]
         if not clips:
             raise CueProbeError(f"{path}: no {name} clip has both latents and an expert summary")
         cues[name] = np.stack([cue_vector(c) for c in clips])

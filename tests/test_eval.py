@@ -664,7 +664,7 @@ def test_cue_probe_worth_prices_each_expert_s_reading_with_the_generator_oracle(
         assert 0.0 <= worth[f"{m}_left_out"] <= 1.0
         assert f"{m}_from_expert" in worth
     assert 0.0 <= worth["noise_free"] <= 1.0 and 0.0 <= worth["all_from_experts"] <= 1.0
-    assert "generator oracle on the noise-free cues" in capsys.readouterr().out
+    assert "logistic regression on the noise-free cues" in capsys.readouterr().out
     for rec in latents:
         rec["video_id"] = "other_" + rec["video_id"]  # latents of some other corpus
     (corpus / "latents.json").write_text(json.dumps(latents))
