@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--report", action="store_true",
         help="also measure majority class, the mean-pool and pooled-stats logistic-regression baselines "
-        "and the generator oracle on the test split; written to <out>/shift_report.json",
+        "the generator oracle and the frame oracle on the test split; written to <out>/shift_report.json",
     )
     return p.parse_args(argv)
 
@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def summary_line(report: dict) -> str:
     """The report in one line, so a log shows at a glance how far the baselines sit below the oracle."""
     names = (("majority", "majority_class"), ("mean-pool LR", "mean_pool_logreg_baseline"),
-             ("pooled-stats LR", "pooled_stats_logreg_baseline"), ("oracle", "cue_oracle_test"))
+             ("pooled-stats LR", "pooled_stats_logreg_baseline"), ("oracle", "cue_oracle_test"),
+             ("frame oracle", "frame_oracle_test"))
     return "shift test accuracy: " + ", ".join(f"{label} {report[key]:.3f}" for label, key in names)
 
 

@@ -335,7 +335,8 @@ def train_options(out_dir: PathLike) -> list[str]:
 def measure_report(summary: CorpusSummary, seed: int = 0, test_split: str = "test", n_oracle: int = 20000) -> dict[str, Any]:
     """The numbers that say what the corpus allows, on `test_split`: majority class, the two
     logistic-regression baselines, the generator oracle (fit on `n_oracle` fresh clips; on
-    this split's clips and on fresh ones) and the latent ceiling, each with its seconds."""
+    this split's clips and on fresh ones), the latent ceiling and the frame oracle (the same
+    classifier on the cues read back from the files, `shift_frame_oracle`), each with its seconds."""
     report = common.TimedReport()
     feats, ann = summary.features_dir, summary.annotations
     report.measure("majority_class", shift_oracles.majority_accuracy, ann, "train", test_split)
@@ -348,6 +349,10 @@ def measure_report(summary: CorpusSummary, seed: int = 0, test_split: str = "tes
                    seed, n_oracle, oracle)
     report.measure("cue_oracle", shift_oracles.cue_oracle_accuracy, seed, n_oracle, n_oracle // 2, oracle)
     report.measure("latent_ceiling", shift_oracles.latent_ceiling, seed, n_oracle)
+    from minigpt4.synthetic.shift_frame_oracle import frame_oracle_accuracy  # it imports this module
+
+    report.measure(f"frame_oracle_{test_split}", frame_oracle_accuracy, summary.features_dir, summary.latents,
+                   "train", "val", test_split)
     out = report.out
     out["report_seconds"] = report.timings
     return out

@@ -1,0 +1,121 @@
+"""The shift corpus's frame oracle: exact reads of noise-free renderings, close reads of the corpus's
+files, C chosen on the validation split, errors that name the clip."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS, STACK_ORDER
+from minigpt4.datasets.feature_io import find_feature_file, read_features
+from minigpt4.synthetic import shift as sd
+from minigpt4.synthetic import shift_cues as scu
+from minigpt4.synthetic import shift_frame_oracle as sfo
+from minigpt4.synthetic.common import AU_ORDER
+
+SMALL = (60, 12, 12)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> sd.ShiftSummary:
+    return sd.generate_shift(tmp_path_factory.mktemp("shift_oracle") / "data", num_clips=SMALL, seed=5)
+
+
+@pytest.fixture(scope="module")
+def enc() -> sd.ShiftEncoders:
+    return sd.make_encoders()
+
+
+def test_noise_free_audio_is_read_exactly(enc):
+    """A rendering without noise (a speaker level on every frame, energy and a pitch ramp in two
+    segments) gives back the energy and tone it was made with."""
+    u_energy, u_pitch = enc.directions["audio"]
+    t, segments, energy, tone = 20, [(2, 4), (10, 6)], 0.7, -0.4
+    x = np.tile(0.3 * u_energy + enc.topics[1], (t, 1))
+    for start, k in segments:
+        x[start : start + k] += sd.AUDIO_ENERGY_GAIN * energy * u_energy
+        x[start : start + k] += sd.AUDIO_PITCH_GAIN * tone * sd.pitch_ramp(k)[:, None] * u_pitch
+    assert sfo.read_audio(x, segments, enc) == pytest.approx([energy, tone], abs=1e-9)
+
+
+def test_noise_free_motion_and_au_are_read_exactly(enc):
+    u_gx, u_gy, u_posture = enc.directions["motion"]
+    t, segments, posture = 12, [(3, 6)], -0.5
+    x = np.zeros((t, sd.SHIFT_DIMS["motion"]))
+    x[3:9] += sd.MOTION_POSTURE_GAIN * posture * u_posture
+    _, motion_posture = sfo.read_motion(x, segments, enc)
+    assert motion_posture == pytest.approx(posture, abs=1e-9)
+    # a circle of radius 0.8 x gain in the gesture plane; the read removes the noise's expected power
+    phase = np.linspace(0, 2 * np.pi, 6, endpoint=False)
+    x[3:9] += sd.MOTION_GESTURE_GAIN * 0.8 * (np.cos(phase)[:, None] * u_gx + np.sin(phase)[:, None] * u_gy)
+    gesture, _ = sfo.read_motion(x, segments, enc)
+    expected = np.sqrt(max(0.8**2 * sd.MOTION_GESTURE_GAIN**2 - 2 * sd.FRAME_NOISE**2, 0.0)) / sd.MOTION_GESTURE_GAIN
+    assert gesture == pytest.approx(expected, abs=1e-9)
+
+    inten = np.full((10, len(AU_ORDER)), 0.4)
+    apex = {"AU12": 3.0, "AU06": 1.5}
+    from minigpt4.synthetic.common import add_expression
+
+    add_expression(inten, 2, 5, apex)
+    read = sfo.read_au(np.concatenate([inten, np.zeros((10, 18))], axis=1), [(2, 5)])
+    want = np.zeros(len(AU_ORDER))
+    for au, peak in apex.items():
+        want[AU_ORDER.index(au)] = peak
+    np.testing.assert_allclose(read, want, atol=1e-9)
+
+
+def test_reads_of_the_corpus_files_follow_the_rendered_cues(small, enc):
+    """On real renderings (frame noise, speaker, scene, topic): each read tracks the noise-free
+    value it estimates, and an absent modality reads as zeros."""
+    clips = scu.load_latents(small.latents)
+    rows, truth = [], []
+    for c in clips:
+        arrays = read_features(find_feature_file(small.features_dir, c.video_id)).arrays
+        v = sfo.read_cue_vector(c, arrays, enc)
+        assert v.shape == (len(STACK_ORDER) + sum(sfo.READ_BLOCKS.values()),)
+        assert list(v[: len(STACK_ORDER)]) == [float(DEFAULT_FEATURE_KEYS[m] in arrays) for m in STACK_ORDER]
+        rows.append(v)
+        truth.append(c)
+    x = np.stack(rows)
+    offset = {}
+    at = len(STACK_ORDER)
+    for m, width in sfo.READ_BLOCKS.items():
+        offset[m] = at
+        at += width
+    for i, c in enumerate(truth):
+        for m, width in sfo.READ_BLOCKS.items():
+            if not c.present[m]:
+                assert not x[i, offset[m] : offset[m] + width].any(), (c.video_id, m)
+
+    def corr(modality: str, column: int, value) -> float:
+        idx = [i for i, c in enumerate(truth) if c.present[modality]]
+        return float(np.corrcoef(x[idx, offset[modality] + column], [value(truth[i]) for i in idx])[0, 1])
+
+    assert corr("audio", 0, lambda c: c.audio_energy) > 0.9
+    assert corr("audio", 1, lambda c: c.audio_tone) > 0.6
+    assert corr("motion", 0, lambda c: c.motion_gesture) > 0.7
+    assert corr("motion", 1, lambda c: c.motion_posture) > 0.8
+    assert corr("visual", 0, lambda c: c.visual_valence) > 0.8
+    assert corr("au", AU_ORDER.index("AU12"), lambda c: c.au_apex().get("AU12", 0.0)) > 0.9
+
+
+def test_frame_oracle_picks_c_on_val_and_refuses_bad_splits(small):
+    """(Where it sits against the baselines and the cue oracle: the default-size test in test_shift_data.)"""
+    out = sfo.frame_oracle(small.features_dir, small.latents)
+    assert out["C"] in sfo.C_GRID and 0.0 <= out["val_accuracy"] <= 1.0
+    assert 0.0 <= out["accuracy"] <= 1.0
+    assert sfo.frame_oracle_accuracy(small.features_dir, small.latents) == out["accuracy"]
+    with pytest.raises(ValueError, match="no clips in split 'dev'"):
+        sfo.frame_oracle(small.features_dir, small.latents, val_split="dev")
+    with pytest.raises(ValueError, match="c_grid is empty"):
+        sfo.frame_oracle(small.features_dir, small.latents, c_grid=())
+
+
+def test_a_missing_feature_file_is_an_error_naming_the_clip(small, tmp_path):
+    import shutil
+
+    feats = tmp_path / "features"
+    shutil.copytree(small.features_dir, feats)
+    victim = next(c for c in scu.load_latents(small.latents) if c.split == "val")
+    find_feature_file(feats, victim.video_id).unlink()
+    with pytest.raises(FileNotFoundError, match=victim.video_id):
+        sfo.read_split_cues(feats, small.latents, "val")
