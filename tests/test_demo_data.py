@@ -313,6 +313,12 @@ def test_mean_pool_baseline_is_above_chance_and_below_the_ceiling(full_demo):
     assert base < ceiling - 0.2, (base, ceiling)
     # pools that see the swings recover much of it
     assert stats > base + 0.08, (stats, base)
+    # the oracle's classifier on the cues read back from the files: above the pools, at most a little
+    # above the noise-free oracle
+    from minigpt4.synthetic.demo_frame_oracle import frame_oracle_accuracy
+
+    frame = frame_oracle_accuracy(full_demo.features_dir, full_demo.latents)
+    assert stats + 0.05 <= frame <= ceiling + 0.02, (stats, frame, ceiling)
 
 
 def test_pooled_features_layout_and_errors(small_demo, tmp_path):

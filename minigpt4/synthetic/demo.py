@@ -322,7 +322,8 @@ def generate_demo(out_dir: PathLike, num_clips: SplitSizes = None, seed: int = 0
 
 def measure_report(summary: CorpusSummary, seed: int = 0, test_split: str = "test") -> dict[str, Any]:
     """The numbers that say what the demo allows: the two logistic-regression baselines on
-    `test_split`, the latent ceiling and the cue oracle (fresh clips and this split's clips),
+    `test_split`, the latent ceiling, the cue oracle (fresh clips and this split's clips) and the
+    frame oracle (its classifier on the cues read back from the files, `demo_frame_oracle`),
     each with the seconds it took."""
     report = common.TimedReport()
     report.measure("mean_pool_logreg_baseline", mean_pool_logreg_baseline, summary.features_dir, summary.annotations,
@@ -332,6 +333,10 @@ def measure_report(summary: CorpusSummary, seed: int = 0, test_split: str = "tes
     report.measure("latent_ceiling", demo_oracles.latent_ceiling, seed)
     report.measure("cue_oracle", demo_oracles.cue_oracle_accuracy, seed)
     report.measure(f"cue_oracle_{test_split}", demo_oracles.split_cue_oracle_accuracy, summary.latents, test_split, seed)
+    from minigpt4.synthetic.demo_frame_oracle import frame_oracle_accuracy  # it imports this module
+
+    report.measure(f"frame_oracle_{test_split}", frame_oracle_accuracy, summary.features_dir, summary.latents,
+                   "train", "val", test_split)
     out = report.out
     out["chance"] = round(1.0 / len(EMOTIONS), 4)
     out["report_seconds"] = report.timings

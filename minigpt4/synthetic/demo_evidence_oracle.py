@@ -88,7 +88,9 @@ def _au_state(cues: ClipCues, au: np.ndarray) -> str:
                                    if rise[j] >= AU_ACTIVE and name in de.AU_NAMES])  # blinks are not expressions
 
 
-def _text_state(words: np.ndarray, enc: Encoders) -> str:
+def text_state(words: np.ndarray, enc: Encoders) -> str:
+    """The words' polarity (positive / negative / neutral) from `bert [n_words, 32]`: the tokens'
+    mean projection on the polarity direction, thresholded at +-0.2."""
     mean = float(np.mean(words @ enc.directions["text"][0]))
     return "positive" if mean > 0.2 else ("negative" if mean < -0.2 else "neutral")
 
@@ -106,7 +108,7 @@ def oracle_states(cues: ClipCues, arrays: Mapping[str, np.ndarray], enc: Encoder
     if cues.present["au"]:
         out["au"] = evidence_state("au", _au_state(cues, arrays[DEFAULT_FEATURE_KEYS["au"]]))
     if cues.present["text"]:
-        out["text"] = _text_state(arrays[DEFAULT_FEATURE_KEYS["text"]], enc)
+        out["text"] = text_state(arrays[DEFAULT_FEATURE_KEYS["text"]], enc)
     synergy = de.synergy_sentence(r)
     if synergy is not None:
         out["synergy"] = evidence_state("synergy", synergy)

@@ -63,12 +63,17 @@ def latent_ceiling(seed: int = 0, n: int = 20000) -> float:
     return float((pred == y).mean())
 
 
-def fit_cue_oracle(seed: int = 0, n_train: int = 20000) -> Any:
-    """A gradient-boosted tree classifier fit on `n_train` fresh clips' noise-free cue vectors."""
+def make_cue_classifier() -> Any:
+    """The demo oracles' classifier (unfitted): gradient-boosted trees, fixed settings."""
     from sklearn.ensemble import HistGradientBoostingClassifier
 
+    return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=0)
+
+
+def fit_cue_oracle(seed: int = 0, n_train: int = 20000) -> Any:
+    """A gradient-boosted tree classifier fit on `n_train` fresh clips' noise-free cue vectors."""
     x, _, y = sample_cue_table(seed, n_train)
-    return fit_one_thread(HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=0), x, y)
+    return fit_one_thread(make_cue_classifier(), x, y)
 
 
 def cue_oracle_accuracy(seed: int = 0, n_train: int = 20000, n_test: int = 10000) -> float:
