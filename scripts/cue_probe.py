@@ -9,9 +9,13 @@ make_shift_data.py write it).
 With --worth it also prices each expert's reading (minigpt4/evaluation/cue_worth.py): the accuracy
 of a logistic regression on the generator's noise-free cues (what its oracle reads) with that
 modality's cues replaced by a read-out of the expert's summary, beside it without that modality.
+With --frame as well, the cues priced are the frame oracle's reads of the clip's files (what knowing
+the generator reads back through the noise, minigpt4/synthetic/frame_oracle.py) instead of the
+noise-free values: what each expert loses against what is reachable.
 
 Usage:
-  python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--worth] [--out cues.json]
+  python scripts/cue_probe.py --run output/hero_pretrain --data demo/data [--split test] [--worth [--frame]]
+                               [--out cues.json]
 """
 from __future__ import annotations
 
@@ -28,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--split", default="test", help="the split the probes are scored on (fitted on train)")
     p.add_argument("--worth", action="store_true",
                    help="also price each expert's reading on the generator's noise-free cues (demo and shift corpora)")
+    p.add_argument("--frame", action="store_true",
+                   help="with --worth: price against the frame oracle's reads of the files, not the noise-free cues")
     p.add_argument("--out", default=None,
                    help="also write the result as JSON here (with --worth: {\"cues\": ..., \"worth\": ...})")
     return p.parse_args(argv)
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         records = read_latents(data / "latents.json")
     except CueProbeError as exc:
         print(f"cue_probe: {exc}", file=sys.stderr)
+        return 2
+    if args.frame and not args.worth:
+        print("cue_probe: --frame prices the readings, so it needs --worth", file=sys.stderr)
         return 2
     oracle = generator_oracle(data) if args.worth else None
     if args.worth and oracle is None:
@@ -85,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     if oracle is not None:
         try:
-            worth = price_readings(data / "latents.json", records, oracle, summaries, args.split)
+            worth = price_readings(data / "latents.json", records, oracle, summaries, args.split,
+                                   frame_reader(data) if args.frame else None)
         except CueProbeError as exc:
             print(f"cue_probe: {exc}", file=sys.stderr)
             return 2
-        print(format_worth_table(worth, oracle[2]))
+        view = "the cues read back from the files (the frame oracle's view)" if args.frame else None
+        print(format_worth_table(worth, oracle[2], *([view] if view else [])))
         result = {"cues": result, "worth": worth}
     if args.out:
         atomic_write_json(args.out, result)
@@ -111,10 +122,28 @@ def generator_oracle(data: Path) -> Optional[Oracle]:
     return None
 
 
+def frame_reader(data: Path) -> Callable[[Any], Any]:
+    """clip record -> its cue vector read back from its feature file by the generator's frame oracle
+    (the same layout as the generator's cue_vector, so the same CUE_BLOCKS price it)."""
+    from minigpt4.datasets.feature_io import find_feature_file, read_features
+    from minigpt4.synthetic import demo, demo_frame_oracle, shift_frame_oracle
+
+    module = demo_frame_oracle if (data / demo.MANIFEST).is_file() else shift_frame_oracle
+
+    def read(clip: Any) -> Any:
+        path = find_feature_file(data / "features", clip.video_id)
+        if path is None:
+            raise FileNotFoundError(f"{data / 'features'}: no feature file for {clip.video_id}")
+        return module.read_cue_vector(clip, read_features(path).arrays)
+
+    return read
+
+
 def price_readings(path: Path, records: list[dict], oracle: Oracle, summaries: dict,
-                   split: str) -> dict[str, Optional[float]]:
+                   split: str, vector: Optional[Callable[[Any], Any]] = None) -> dict[str, Optional[float]]:
     """`cue_worth.modality_worth` on the clips of train and `split` that have both latents (`records`,
-    already read from `path`) and summaries."""
+    already read from `path`) and summaries; `vector` (clip -> cue vector) replaces the generator's
+    noise-free cue_vector (--frame: `frame_reader`)."""
     import numpy as np
 
     from minigpt4.common.modalities import EXPERT_ORDER
@@ -131,7 +160,10 @@ def price_readings(path: Path, records: list[dict], oracle: Oracle, summaries: d
         clips = [c for c in typed if c.split == name and c.video_id in summaries]
         if not clips:
             raise CueProbeError(f"{path}: no {name} clip has both latents and an expert summary")
-        cues[name] = np.stack([cue_vector(c) for c in clips])
+        try:
+            cues[name] = np.stack([(vector or cue_vector)(c) for c in clips])
+        except (FileNotFoundError, ValueError) as exc:
+            raise CueProbeError(f"{path}: cannot read the clips' cues from their files ({exc})") from exc
         labels[name] = np.array([c.emotion for c in clips])
         summ[name] = {m: np.stack([summaries[c.video_id][0][EXPERT_ORDER.index(m)] for c in clips]) for m in blocks}
         present[name] = {m: np.array([bool(summaries[c.video_id][1][EXPERT_ORDER.index(m)]) for c in clips])

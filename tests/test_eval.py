@@ -665,6 +665,11 @@ def test_cue_probe_worth_prices_each_expert_s_reading_with_the_generator_oracle(
         assert f"{m}_from_expert" in worth
     assert 0.0 <= worth["noise_free"] <= 1.0 and 0.0 <= worth["all_from_experts"] <= 1.0
     assert "logistic regression on the noise-free cues" in capsys.readouterr().out
+    assert cue_probe.main(["--run", str(trained_run["run"]), "--data", str(corpus), "--frame"]) == 2
+    assert "needs --worth" in capsys.readouterr().err
+    # --frame reads each clip's cues from its file: latents that say otherwise are an error naming them
+    assert cue_probe.main(args + ["--frame"]) == 2
+    assert "cannot read the clips' cues from their files" in capsys.readouterr().err
     for rec in latents:
         rec["video_id"] = "other_" + rec["video_id"]  # latents of some other corpus
     (corpus / "latents.json").write_text(json.dumps(latents))

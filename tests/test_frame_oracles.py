@@ -183,3 +183,40 @@ def test_demo_frame_oracle_scores_its_classifier_and_names_a_mismatched_file(sma
     del arrays[DEFAULT_FEATURE_KEYS["audio"]]
     with pytest.raises(ValueError, match=clip.video_id):
         dfo.read_cue_vector(clip, arrays)
+
+
+def test_cue_probe_prices_against_the_frame_reads(small_demo):
+    """`cue_probe --worth --frame`'s pricing: with the demo frame oracle's reads as the cues, an expert
+    whose summary carries its modality's read block costs nothing (within one clip or two)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from scripts import cue_probe
+    from minigpt4.common.modalities import EXPERT_ORDER
+
+    data = small_demo.out_dir
+    read = cue_probe.frame_reader(data)
+    clips = dc.load_latents(small_demo.latents)
+    hidden = 24
+    summaries = {}
+    for c in clips:
+        v = read(c)
+        summ = np.zeros((len(EXPERT_ORDER), hidden))
+        for m, block in dor.CUE_BLOCKS.items():
+            summ[EXPERT_ORDER.index(m), : block.stop - block.start] = v[block]
+        present = np.array([bool(c.present.get(m, False)) for m in EXPERT_ORDER])
+        summaries[c.video_id] = (summ, present)
+    records = json.loads(small_demo.latents.read_text())
+    oracle = (dc.ClipCues.from_json, dor.cue_vector, dor.CUE_BLOCKS)
+    worth = cue_probe.price_readings(small_demo.latents, records, oracle, summaries, "test", read)
+    for m in dor.CUE_BLOCKS:
+        assert worth[f"{m}_from_expert"] == pytest.approx(worth["noise_free"], abs=2 / 24 + 1e-9), (m, worth)
+    # its first number is the oracle's classifier on the frame reads themselves
+    from minigpt4.evaluation.cue_worth import oracle_accuracy
+
+    split = {s: [c for c in clips if c.split == s] for s in ("train", "test")}
+    x = {s: np.stack([read(c) for c in cs]) for s, cs in split.items()}
+    y = {s: np.array([c.emotion for c in cs]) for s, cs in split.items()}
+    assert worth["noise_free"] == oracle_accuracy(x["train"], y["train"], x["test"], y["test"])

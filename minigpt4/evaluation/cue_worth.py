@@ -93,14 +93,15 @@ def modality_worth(cues: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarr
     return out
 
 
-def format_worth_table(result: Mapping[str, Optional[float]], blocks: Mapping[str, slice]) -> str:
+def format_worth_table(result: Mapping[str, Optional[float]], blocks: Mapping[str, slice],
+                       view: str = "the noise-free cues (the oracle's view)") -> str:
     """A plain-text table of `modality_worth`: per modality the oracle left without it, with it read
-    from its expert, and the cost of that reading (noise-free minus read)."""
+    from its expert, and the cost of that reading (all cues minus read); `view` names the cues priced."""
     def num(v: Optional[float]) -> str:
         return "    -" if v is None else f"{v:5.3f}"
 
     base = result["noise_free"]
-    lines = [f"logistic regression on the noise-free cues (the oracle's view): {num(base)}",
+    lines = [f"logistic regression on {view}: {num(base)}",
              f"{'modality':<9}{'left out':>9}{'from expert':>13}{'cost':>7}"]
     for m in blocks:
         read = result.get(f"{m}_from_expert")
