@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--report", action="store_true",
-        help="also measure majority class, the mean-pool and pooled-stats logistic-regression baselines "
+        help="also measure majority class, the mean-pool and pooled-stats logistic-regression baselines, "
         "the generator oracle and the frame oracle on the test split; written to <out>/shift_report.json",
     )
     return p.parse_args(argv)
