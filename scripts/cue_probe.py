@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     from minigpt4.datasets.feature_io import find_feature_file, read_features
     from minigpt4.evaluation.content_probe import expert_summaries
     from minigpt4.evaluation.cue_probe import CueProbeError, format_table, probe_cues, read_latents
-    from minigpt4.evaluation.cue_worth import format_worth_table
+    from minigpt4.evaluation.cue_worth import FRAME_VIEW, NOISE_FREE_VIEW, format_worth_table
     from minigpt4.runners.components import build_components, load_weights
     from minigpt4.runners.runner_base import sharded_loader
 
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         except CueProbeError as exc:
             print(f"cue_probe: {exc}", file=sys.stderr)
             return 2
-        view = "the cues read back from the files (the frame oracle's view)" if args.frame else None
-        print(format_worth_table(worth, oracle[2], *([view] if view else [])))
+        print(format_worth_table(worth, oracle[2], FRAME_VIEW if args.frame else NOISE_FREE_VIEW))
         result = {"cues": result, "worth": worth}
     if args.out:
         atomic_write_json(args.out, result)
@@ -110,33 +109,47 @@ def main(argv: list[str] | None = None) -> int:
 Oracle = tuple[Callable[[dict], Any], Callable[[Any], Any], dict[str, slice]]
 
 
+def generator_modules(data: Path) -> Optional[tuple[Any, Any, Any]]:
+    """(clip record class, oracles module, frame oracle module) of the generator that wrote `data`, by
+    its manifest; None if neither."""
+    from minigpt4.synthetic import (
+        demo,
+        demo_cues,
+        demo_frame_oracle,
+        demo_oracles,
+        shift,
+        shift_cues,
+        shift_frame_oracle,
+        shift_oracles,
+    )
+
+    for generator, modules in ((demo, (demo_cues.ClipCues, demo_oracles, demo_frame_oracle)),
+                               (shift, (shift_cues.ShiftCues, shift_oracles, shift_frame_oracle))):
+        if (data / generator.MANIFEST).is_file():
+            return modules
+    return None
+
+
 def generator_oracle(data: Path) -> Optional[Oracle]:
     """(its clip record's from_json, cue_vector, CUE_BLOCKS) of the generator that wrote `data`, by its
     manifest; None if neither."""
-    from minigpt4.synthetic import demo, demo_cues, demo_oracles, shift, shift_cues, shift_oracles
-
-    for generator, record, oracles in ((demo, demo_cues.ClipCues, demo_oracles),
-                                       (shift, shift_cues.ShiftCues, shift_oracles)):
-        if (data / generator.MANIFEST).is_file():
-            return record.from_json, oracles.cue_vector, oracles.CUE_BLOCKS
-    return None
+    modules = generator_modules(data)
+    if modules is None:
+        return None
+    record, oracles, _ = modules
+    return record.from_json, oracles.cue_vector, oracles.CUE_BLOCKS
 
 
 def frame_reader(data: Path) -> Callable[[Any], Any]:
     """clip record -> its cue vector read back from its feature file by the generator's frame oracle
     (the same layout as the generator's cue_vector, so the same CUE_BLOCKS price it)."""
-    from minigpt4.datasets.feature_io import find_feature_file, read_features
-    from minigpt4.synthetic import demo, demo_frame_oracle, shift_frame_oracle
+    from minigpt4.synthetic.frame_oracle import read_clip
 
-    module = demo_frame_oracle if (data / demo.MANIFEST).is_file() else shift_frame_oracle
-
-    def read(clip: Any) -> Any:
-        path = find_feature_file(data / "features", clip.video_id)
-        if path is None:
-            raise FileNotFoundError(f"{data / 'features'}: no feature file for {clip.video_id}")
-        return module.read_cue_vector(clip, read_features(path).arrays)
-
-    return read
+    modules = generator_modules(data)
+    if modules is None:
+        raise ValueError(f"{data}: no demo or shift manifest, so no frame oracle to read the clips with")
+    frame_oracle = modules[2]
+    return lambda clip: read_clip(data / "features", clip, frame_oracle.read_cue_vector)
 
 
 def price_readings(path: Path, records: list[dict], oracle: Oracle, summaries: dict,

@@ -27,6 +27,10 @@ import numpy as np
 RIDGE_ALPHA = 1.0
 ORACLE_C = 1.0  # as shift_oracles.fit_cue_oracle
 CROSS_FIT_FOLDS = 5
+# what format_worth_table says it priced: the generator's noise-free cues, or (cue_probe --frame) the
+# frame oracle's reads of the files
+NOISE_FREE_VIEW = "the noise-free cues (the oracle's view)"
+FRAME_VIEW = "the cues read back from the files (the frame oracle's view)"
 
 
 def oracle_accuracy(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray) -> float:
@@ -94,7 +98,7 @@ def modality_worth(cues: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarr
 
 
 def format_worth_table(result: Mapping[str, Optional[float]], blocks: Mapping[str, slice],
-                       view: str = "the noise-free cues (the oracle's view)") -> str:
+                       view: str = NOISE_FREE_VIEW) -> str:
     """A plain-text table of `modality_worth`: per modality the oracle left without it, with it read
     from its expert, and the cost of that reading (all cues minus read); `view` names the cues priced."""
     def num(v: Optional[float]) -> str:

@@ -203,11 +203,16 @@ def resting_face(rng: np.random.Generator, t: int, resting_range: tuple[float, f
     return inten
 
 
+def expression_shape(k: int) -> np.ndarray:
+    """[k] an expression's onset-apex-offset over its frames: a half sine, peak 1."""
+    shape = np.sin(np.pi * (np.arange(k) + 0.5) / k)
+    return shape / shape.max()
+
+
 def add_expression(inten: np.ndarray, start: int, k: int, apex: Mapping[str, float]) -> None:
     """Add an expression to frames [start, start + k) of `inten` in place: each AU of `apex`
-    rises and falls to its apex intensity (a half-sine onset-apex-offset, peak 1)."""
-    shape = np.sin(np.pi * (np.arange(k) + 0.5) / k)
-    shape = shape / shape.max()
+    rises and falls to its apex intensity (`expression_shape`)."""
+    shape = expression_shape(k)
     for au, peak in apex.items():
         inten[start : start + k, AU_ORDER.index(au)] += peak * shape
 

@@ -15,7 +15,7 @@ from minigpt4.synthetic.demo import make_encoders
 from minigpt4.synthetic.demo_cues import ClipCues, load_latents
 from minigpt4.synthetic.demo_evidence_oracle import read_cues, text_state
 from minigpt4.synthetic.demo_oracles import CUE_BLOCKS, cue_vector, make_cue_classifier
-from minigpt4.synthetic.frame_oracle import au_apex, fit_and_score, read_split
+from minigpt4.synthetic.frame_oracle import au_apex, read_split, score_reads
 
 POLARITIES = ("positive", "negative", "neutral")  # cue_vector's order of the words' one-hot
 
@@ -50,8 +50,9 @@ def frame_oracle(features_dir: PathLike, latents: PathLike, train_split: str = "
                  test_split: str = "test") -> dict[str, float]:
     """{"accuracy": on test_split, "val_accuracy", "param"}: the demo oracle's classifier (fixed
     settings, nothing chosen; "param" 0) fitted on train_split's reads."""
-    splits = [read_split_cues(features_dir, latents, s) for s in (train_split, val_split, test_split)]
-    return fit_and_score(lambda _: make_cue_classifier(), (0.0,), *splits)
+    enc = make_encoders()
+    return score_reads(features_dir, latents, load_latents(latents), lambda c, a: read_cue_vector(c, a, enc),
+                       lambda _: make_cue_classifier(), (0.0,), (train_split, val_split, test_split))
 
 
 def frame_oracle_accuracy(features_dir: PathLike, latents: PathLike, train_split: str = "train",

@@ -10,11 +10,18 @@ The corpus-specific reads live in `demo_frame_oracle` and `shift_frame_oracle`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from minigpt4.synthetic.common import AU_ORDER, EMOTIONS, PathLike, accuracy_one_thread, fit_one_thread
+from minigpt4.synthetic.common import (
+    AU_ORDER,
+    EMOTIONS,
+    PathLike,
+    accuracy_one_thread,
+    expression_shape,
+    fit_one_thread,
+)
 
 Segments = Sequence[Sequence[int]]  # [(start, length), ...] of a modality's burst
 
@@ -34,12 +41,6 @@ def shift_in_burst(proj: np.ndarray, mask: np.ndarray) -> float:
     return float(proj[mask].mean()) - outside
 
 
-def half_sine(k: int) -> np.ndarray:
-    """The onset-apex-offset shape `common.add_expression` gives an expression over `k` frames (peak 1)."""
-    shape = np.sin(np.pi * (np.arange(k) + 0.5) / k)
-    return shape / shape.max()
-
-
 def au_apex(x: np.ndarray, segments: Segments) -> np.ndarray:
     """Apex per AU intensity [17] from `au [T, 35]` (OpenFace's layout): each segment's
     onset-apex-offset shape fitted by least squares to the intensities above the clip's level
@@ -49,30 +50,44 @@ def au_apex(x: np.ndarray, segments: Segments) -> np.ndarray:
     level = inten[~mask].mean(axis=0) if (~mask).any() else np.zeros(len(AU_ORDER))
     num, den = np.zeros(len(AU_ORDER)), 0.0
     for start, k in segments:
-        shape = half_sine(int(k))
+        shape = expression_shape(int(k))
         num += shape @ (inten[int(start) : int(start) + int(k)] - level)
         den += float(shape @ shape)
     return num / den
 
 
-def read_split(features_dir: PathLike, clips: Sequence[Any], split: str, read: Callable[[Any, dict], np.ndarray],
-               source: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """(reads [N, F], label indices [N]) of `split`'s clips (records with video_id, split, emotion),
-    `read(clip, arrays)` giving each clip's row from its feature file. A split without clips or a
-    clip without a file is an error naming it: the oracle must see every clip a model is scored on."""
+Reader = Callable[[Any, Mapping[str, np.ndarray]], np.ndarray]  # (clip record, its file's arrays) -> reads
+
+
+def read_clip(features_dir: PathLike, clip: Any, read: Reader) -> np.ndarray:
+    """`read(clip, arrays)` on the clip's feature file; a clip without a file is an error naming it."""
     from minigpt4.datasets.feature_io import find_feature_file, read_features
 
+    path = find_feature_file(Path(features_dir), clip.video_id)
+    if path is None:
+        raise FileNotFoundError(f"{features_dir}: no feature file for {clip.video_id}")
+    return read(clip, read_features(path).arrays)
+
+
+def read_split(features_dir: PathLike, clips: Sequence[Any], split: str, read: Reader,
+               source: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """(reads [N, F], label indices [N]) of `split`'s clips (records with video_id, split, emotion).
+    A split without clips or a clip without a file is an error naming it: the oracle must see every
+    clip a model is scored on."""
     chosen = [c for c in clips if c.split == split]
     if not chosen:
         raise ValueError(f"{source}: no clips in split {split!r}")
-    rows, labels = [], []
-    for c in chosen:
-        path = find_feature_file(Path(features_dir), c.video_id)
-        if path is None:
-            raise FileNotFoundError(f"{features_dir}: no feature file for {c.video_id}")
-        rows.append(read(c, read_features(path).arrays))
-        labels.append(EMOTIONS.index(c.emotion))
-    return np.stack(rows), np.asarray(labels)
+    rows = [read_clip(features_dir, c, read) for c in chosen]
+    return np.stack(rows), np.asarray([EMOTIONS.index(c.emotion) for c in chosen])
+
+
+def score_reads(features_dir: PathLike, latents: PathLike, clips: Sequence[Any], read: Reader,
+                make: Callable[[float], Any], grid: Sequence[float],
+                splits: tuple[str, str, str]) -> dict[str, float]:
+    """`fit_and_score` on the (train, val, test) `splits` of `clips` (read once from `latents`), each
+    row `read` from its clip's feature file."""
+    train, val, test = (read_split(features_dir, clips, s, read, latents) for s in splits)
+    return fit_and_score(make, grid, train, val, test)
 
 
 def fit_and_score(make: Callable[[float], Any], grid: Sequence[float], train: tuple[np.ndarray, np.ndarray],

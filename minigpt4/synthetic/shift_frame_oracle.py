@@ -8,8 +8,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from minigpt4.common.modalities import DEFAULT_FEATURE_KEYS, STACK_ORDER
-from minigpt4.synthetic.common import AU_ORDER, EMOTIONS, PathLike
-from minigpt4.synthetic.frame_oracle import Segments, au_apex, burst_mask, fit_and_score, read_split, shift_in_burst
+from minigpt4.synthetic.common import PathLike
+from minigpt4.synthetic.frame_oracle import Segments, au_apex, burst_mask, read_split, score_reads, shift_in_burst
 from minigpt4.synthetic.shift import (
     AUDIO_ENERGY_GAIN,
     AUDIO_PITCH_GAIN,
@@ -22,11 +22,13 @@ from minigpt4.synthetic.shift import (
     pitch_ramp,
 )
 from minigpt4.synthetic.shift_cues import ShiftCues, load_latents
+from minigpt4.synthetic.shift_oracles import CUE_BLOCKS
 
 # The logistic regression's C, chosen on the validation split (ties: the smaller, more regularised).
 C_GRID: tuple[float, ...] = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
-# read_cue_vector's layout after the presence flags: per modality what it reads
-READ_BLOCKS: dict[str, int] = {"audio": 2, "motion": 2, "au": len(AU_ORDER), "text": 3 + len(EMOTIONS) - 1, "visual": 1}
+# read_cue_vector's layout after the presence flags: per modality what it reads, as wide as the cue
+# oracle's block (so `CUE_BLOCKS` prices the reads too, cue_probe --worth --frame)
+READ_BLOCKS: dict[str, int] = {m: cols.stop - cols.start for m, cols in CUE_BLOCKS.items()}
 
 
 def read_audio(x: np.ndarray, segments: Segments, enc: ShiftEncoders) -> list[float]:
@@ -103,9 +105,10 @@ def frame_oracle(features_dir: PathLike, latents: PathLike, train_split: str = "
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    splits = [read_split_cues(features_dir, latents, s) for s in (train_split, val_split, test_split)]
-    return fit_and_score(lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)),
-                         sorted(c_grid), *splits)
+    enc = make_encoders()
+    return score_reads(features_dir, latents, load_latents(latents), lambda c, a: read_cue_vector(c, a, enc),
+                       lambda c: make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000)),
+                       sorted(c_grid), (train_split, val_split, test_split))
 
 
 def frame_oracle_accuracy(features_dir: PathLike, latents: PathLike, train_split: str = "train",
