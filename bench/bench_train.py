@@ -21,8 +21,14 @@ writes every sentence to its maximum length, and those sentences go into the pro
 `--paper` swaps the demo data for random features at paper dims (configs/models/hero_paper.yaml:
 CLIP-L / VideoMAE / HuBERT-L widths, hidden 768, 32 queries) on the demo's annotations, and a
 random Llama built from `--llm-hidden/--llm-layers/...` in a temp folder (the real SmolLM2
-tokenizer); LoRA as that config places it. `--device cuda` runs the same step on a GPU
+tokenizer; by default two layers of a 7B Llama's shape, `PAPER_LLM`); LoRA as that config places
+it, the LLM's weights stored in the dtype of the precision measured, as that config's
+`model.llm.dtype: auto` stores them on a GPU. `--device cuda` runs the same step on a GPU
 (`--amp bf16` there gives the bf16 MFU, and the memory peak is printed).
+
+The breakdown ends with the MFU budget: the matmul kernels' share of the step and their own
+rate against the peak, the MFU the step would reach if every other op took no time, and how
+many seconds those ops may take for MFU 0.5.
 
 Usage:
   python bench/bench_train.py                                   # the demo config, fp32 and bf16
@@ -56,6 +62,10 @@ COMPONENTS = {
 PAPER_CFG = "configs/models/hero_paper.yaml"
 DEMO_CFG = "configs/models/hero.yaml"
 AMP_DTYPES = {"none": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# --paper's random LLM: the layer of a 7B chat Llama (LLaMA-2-7B, Vicuna-7B: 4096 wide, an 11008
+# MLP, 32 heads), two of its 32 layers so that it fits a laptop. Per token, a layer's balance of
+# matmul and other work (norms, activations, attention, LoRA) is the 7B's whatever the depth.
+PAPER_LLM = {"hidden": 4096, "intermediate": 11008, "heads": 32, "layers": 2}
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -63,10 +73,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--cfg-path", default=None, help=f"config (default {DEMO_CFG}; {PAPER_CFG} with --paper)")
     p.add_argument("--options", nargs="*", default=[], help="key=value overrides, as hero-train takes them")
     p.add_argument("--paper", action="store_true", help="paper dims: random features + a random Llama")
-    p.add_argument("--llm-hidden", type=int, default=1024)
-    p.add_argument("--llm-layers", type=int, default=8)
-    p.add_argument("--llm-heads", type=int, default=16)
-    p.add_argument("--llm-intermediate", type=int, default=2816)
+    p.add_argument("--llm-hidden", type=int, default=PAPER_LLM["hidden"])
+    p.add_argument("--llm-layers", type=int, default=PAPER_LLM["layers"])
+    p.add_argument("--llm-heads", type=int, default=PAPER_LLM["heads"])
+    p.add_argument("--llm-intermediate", type=int, default=PAPER_LLM["intermediate"])
     p.add_argument("--clips", type=int, default=64, help="--paper: clips in the random corpus")
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", nargs="+", default=["none", "bf16"], choices=sorted(AMP_DTYPES),
@@ -120,7 +130,7 @@ def build_config(args: argparse.Namespace, tmp: Path) -> Any:
     llm = make_tiny_llm(tmp / "llm", hidden_size=args.llm_hidden, num_layers=args.llm_layers,
                         num_heads=args.llm_heads, intermediate_size=args.llm_intermediate,
                         max_position_embeddings=2048, seed=0)
-    cfg = load_config(args.cfg_path or PAPER_CFG, options + [f"model.llm.path={llm}", "model.llm.dtype=float32",
+    cfg = load_config(args.cfg_path or PAPER_CFG, options + [f"model.llm.path={llm}",
                                                              "model.llm.gradient_checkpointing=false"])
     m, d = cfg.model, cfg.datasets.hero_dataset
     dims = {"motion": int(m.video_dim), "audio": int(m.audio_dim), "au": int(m.au_dim), "text": int(m.text_dim),
@@ -132,13 +142,17 @@ def build_config(args: argparse.Namespace, tmp: Path) -> Any:
     return cfg
 
 
-def build_runner(cfg: Any, amp: str) -> Any:
+def build_runner(cfg: Any, amp: str, paper: bool = False) -> Any:
+    """The runner of `cfg` under precision `amp`; `paper`: the LLM's weights stored in the amp's
+    dtype, as `model.llm.dtype: auto` stores them under `run.amp: auto` on a GPU (fp32 for none)."""
     from minigpt4.runners.components import build_components
     from minigpt4.runners.runner_base import RunnerBase
 
     from minigpt4.runners.init_from import apply_init_from
 
     cfg.run.amp = amp
+    if paper:
+        cfg.model.llm.dtype = AMP_DTYPES[amp]
     comps = build_components(cfg, splits=["train"])
     apply_init_from(comps.model, cfg)  # model.init_from: steps of a trained model (its brief is short)
     runner = RunnerBase(cfg, comps.task, comps.model, comps.datasets)
@@ -265,13 +279,36 @@ def component_scopes(model: Any) -> Iterator[None]:
             del member.__dict__[method]
 
 
+# the matrix-product kernels; the profiler also counts one FLOP per element of `mul` and `add`,
+# which are not what a matmul peak measures
+MATMUL_OPS = frozenset({"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"})
+
+
+def _matmul_flops(ev: Any) -> int:
+    return int(getattr(ev, "flops", 0) or 0) if ev.name in MATMUL_OPS else 0
+
+
 def _subtree_flops(ev: Any) -> int:
-    return int(getattr(ev, "flops", 0) or 0) + sum(_subtree_flops(c) for c in ev.cpu_children)
+    return _matmul_flops(ev) + sum(_subtree_flops(c) for c in ev.cpu_children)
+
+
+def matmul_budget(step_flops: float, peak: float, matmul_s: float, matmul_flops: float, step_s: float,
+                  target: float = 0.5) -> dict[str, float]:
+    """Amdahl for MFU: the matmul kernels' share of a step and their own rate against the peak, the
+    MFU the step would reach if every other op took no time, and the seconds those other ops may
+    take for MFU `target` (negative: out of reach even then). Seconds from one profiled step."""
+    return {
+        "matmul_s": matmul_s, "other_s": step_s - matmul_s, "matmul_share": matmul_s / step_s,
+        "matmul_efficiency": matmul_flops / matmul_s / peak,
+        "mfu_if_others_free": step_flops / matmul_s / peak,
+        "other_s_allowed": step_flops / (target * peak) - matmul_s, "target": target,
+    }
 
 
 def breakdown(runner: Any, data: Iterator[Any]) -> dict[str, Any]:
-    """One profiled step: seconds and matmul-type FLOPs per component, forward and backward apart;
-    the optimiser step and data loading; the ops with the most self time."""
+    """One profiled step: seconds and matmul FLOPs per component, forward and backward apart;
+    the optimiser step and data loading; the matmul kernels' self time and FLOPs; the ops with
+    the most self time."""
     import torch
 
     with component_scopes(runner.model_raw), torch.profiler.profile(
@@ -323,7 +360,10 @@ def breakdown(runner: Any, data: Iterator[Any]) -> dict[str, Any]:
     for phase in ("optimizer", "data"):
         seconds[phase], flops[phase] = top.get(phase, (0.0, 0))
     ops = sorted(prof.key_averages(), key=lambda o: -o.self_cpu_time_total)[:10]
+    matmuls = [ev for ev in events if ev.name in MATMUL_OPS]
     return {"seconds": seconds, "matmul_flops": flops,
+            "matmul_kernels": (sum(ev.self_cpu_time_total for ev in matmuls) / 1e6,
+                               float(sum(_matmul_flops(ev) for ev in matmuls))),
             "top_ops": [(o.key, o.self_cpu_time_total / 1e6) for o in ops]}
 
 
@@ -331,7 +371,7 @@ def breakdown(runner: Any, data: Iterator[Any]) -> dict[str, Any]:
 def measure(args: argparse.Namespace, cfg: Any, amp: str, peak: float) -> dict[str, Any]:
     import torch
 
-    runner = build_runner(cfg.copy(), amp)
+    runner = build_runner(cfg.copy(), amp, paper=args.paper)
     data = batches(runner)
     if runner.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(runner.device)
@@ -348,7 +388,10 @@ def measure(args: argparse.Namespace, cfg: Any, amp: str, peak: float) -> dict[s
     if runner.device.type == "cuda":
         res["memory_peak_gib"] = torch.cuda.max_memory_allocated(runner.device) / 2 ** 30
     if args.breakdown:
-        res["breakdown"] = breakdown(runner, data)
+        res["breakdown"] = bd = breakdown(runner, data)
+        matmul_s, matmul_flops = bd["matmul_kernels"]
+        if matmul_s > 0:
+            res["matmul_budget"] = matmul_budget(flops, peak, matmul_s, matmul_flops, sum(bd["seconds"].values()))
     return res
 
 
@@ -363,10 +406,17 @@ def report(res: dict[str, Any]) -> None:
     if "breakdown" in res:
         sec, fl = res["breakdown"]["seconds"], res["breakdown"]["matmul_flops"]
         total, total_f = sum(sec.values()), sum(fl.values()) or 1.0
-        print(f"  one profiled step, {total:.3f} s (profiler overhead included); matmul-type GFLOP as the profiler counts them:")
+        print(f"  one profiled step, {total:.3f} s (profiler overhead included); matmul GFLOP as the profiler counts them:")
         for k, v in sorted(sec.items(), key=lambda kv: -kv[1]):
             print(f"    {k:<38} {v:8.3f} s {v / total:6.1%}   {fl.get(k, 0) / 1e9:7.2f} GFLOP {fl.get(k, 0) / total_f:6.1%}")
         print("  top ops (self time): " + ", ".join(f"{k} {v:.3f} s" for k, v in res["breakdown"]["top_ops"]))
+    if "matmul_budget" in res:
+        b = res["matmul_budget"]
+        allowed = (f"leaves them {b['other_s_allowed']:.3f} s" if b["other_s_allowed"] > 0
+                   else "is out of reach even if they took none")
+        print(f"  matmul kernels: {b['matmul_s']:.3f} s of the profiled step ({b['matmul_share']:.0%}) at "
+              f"{b['matmul_efficiency']:.2f} of the peak; the other ops take {b['other_s']:.3f} s. "
+              f"With them free the step's MFU would be {b['mfu_if_others_free']:.2f}; MFU {b['target']:.1f} {allowed}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

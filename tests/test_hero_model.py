@@ -6,6 +6,7 @@ reproduces their CoT targets; several tests reuse that model.
 """
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -276,6 +277,27 @@ def test_loss_terms_and_aux_groups(llm_dir):
     assert [id(p) for p in groups["stmil_estimator"]["params"]] == [id(p) for p in model.evidence_stack.estimator_parameters()]
     assert build(make_cfg(llm_dir)).auxiliary_parameter_groups()["stmil_estimator"]["lr"] is None
     assert build(make_cfg(llm_dir, lambda_stmil=0.0)).auxiliary_parameter_groups() == {}
+
+
+def test_llm_stored_in_bf16_trains_under_bf16_autocast(llm_dir):
+    """The paper recipe on a GPU (`model.llm.dtype: auto`) and bench_train's bf16 step store the
+    frozen LLM in bf16: its loss under bf16 autocast stays that of the fp32-stored model's, the
+    base weights stay bf16, and LoRA still gets finite gradients."""
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model = build(make_cfg(llm_dir, llm={"dtype": dtype, "lora_target_modules": ["q_proj", "v_proj"]}))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(make_batch())
+        out["loss"].float().backward()
+        losses[dtype] = float(out["loss"].detach())
+        params = dict(model.reasoner.named_parameters())
+        base = [p for n, p in params.items() if ".lora_" not in n and p.dim() == 2]
+        assert base and all(p.dtype == getattr(torch, dtype) and p.grad is None for p in base)
+        lora_b = [p for n, p in params.items() if ".lora_B." in n]
+        assert lora_b and all(p.grad is not None and torch.isfinite(p.grad).all() for p in lora_b)
+        assert sum(float(p.grad.abs().sum()) for p in lora_b) > 0
+    assert math.isfinite(losses["bfloat16"])
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.05)
 
 
 def test_lora_r_zero_freezes_the_llm(llm_dir):
