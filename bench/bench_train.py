@@ -311,8 +311,9 @@ def breakdown(runner: Any, data: Iterator[Any]) -> dict[str, Any]:
     the most self time."""
     import torch
 
-    with component_scopes(runner.model_raw), torch.profiler.profile(
-            activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True) as prof:
+    on_gpu = runner.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if on_gpu else [])
+    with component_scopes(runner.model_raw), torch.profiler.profile(activities=activities, with_flops=True) as prof:
         with torch.profiler.record_function("hero::data"):
             samples = next(data)
         with torch.profiler.record_function("hero::forward"):
@@ -361,9 +362,10 @@ def breakdown(runner: Any, data: Iterator[Any]) -> dict[str, Any]:
         seconds[phase], flops[phase] = top.get(phase, (0.0, 0))
     ops = sorted(prof.key_averages(), key=lambda o: -o.self_cpu_time_total)[:10]
     matmuls = [ev for ev in events if ev.name in MATMUL_OPS]
+    # on a GPU an op's CPU time is its launch: the kernels' own time is device time
+    kernel_us = sum((ev.self_device_time_total if on_gpu else ev.self_cpu_time_total) for ev in matmuls)
     return {"seconds": seconds, "matmul_flops": flops,
-            "matmul_kernels": (sum(ev.self_cpu_time_total for ev in matmuls) / 1e6,
-                               float(sum(_matmul_flops(ev) for ev in matmuls))),
+            "matmul_kernels": (kernel_us / 1e6, float(sum(_matmul_flops(ev) for ev in matmuls))),
             "top_ops": [(o.key, o.self_cpu_time_total / 1e6) for o in ops]}
 
 
@@ -390,8 +392,11 @@ def measure(args: argparse.Namespace, cfg: Any, amp: str, peak: float) -> dict[s
     if args.breakdown:
         res["breakdown"] = bd = breakdown(runner, data)
         matmul_s, matmul_flops = bd["matmul_kernels"]
+        # the profiled step's own total on a CPU (the matmul seconds come from it); on a GPU, whose
+        # CPU-side totals are launch times, the synchronised median step
+        profiled = sum(bd["seconds"].values()) if runner.device.type != "cuda" else step
         if matmul_s > 0:
-            res["matmul_budget"] = matmul_budget(flops, peak, matmul_s, matmul_flops, sum(bd["seconds"].values()))
+            res["matmul_budget"] = matmul_budget(flops, peak, matmul_s, matmul_flops, profiled)
     return res
 
 
@@ -414,7 +419,7 @@ def report(res: dict[str, Any]) -> None:
         b = res["matmul_budget"]
         allowed = (f"leaves them {b['other_s_allowed']:.3f} s" if b["other_s_allowed"] > 0
                    else "is out of reach even if they took none")
-        print(f"  matmul kernels: {b['matmul_s']:.3f} s of the profiled step ({b['matmul_share']:.0%}) at "
+        print(f"  matmul kernels: {b['matmul_s']:.3f} s of the step ({b['matmul_share']:.0%}) at "
               f"{b['matmul_efficiency']:.2f} of the peak; the other ops take {b['other_s']:.3f} s. "
               f"With them free the step's MFU would be {b['mfu_if_others_free']:.2f}; MFU {b['target']:.1f} {allowed}")
 
