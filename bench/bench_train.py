@@ -383,6 +383,8 @@ def measure(args: argparse.Namespace, cfg: Any, amp: str, peak: float) -> dict[s
     peak = max(peak, matmul_peak(runner.device, getattr(torch, AMP_DTYPES[amp]), args.peak_size))  # again, after
     res: dict[str, Any] = {
         "amp": amp, "dtype": AMP_DTYPES[amp], "batch": int(cfg.run.batch_size_train),
+        "llm": {"random_llama_layers": args.llm_layers, "hidden": args.llm_hidden,  # built in a temp folder
+                "intermediate": args.llm_intermediate, "heads": args.llm_heads} if args.paper else str(cfg.model.llm.path),
         "gflop_per_step": flops / 1e9, "step_s": step, "step_s_min": min(times),
         "samples_per_s": int(cfg.run.batch_size_train) / step, "achieved_gflops": flops / step / 1e9,
         "peak_gflops": peak / 1e9, "mfu": flops / step / peak,
@@ -433,7 +435,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         cfg = build_config(args, Path(tmp))
-        print(f"config {args.cfg_path or (PAPER_CFG if args.paper else DEMO_CFG)}, device {args.device}, "
+        llm = (f", random Llama {args.llm_layers} x {args.llm_hidden} wide (MLP {args.llm_intermediate}, "
+               f"{args.llm_heads} heads)" if args.paper else "")
+        print(f"config {args.cfg_path or (PAPER_CFG if args.paper else DEMO_CFG)}{llm}, device {args.device}, "
               f"threads {torch.get_num_threads()}, torch {torch.__version__}")
         device = torch.device(args.device)
         peaks = {amp: matmul_peak(device, getattr(torch, AMP_DTYPES[amp]), args.peak_size) for amp in args.amp}
