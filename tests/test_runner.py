@@ -321,3 +321,18 @@ def test_validation_generation_can_be_turned_off(tmp_path: Path):
     assert vals and not any(k.startswith("val_gen_") for v in vals.values() for k in v)
     best = json.loads((tmp_path / "run" / "checkpoints" / "best.json").read_text())
     assert (best["metric"], best["mode"]) == ("loss", "min")
+
+
+def test_statistics_passes_read_the_model_in_fp32_under_bf16(tmp_path: Path):
+    """The closed-form refits and the estimator warm-up read the model outside autocast: trained
+    under bf16, the demo recipe whose statistics were fitted on bf16 summaries read lower (README)."""
+    from minigpt4.cli.train import build_runner
+    from minigpt4.common.config import load_config
+
+    runner = build_runner(load_config(write_toy_config(tmp_path, run={"amp": "bf16"})))
+    with runner._autocast():
+        assert torch.is_autocast_enabled("cpu")  # training steps do run under bf16
+    seen, _ = runner._read_training_batches(lambda batches: (list(batches), torch.is_autocast_enabled("cpu")),
+                                            iter([{"x": torch.ones(2)}]))
+    rows, autocast_on = seen
+    assert not autocast_on and len(rows) == 1
