@@ -476,7 +476,7 @@ def test_learned_reader_learns_states_from_the_training_frames(full_demo, tmp_pa
     from minigpt4.synthetic import demo_evidence_learned as dl
     from minigpt4.synthetic.demo_evidence_oracle import evidence_state
 
-    monkeypatch.setattr(dl, "EPOCHS", 30)  # the reference reads 100; 30 keep this test short
+    monkeypatch.setattr(dl, "EPOCHS", 30)  # the reference reads 60; 30 keep this test short
     data = Path(full_demo.latents).parent
     records = json.loads(Path(full_demo.annotations).read_text())
     for name, floor in (("text", 0.9), ("synergy", None)):

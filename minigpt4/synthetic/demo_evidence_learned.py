@@ -9,8 +9,10 @@ over the states of the train and val clips' golden sentences (`evidence_state`).
 answer for every training clip, which HERO's experts never do (they learn from the emotion and
 the sentence together, through shared weights), so it is a supervised reference, not a rival.
 
-Fixed settings, not tuned on the test split: 64 channels, AdamW (lr 3e-3, weight decay 1e-3),
-batch 32, 100 epochs, dropout 0.2; features standardised with the training frames' statistics.
+Fixed settings, not tuned on the test split: 64 channels, AdamW (weight decay 1e-2) under a
+one-cycle schedule peaking at lr 3e-3, batch 32, 60 epochs, dropout 0.2; features standardised
+with the training frames' statistics. The schedule's annealing is what lets the reader gain from
+more clips (`make_demo_data.py --num_clips`); at a constant lr it did not.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ READER_INPUTS: dict[str, tuple[str, ...]] = {
     "motion": ("motion",), "audio": ("audio",), "au": ("au",), "text": ("text",), "visual": ("visual",),
     "synergy": ("audio", "motion"),
 }
-CHANNELS, EPOCHS, BATCH, LR, WEIGHT_DECAY, DROPOUT = 64, 100, 32, 3e-3, 1e-3, 0.2
+CHANNELS, EPOCHS, BATCH, LR, WEIGHT_DECAY, DROPOUT = 64, 60, 32, 3e-3, 1e-2, 0.2
 
 
 class _FrameEncoder(nn.Module):
@@ -108,6 +110,8 @@ def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0)
     torch.manual_seed(seed)
     reader = StateReader([x.shape[2] for x, _ in inputs], len(states))
     opt = torch.optim.AdamW(reader.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    steps_per_epoch = -(-len(y) // BATCH)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=EPOCHS * steps_per_epoch)
     reader.train()
     for _ in range(EPOCHS):
         for rows in torch.randperm(len(y), generator=gen).split(BATCH):
@@ -115,6 +119,7 @@ def learned_states(data: Path, expert: str, clips: Sequence[str], seed: int = 0)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            schedule.step()
     reader.eval()
     test = _standardised([_pack([np.asarray(frames(v)[k], np.float32) for v in clips]) for k in keys], stats)
     with torch.no_grad():
